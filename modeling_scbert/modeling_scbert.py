@@ -1,0 +1,520 @@
+"""PyTorch scBERT: a Performer (FAVOR+ linear attention) encoder over one cell's binned gene expression.
+
+Read top to bottom: the FAVOR+ math as small pure functions, then embeddings, attention, the pre-LayerNorm layer, the
+encoder, the pretrained-model base class, the base model and the two heads.
+
+This file is a Hub file: it imports only torch, transformers and ``configuration_scbert`` (relatively), so that a saved
+model folder can be loaded with ``trust_remote_code=True`` where this package is not installed.
+"""
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import BCEWithLogitsLoss, CrossEntropyLoss, MSELoss
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutput, MaskedLMOutput, SequenceClassifierOutput
+from transformers.utils import logging
+from transformers.utils.generic import can_return_tuple
+
+from .configuration_scbert import ScBertConfig
+
+logger = logging.get_logger(__name__)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# FAVOR+ (Choromanski et al., "Rethinking Attention with Performers", ICLR 2021), non-causal, softmax kernel.
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def draw_orthogonal_random_features(
+    num_features: int,
+    dim: int,
+    *,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Draw a FAVOR+ projection: orthogonal Gaussian random features with chi-distributed row norms.
+
+    Rows are taken in blocks of ``dim`` from the orthonormal factor of square Gaussian matrices, so rows within a
+    block are exactly orthogonal; each row is then scaled by the norm of an independent ``dim``-dimensional Gaussian
+    vector, so that every row has the length distribution of an unstructured Gaussian row.
+
+    Args:
+        num_features: Number of random features (rows).
+        dim: Dimension of the vectors to be projected (columns), the attention head width.
+        generator: Random number generator; ``None`` uses torch's global one.
+        device: Device of the returned tensor.
+        dtype: Dtype of the returned tensor. The draw itself is done in float32.
+
+    Returns:
+        Tensor of shape ``(num_features, dim)``.
+    """
+    # Draw where the generator lives (so a seeded CPU generator gives the same features on every device), then move.
+    draw_device = generator.device if generator is not None else device
+    num_blocks = math.ceil(num_features / dim)
+    gaussian = torch.randn(num_blocks, dim, dim, generator=generator, device=draw_device, dtype=torch.float32)
+    orthonormal, _ = torch.linalg.qr(gaussian)  # columns of each block are orthonormal
+    rows = orthonormal.transpose(-1, -2).reshape(num_blocks * dim, dim)[:num_features]
+    norms = torch.randn(num_features, dim, generator=generator, device=draw_device, dtype=torch.float32).norm(dim=-1)
+    return (norms.unsqueeze(-1) * rows).to(device=device, dtype=dtype)
+
+
+def softmax_kernel_features(
+    x: torch.Tensor,
+    projection: torch.Tensor,
+    *,
+    is_query: bool,
+    epsilon: float,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Positive random features ``phi(x)`` whose inner products estimate ``exp(q . k / sqrt(d))``.
+
+    ``phi(x) = m^-1/2 (exp(w_i . x' - |x'|^2 / 2 - s) + epsilon)`` with ``x' = d^-1/4 x``. The stabiliser ``s`` keeps
+    the exponentials in range: for a query it is the maximum of ``w_i . x'`` over the features of that token; for a
+    key it is the maximum over the whole sample (all heads, tokens and features). ``epsilon`` is added after the
+    exponential, so ``s`` is part of the result, exactly as in the published scBERT. Taking the key maximum per sample
+    (not per batch) makes each cell's output independent of the other cells in its batch.
+
+    Args:
+        x: Queries or keys, shape ``(batch, heads, tokens, head_dim)``.
+        projection: Random features, shape ``(num_features, head_dim)``.
+        is_query: Whether ``x`` holds queries (per-token stabiliser) or keys (per-sample stabiliser).
+        epsilon: Constant added after the exponential.
+        mask: Optional boolean ``(batch, tokens)``, True where a token takes part. Masked keys are left out of the
+            stabiliser and get all-zero features, so they contribute nothing.
+
+    Returns:
+        Tensor of shape ``(batch, heads, tokens, num_features)``.
+    """
+    data_normalizer = x.shape[-1] ** -0.25
+    ratio = projection.shape[0] ** -0.5
+    projected = torch.matmul(data_normalizer * x, projection.transpose(0, 1).to(x.dtype))
+    half_squared_norm = (x**2).sum(dim=-1, keepdim=True) * (0.5 * data_normalizer**2)
+    if is_query:
+        stabiliser = projected.amax(dim=-1, keepdim=True)
+    else:
+        candidates = projected if mask is None else projected.masked_fill(~mask[:, None, :, None], float("-inf"))
+        stabiliser = candidates.amax(dim=(1, 2, 3), keepdim=True)
+    features = ratio * (torch.exp(projected - half_squared_norm - stabiliser) + epsilon)
+    if mask is not None and not is_query:
+        features = features * mask[:, None, :, None].to(features.dtype)
+    return features
+
+
+def linear_attention(query_features: torch.Tensor, key_features: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """Non-causal linear attention: ``D^-1 phi(Q) (phi(K)^T V)`` with ``D = diag(phi(Q) phi(K)^T 1)``.
+
+    Args:
+        query_features: ``(batch, heads, tokens, num_features)``.
+        key_features: ``(batch, heads, tokens, num_features)``.
+        value: ``(batch, heads, tokens, head_dim)``.
+
+    Returns:
+        Tensor of shape ``(batch, heads, tokens, head_dim)``.
+    """
+    key_sum = key_features.sum(dim=-2)  # (batch, heads, num_features)
+    normaliser = torch.einsum("...nm,...m->...n", query_features, key_sum)
+    context = torch.einsum("...nm,...ne->...me", key_features, value)
+    return torch.einsum("...nm,...me->...ne", query_features, context) / normaliser.unsqueeze(-1)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Modules
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class ScBertFrozenGeneEmbedding(nn.Module):
+    """A fixed gene table (gene2vec in the published model), kept as a persistent buffer.
+
+    A buffer, not a parameter with ``requires_grad=False``: it is saved and loaded like a weight but can never be
+    unfrozen by loading, by an optimiser or by a distributed wrapper. The last row, for the appended token, is zero.
+    """
+
+    def __init__(self, num_embeddings: int, embedding_dim: int):
+        super().__init__()
+        self.register_buffer("weight", torch.empty(num_embeddings, embedding_dim), persistent=True)
+
+    def forward(self, gene_ids: torch.Tensor) -> torch.Tensor:
+        return nn.functional.embedding(gene_ids, self.weight)
+
+
+class ScBertEmbeddings(nn.Module):
+    """Expression-token embedding plus a per-gene embedding (gene2vec in the published model)."""
+
+    def __init__(self, config: ScBertConfig):
+        super().__init__()
+        self.expression_embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
+        if config.gene_embedding_type == "frozen":
+            self.gene_embeddings = ScBertFrozenGeneEmbedding(config.sequence_length, config.hidden_size)
+        else:
+            self.gene_embeddings = nn.Embedding(config.sequence_length, config.hidden_size)
+        self.dropout = nn.Dropout(config.embedding_dropout_prob)
+
+    def forward(self, input_ids: torch.Tensor, gene_ids: torch.Tensor | None = None) -> torch.Tensor:
+        if gene_ids is None:
+            gene_embeddings = self.gene_embeddings.weight[: input_ids.shape[1]].unsqueeze(0)
+        else:
+            gene_embeddings = self.gene_embeddings(gene_ids)
+        embeddings = self.expression_embeddings(input_ids) + gene_embeddings.to(
+            self.expression_embeddings.weight.dtype
+        )
+        return self.dropout(embeddings)
+
+
+class ScBertSelfAttention(nn.Module):
+    """Multi-head FAVOR+ self-attention.
+
+    q/k/v map ``hidden_size`` to ``num_attention_heads * head_dim`` without bias; the output projection has a bias.
+    The random features are a persistent buffer: saved and loaded with the weights, and changed only by
+    :meth:`redraw_random_features`, never inside ``forward``.
+    """
+
+    def __init__(self, config: ScBertConfig):
+        super().__init__()
+        self.config = config
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.head_dim
+        inner_size = config.num_attention_heads * config.head_dim
+        self.query = nn.Linear(config.hidden_size, inner_size, bias=False)
+        self.key = nn.Linear(config.hidden_size, inner_size, bias=False)
+        self.value = nn.Linear(config.hidden_size, inner_size, bias=False)
+        self.output = nn.Linear(inner_size, config.hidden_size)
+        self.dropout = nn.Dropout(config.attention_probs_dropout_prob)
+        self.register_buffer(
+            "random_features", torch.empty(config.num_random_features, config.head_dim), persistent=True
+        )
+
+    @torch.no_grad()
+    def redraw_random_features(self, generator: torch.Generator | None = None) -> None:
+        """Replace the random features with a fresh draw (in place, keeping device and dtype)."""
+        fresh = draw_orthogonal_random_features(
+            self.config.num_random_features,
+            self.head_dim,
+            generator=generator,
+            device=self.random_features.device,
+            dtype=self.random_features.dtype,
+        )
+        self.random_features.copy_(fresh)
+
+    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        batch, tokens, _ = x.shape
+        return x.view(batch, tokens, self.num_heads, self.head_dim).transpose(1, 2)
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        query = self._split_heads(self.query(hidden_states))
+        key = self._split_heads(self.key(hidden_states))
+        value = self._split_heads(self.value(hidden_states))
+        epsilon = self.config.kernel_epsilon
+        query_features = softmax_kernel_features(query, self.random_features, is_query=True, epsilon=epsilon)
+        key_features = softmax_kernel_features(
+            key, self.random_features, is_query=False, epsilon=epsilon, mask=attention_mask
+        )
+        context = linear_attention(query_features, key_features, value)
+        batch, _, tokens, _ = context.shape
+        context = context.transpose(1, 2).reshape(batch, tokens, self.num_heads * self.head_dim)
+        return self.dropout(self.output(context))
+
+
+class ScBertFeedForward(nn.Module):
+    def __init__(self, config: ScBertConfig):
+        super().__init__()
+        self.intermediate = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.activation = ACT2FN[config.hidden_act]
+        self.output = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.output(self.activation(self.intermediate(hidden_states))))
+
+
+class ScBertLayer(GradientCheckpointingLayer):
+    """Pre-LayerNorm block: ``x + Attention(LN(x))``, then ``x + FeedForward(LN(x))``."""
+
+    def __init__(self, config: ScBertConfig):
+        super().__init__()
+        self.attention_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.attention = ScBertSelfAttention(config)
+        self.feed_forward_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.feed_forward = ScBertFeedForward(config)
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        hidden_states = hidden_states + self.attention(self.attention_norm(hidden_states), attention_mask)
+        return hidden_states + self.feed_forward(self.feed_forward_norm(hidden_states))
+
+
+class ScBertEncoder(nn.Module):
+    def __init__(self, config: ScBertConfig):
+        super().__init__()
+        self.layers = nn.ModuleList([ScBertLayer(config) for _ in range(config.num_hidden_layers)])
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        output_hidden_states: bool = False,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
+        all_hidden_states = (hidden_states,) if output_hidden_states else None
+        for layer in self.layers:
+            hidden_states = layer(hidden_states, attention_mask)
+            if output_hidden_states:
+                all_hidden_states += (hidden_states,)
+        return hidden_states, all_hidden_states
+
+
+class ScBertPreTrainedModel(PreTrainedModel):
+    config_class = ScBertConfig
+    config: ScBertConfig
+    base_model_prefix = "scbert"
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["ScBertLayer"]
+    # The heads return a mean loss over their own items. Without this, the Trainer (transformers 5) would treat
+    # forward as accepting loss kwargs and multiply the loss by the number of processes under DDP.
+    accepts_loss_kwargs = False
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, ScBertSelfAttention):
+            fresh = draw_orthogonal_random_features(
+                module.config.num_random_features, module.head_dim, device=module.random_features.device
+            )
+            init.copy_(module.random_features, fresh)
+        elif isinstance(module, ScBertFrozenGeneEmbedding):
+            table = torch.randn_like(module.weight) * self.config.initializer_range
+            table[-1] = 0.0  # the appended token has no gene
+            init.copy_(module.weight, table)
+
+    @torch.no_grad()
+    def redraw_random_features(self, generator: torch.Generator | None = None) -> None:
+        """Draw new FAVOR+ random features for every attention layer.
+
+        This is the only place the features change. During training, ``ScBertFeatureRedrawCallback`` calls it every
+        ``config.feature_redraw_interval`` optimisation steps with a generator seeded identically on every process, so
+        that distributed replicas keep the same features.
+        """
+        for module in self.modules():
+            if isinstance(module, ScBertSelfAttention):
+                module.redraw_random_features(generator=generator)
+
+
+def _validate_inputs(config: ScBertConfig, input_ids: torch.Tensor, gene_ids: torch.Tensor | None) -> None:
+    if input_ids.dim() != 2:
+        raise ValueError(f"`input_ids` must have shape (batch, tokens), got {tuple(input_ids.shape)}.")
+    if gene_ids is None and input_ids.shape[1] > config.sequence_length:
+        raise ValueError(
+            f"`input_ids` has {input_ids.shape[1]} positions but the model's panel has {config.num_genes} genes + 1 "
+            f"appended token = {config.sequence_length}. Tokenize with the model's own tokenizer."
+        )
+    if gene_ids is not None and gene_ids.shape != input_ids.shape:
+        raise ValueError(
+            f"`gene_ids` shape {tuple(gene_ids.shape)} must equal `input_ids` shape {tuple(input_ids.shape)}."
+        )
+
+
+class ScBertModel(ScBertPreTrainedModel):
+    """The bare scBERT encoder: embeddings, Performer layers and the final LayerNorm.
+
+    ``last_hidden_state`` is the output of the final LayerNorm (the published ``return_encodings=True``).
+    ``hidden_states`` (with ``output_hidden_states=True``) holds the embeddings and each layer's output, before the
+    final LayerNorm.
+    """
+
+    def __init__(self, config: ScBertConfig):
+        super().__init__(config)
+        self.embeddings = ScBertEmbeddings(config)
+        self.encoder = ScBertEncoder(config)
+        self.final_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embeddings.expression_embeddings
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embeddings.expression_embeddings = value
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        gene_ids: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+    ) -> BaseModelOutput:
+        r"""
+        Args:
+            input_ids: Expression tokens, ``(batch, tokens)``; ``tokens`` is ``num_genes + 1`` for full cells.
+            attention_mask: ``(batch, tokens)``, 1 for positions that take part and 0 for padding. Masked positions
+                change nothing for the others.
+            gene_ids: Optional ``(batch, tokens)`` indices into the gene table, for inputs that hold a subset of the
+                panel. By default position ``i`` is panel gene ``i``.
+            output_hidden_states: Also return the embeddings and every layer's output.
+        """
+        _validate_inputs(self.config, input_ids, gene_ids)
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
+        mask = None if attention_mask is None else attention_mask.to(torch.bool)
+        hidden_states = self.embeddings(input_ids, gene_ids)
+        hidden_states, all_hidden_states = self.encoder(hidden_states, mask, output_hidden_states)
+        return BaseModelOutput(last_hidden_state=self.final_layer_norm(hidden_states), hidden_states=all_hidden_states)
+
+
+class ScBertForMaskedLM(ScBertPreTrainedModel):
+    """scBERT with the masked-expression head: a linear map from each position to the expression tokens."""
+
+    def __init__(self, config: ScBertConfig):
+        super().__init__(config)
+        self.scbert = ScBertModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size)
+        self.post_init()
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        gene_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+    ) -> MaskedLMOutput:
+        r"""
+        Args:
+            labels: ``(batch, tokens)`` original tokens at the masked positions and -100 elsewhere; the loss is the
+                mean cross-entropy over positions whose label is not -100.
+        """
+        outputs = self.scbert(
+            input_ids, attention_mask=attention_mask, gene_ids=gene_ids, output_hidden_states=output_hidden_states
+        )
+        logits = self.lm_head(outputs.last_hidden_state)
+        loss = None
+        if labels is not None:
+            loss = CrossEntropyLoss(ignore_index=-100)(logits.view(-1, logits.shape[-1]), labels.view(-1))
+        return MaskedLMOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+
+
+class ScBertConvClassificationHead(nn.Module):
+    """The published fine-tuning head.
+
+    Each position is projected to one score (the published ``Conv2d(1, 1, (1, hidden_size))``, here the equivalent
+    ``Linear(hidden_size, 1)``) and passed through a ReLU; the ``num_genes + 1`` scores of a cell feed an MLP
+    (512 -> 128 by default, ReLU after each) and a final linear layer to the labels.
+    """
+
+    def __init__(self, config: ScBertConfig):
+        super().__init__()
+        self.sequence_length = config.sequence_length
+        self.token_projection = nn.Linear(config.hidden_size, 1)
+        sizes = [config.sequence_length, *config.classifier_hidden_sizes]
+        self.hidden_layers = nn.ModuleList(nn.Linear(n_in, n_out) for n_in, n_out in zip(sizes[:-1], sizes[1:]))
+        self.dropout = nn.Dropout(config.classifier_dropout)
+        self.out_proj = nn.Linear(sizes[-1], config.num_labels)
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        if hidden_states.shape[1] != self.sequence_length:
+            raise ValueError(
+                f"The 'conv' classification head reads all {self.sequence_length} positions (panel + appended token), "
+                f"got {hidden_states.shape[1]}. Use full-length inputs, or `classifier_type='pooled'`."
+            )
+        scores = torch.relu(self.token_projection(hidden_states).squeeze(-1))
+        if attention_mask is not None:
+            scores = scores * attention_mask.to(scores.dtype)
+        for layer in self.hidden_layers:
+            scores = self.dropout(torch.relu(layer(scores)))
+        return self.out_proj(scores)
+
+
+class ScBertPooledClassificationHead(nn.Module):
+    """A length-independent head: the mean of the final encodings over unmasked positions, then an MLP."""
+
+    def __init__(self, config: ScBertConfig):
+        super().__init__()
+        sizes = [config.hidden_size, *config.classifier_hidden_sizes]
+        self.hidden_layers = nn.ModuleList(nn.Linear(n_in, n_out) for n_in, n_out in zip(sizes[:-1], sizes[1:]))
+        self.dropout = nn.Dropout(config.classifier_dropout)
+        self.out_proj = nn.Linear(sizes[-1], config.num_labels)
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        pooled = pool_cell_embeddings(hidden_states, attention_mask)
+        for layer in self.hidden_layers:
+            pooled = self.dropout(torch.relu(layer(pooled)))
+        return self.out_proj(pooled)
+
+
+def pool_cell_embeddings(hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean of ``(batch, tokens, hidden)`` encodings over the positions where ``attention_mask`` is 1."""
+    if attention_mask is None:
+        return hidden_states.mean(dim=1)
+    weights = attention_mask.to(hidden_states.dtype).unsqueeze(-1)
+    return (hidden_states * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
+
+
+class ScBertForSequenceClassification(ScBertPreTrainedModel):
+    """scBERT with a cell-level classification head (cell-type annotation)."""
+
+    def __init__(self, config: ScBertConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.scbert = ScBertModel(config)
+        if config.classifier_type == "conv":
+            self.classifier = ScBertConvClassificationHead(config)
+        else:
+            self.classifier = ScBertPooledClassificationHead(config)
+        self.post_init()
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        gene_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+    ) -> SequenceClassifierOutput:
+        r"""
+        Args:
+            labels: ``(batch,)`` class indices (single-label), ``(batch, num_labels)`` floats (multi-label), or
+                floats for regression, following ``config.problem_type`` as in transformers' other models.
+        """
+        outputs = self.scbert(
+            input_ids, attention_mask=attention_mask, gene_ids=gene_ids, output_hidden_states=output_hidden_states
+        )
+        logits = self.classifier(outputs.last_hidden_state, attention_mask)
+        loss = None
+        if labels is not None:
+            if self.config.problem_type is None:
+                if self.num_labels == 1:
+                    self.config.problem_type = "regression"
+                elif self.num_labels > 1 and labels.dtype in (torch.long, torch.int):
+                    self.config.problem_type = "single_label_classification"
+                else:
+                    self.config.problem_type = "multi_label_classification"
+            if self.config.problem_type == "regression":
+                loss_fct = MSELoss()
+                loss = (
+                    loss_fct(logits.squeeze(), labels.squeeze()) if self.num_labels == 1 else loss_fct(logits, labels)
+                )
+            elif self.config.problem_type == "single_label_classification":
+                loss = CrossEntropyLoss()(logits.view(-1, self.num_labels), labels.view(-1))
+            else:
+                loss = BCEWithLogitsLoss()(logits, labels)
+        return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+
+
+__all__ = [
+    "ScBertForMaskedLM",
+    "ScBertForSequenceClassification",
+    "ScBertModel",
+    "ScBertPreTrainedModel",
+    "draw_orthogonal_random_features",
+    "linear_attention",
+    "pool_cell_embeddings",
+    "softmax_kernel_features",
+]

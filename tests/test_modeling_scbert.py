@@ -1,0 +1,377 @@
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, AutoModelForSequenceClassification, Trainer
+
+from modeling_scbert import (
+    ScBertConfig,
+    ScBertForMaskedLM,
+    ScBertForSequenceClassification,
+    ScBertModel,
+)
+from modeling_scbert.modeling_scbert import (
+    draw_orthogonal_random_features,
+    linear_attention,
+    softmax_kernel_features,
+)
+
+
+class ScBertModelTester:
+    """Tiny models in the transformers style: 2 layers, width 32, a dozen genes."""
+
+    batch_size = 3
+    num_genes = 12
+
+    def get_config(self, **overrides) -> ScBertConfig:
+        values = {
+            "num_genes": self.num_genes,
+            "hidden_size": 32,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "head_dim": 8,
+            "intermediate_size": 64,
+            "num_random_features": 24,
+            "classifier_hidden_sizes": [16, 8],
+            "num_labels": 4,
+        }
+        values.update(overrides)
+        return ScBertConfig(**values)
+
+    def input_ids(self, seed: int = 0, batch_size: int | None = None) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(seed)
+        ids = torch.randint(0, 6, (batch_size or self.batch_size, self.num_genes + 1), generator=generator)
+        ids[:, -1] = 0  # the appended token
+        return ids
+
+
+tester = ScBertModelTester()
+
+
+def build(model_class, seed: int = 0, **overrides):
+    torch.manual_seed(seed)
+    return model_class(tester.get_config(**overrides)).eval()
+
+
+# --- FAVOR+ math ----------------------------------------------------------------------------------------------------
+
+
+def test_random_features_are_blockwise_orthogonal_with_chi_norms():
+    generator = torch.Generator().manual_seed(0)
+    features = draw_orthogonal_random_features(20, 8, generator=generator)
+    assert features.shape == (20, 8)
+    directions = features / features.norm(dim=-1, keepdim=True)
+    for start in (0, 8):  # two full blocks of 8 orthogonal rows
+        block = directions[start : start + 8]
+        torch.testing.assert_close(block @ block.T, torch.eye(8), atol=1e-5, rtol=0)
+    many = draw_orthogonal_random_features(8 * 500, 8, generator=generator)
+    # Row norms are those of 8-dimensional standard Gaussian vectors: E|g|^2 = 8.
+    assert abs(many.norm(dim=-1).pow(2).mean().item() - 8.0) < 0.3
+    again = draw_orthogonal_random_features(20, 8, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(again, features)
+
+
+def _exact_softmax_attention(q, k, v):
+    scores = q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5
+    return torch.softmax(scores, dim=-1) @ v
+
+
+def _favor_attention(q, k, v, projection):
+    qf = softmax_kernel_features(q, projection, is_query=True, epsilon=1e-4)
+    kf = softmax_kernel_features(k, projection, is_query=False, epsilon=1e-4)
+    return linear_attention(qf, kf, v)
+
+
+def test_favor_matches_the_performer_pytorch_reference():
+    performer_pytorch = pytest.importorskip("performer_pytorch")
+    torch.manual_seed(0)
+    # One sample and one head: performer-pytorch 1.1.4 takes the key stabiliser per head, scBERT per sample.
+    q, k, v = (torch.randn(1, 1, 50, 16) for _ in range(3))
+    reference = performer_pytorch.FastAttention(dim_heads=16, nb_features=40)
+    expected = reference(q, k, v)
+    ours = _favor_attention(q, k, v, reference.projection_matrix)
+    torch.testing.assert_close(ours, expected, atol=1e-6, rtol=1e-5)
+
+
+def test_favor_approaches_exact_softmax_attention_as_features_grow():
+    generator = torch.Generator().manual_seed(0)
+    q, k, v = (0.5 * torch.randn(2, 2, 64, 16, generator=generator) for _ in range(3))
+    exact = _exact_softmax_attention(q, k, v)
+    errors = {}
+    for num_features in (16, 256, 8192):
+        trials = [
+            (_favor_attention(q, k, v, draw_orthogonal_random_features(num_features, 16, generator=generator)) - exact)
+            .abs()
+            .mean()
+            .item()
+            for _ in range(3)
+        ]
+        errors[num_features] = float(np.mean(trials))
+    # Measured: about 0.12 at 16 features, 0.024 at 256 and 0.004 at 8192 (mean absolute error; |exact| ~ 0.1-0.5).
+    assert errors[16] > errors[256] > errors[8192]
+    assert errors[8192] < 0.01, errors
+
+
+def test_key_stabiliser_is_per_sample_so_batches_do_not_interact():
+    model = build(ScBertModel)
+    ids = tester.input_ids(batch_size=4)
+    ids[2] = 5  # a cell with much larger keys than the others
+    with torch.no_grad():
+        batched = model(ids).last_hidden_state
+        single = torch.cat([model(ids[i : i + 1]).last_hidden_state for i in range(4)])
+    torch.testing.assert_close(batched, single, atol=1e-5, rtol=1e-5)
+
+
+# --- shapes and outputs ---------------------------------------------------------------------------------------------
+
+
+def test_output_shapes_per_head():
+    ids = tester.input_ids()
+    seq = tester.num_genes + 1
+    with torch.no_grad():
+        base = build(ScBertModel)(ids, output_hidden_states=True)
+        mlm = build(ScBertForMaskedLM)(ids)
+        conv = build(ScBertForSequenceClassification)(ids)
+        pooled = build(ScBertForSequenceClassification, classifier_type="pooled")(ids)
+    assert base.last_hidden_state.shape == (3, seq, 32)
+    assert len(base.hidden_states) == 3 and base.hidden_states[0].shape == (3, seq, 32)
+    assert mlm.logits.shape == (3, seq, 7)
+    assert conv.logits.shape == pooled.logits.shape == (3, 4)
+    assert base.hidden_states is not None
+    with torch.no_grad():
+        as_tuple = build(ScBertForMaskedLM)(ids, return_dict=False)
+    assert isinstance(as_tuple, tuple)
+    torch.testing.assert_close(as_tuple[0], mlm.logits)
+
+
+def test_masked_lm_loss_ignores_minus_100():
+    model = build(ScBertForMaskedLM)
+    ids = tester.input_ids()
+    labels = torch.full_like(ids, -100)
+    labels[:, [1, 4]] = ids[:, [1, 4]]
+    out = model(ids, labels=labels)
+    logits = out.logits[:, [1, 4]].reshape(-1, 7)
+    expected = torch.nn.functional.cross_entropy(logits, ids[:, [1, 4]].reshape(-1))
+    torch.testing.assert_close(out.loss, expected)
+
+
+def test_classification_problem_types():
+    ids = tester.input_ids()
+    model = build(ScBertForSequenceClassification)
+    labels = torch.tensor([0, 3, 1])
+    out = model(ids, labels=labels)
+    assert model.config.problem_type == "single_label_classification"
+    torch.testing.assert_close(out.loss, torch.nn.functional.cross_entropy(out.logits, labels))
+    multi = build(ScBertForSequenceClassification)
+    targets = torch.tensor([[1.0, 0, 0, 1], [0, 1, 0, 0], [0, 0, 0, 0]])
+    out = multi(ids, labels=targets)
+    assert multi.config.problem_type == "multi_label_classification"
+    torch.testing.assert_close(out.loss, torch.nn.functional.binary_cross_entropy_with_logits(out.logits, targets))
+    regression = build(ScBertForSequenceClassification, num_labels=1)
+    values = torch.tensor([0.5, -1.0, 2.0])
+    out = regression(ids, labels=values)
+    assert regression.config.problem_type == "regression"
+    torch.testing.assert_close(out.loss, torch.nn.functional.mse_loss(out.logits.squeeze(), values))
+
+
+def test_inputs_of_the_wrong_length_are_refused():
+    with pytest.raises(ValueError, match="13"):
+        build(ScBertModel)(torch.zeros(1, 20, dtype=torch.long))
+    with pytest.raises(ValueError, match="'conv' classification head reads all 13 positions"):
+        build(ScBertForSequenceClassification)(torch.zeros(1, 9, dtype=torch.long))
+    # the pooled head is length-independent
+    assert build(ScBertForSequenceClassification, classifier_type="pooled")(
+        torch.zeros(1, 9, dtype=torch.long)
+    ).logits.shape == (1, 4)
+
+
+# --- attention mask -------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("model_class", [ScBertModel, ScBertForSequenceClassification])
+def test_masked_positions_change_nothing_for_the_others(model_class):
+    overrides = {"classifier_type": "pooled"} if model_class is ScBertForSequenceClassification else {}
+    model = build(model_class, **overrides)
+    ids = tester.input_ids()
+    mask = torch.ones_like(ids)
+    mask[:, 5:9] = 0
+    mask[1, 2] = 0
+    other = ids.clone()
+    other[:, 5:9] = (ids[:, 5:9] + 3) % 6
+    other[1, 2] = 5 - ids[1, 2]
+    with torch.no_grad():
+        a, b = model(ids, attention_mask=mask), model(other, attention_mask=mask)
+    if model_class is ScBertModel:
+        keep = mask.bool()
+        torch.testing.assert_close(a.last_hidden_state[keep], b.last_hidden_state[keep], atol=1e-6, rtol=1e-6)
+        assert not torch.allclose(a.last_hidden_state[~keep], b.last_hidden_state[~keep])
+    else:
+        torch.testing.assert_close(a.logits, b.logits, atol=1e-6, rtol=1e-6)
+
+
+def test_padding_equals_the_unpadded_cell():
+    model = build(ScBertModel)
+    ids = tester.input_ids(batch_size=1)[:, :8]
+    padded = torch.cat([ids, torch.zeros(1, 5, dtype=torch.long)], dim=1)
+    mask = torch.cat([torch.ones(1, 8), torch.zeros(1, 5)], dim=1)
+    with torch.no_grad():
+        alone = model(ids).last_hidden_state
+        with_padding = model(padded, attention_mask=mask).last_hidden_state[:, :8]
+    torch.testing.assert_close(with_padding, alone, atol=1e-6, rtol=1e-6)
+
+
+def test_gene_ids_select_rows_of_the_gene_table():
+    model = build(ScBertModel)
+    ids = tester.input_ids(batch_size=1)
+    subset = torch.tensor([[2, 5, 7, 12]])
+    with torch.no_grad():
+        full = model.embeddings(ids)
+        part = model.embeddings(ids[:, subset[0]], gene_ids=subset)
+    torch.testing.assert_close(part, full[:, subset[0]])
+
+
+# --- gradients ------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("gene_embedding_type", ["frozen", "learned"])
+def test_every_trainable_parameter_gets_a_gradient(gene_embedding_type):
+    for model_class in (ScBertForMaskedLM, ScBertForSequenceClassification):
+        model = build(model_class, gene_embedding_type=gene_embedding_type).train()
+        ids = tester.input_ids()
+        labels = ids.clone() if model_class is ScBertForMaskedLM else torch.tensor([0, 1, 2])
+        model(ids, labels=labels).loss.backward()
+        gene_table = model.scbert.embeddings.gene_embeddings.weight
+        for name, parameter in model.named_parameters():
+            if parameter.requires_grad:
+                assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+        if gene_embedding_type == "frozen":
+            assert not gene_table.requires_grad and gene_table.grad is None
+            assert all(p is not gene_table for p in model.parameters())
+            assert torch.count_nonzero(gene_table[-1]) == 0  # the appended token's row is zero
+        else:
+            assert gene_table.requires_grad and gene_table.grad is not None
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    ids = tester.input_ids()
+    labels = torch.tensor([0, 1, 2])
+    grads = []
+    for checkpointing in (False, True):
+        model = build(ScBertForSequenceClassification).train()
+        if checkpointing:
+            model.gradient_checkpointing_enable()
+            assert all(layer.gradient_checkpointing for layer in model.scbert.encoder.layers)
+        model(ids, labels=labels).loss.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad})
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_trainer_does_not_scale_the_loss_by_the_world_size(tmp_path):
+    from transformers import TrainingArguments
+
+    model = build(ScBertForSequenceClassification)
+    trainer = Trainer(model=model, args=TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True))
+    assert trainer.model_accepts_loss_kwargs is False
+
+
+# --- random features ------------------------------------------------------------------------------------------------
+
+
+def test_random_features_change_only_when_redrawn():
+    model = build(ScBertForMaskedLM)
+    before = [layer.attention.random_features.clone() for layer in model.scbert.encoder.layers]
+    ids = tester.input_ids()
+    model.train()
+    for _ in range(3):
+        model(ids, labels=ids).loss.backward()
+    model.eval()
+    with torch.no_grad():
+        first = model(ids).logits
+        second = model(ids).logits
+    assert torch.equal(first, second)
+    for layer, old in zip(model.scbert.encoder.layers, before):
+        assert torch.equal(layer.attention.random_features, old)
+    model.redraw_random_features(generator=torch.Generator().manual_seed(1))
+    for layer, old in zip(model.scbert.encoder.layers, before):
+        assert not torch.equal(layer.attention.random_features, old)
+    with torch.no_grad():
+        assert not torch.allclose(model(ids).logits, first)
+
+
+# --- saving and loading ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("model_class", [ScBertModel, ScBertForMaskedLM, ScBertForSequenceClassification])
+def test_save_load_round_trip_is_exact(model_class, tmp_path):
+    model = build(model_class)
+    model.save_pretrained(tmp_path)
+    loaded = model_class.from_pretrained(tmp_path).eval()
+    for (name, tensor), (loaded_name, loaded_tensor) in zip(
+        model.state_dict().items(), loaded.state_dict().items(), strict=True
+    ):
+        assert name == loaded_name and torch.equal(tensor, loaded_tensor), name
+    gene_table = loaded.base_model.embeddings.gene_embeddings.weight
+    assert not gene_table.requires_grad and all(p is not gene_table for p in loaded.parameters())
+    ids = tester.input_ids()
+    with torch.no_grad():
+        # Weights are bit-identical; loaded tensors may sit at other memory alignments, which picks other SIMD paths
+        # in the small matrix products, so the outputs agree to rounding (measured: 3e-12 on logits of ~1e-5).
+        torch.testing.assert_close(loaded(ids)[0], model(ids)[0], rtol=1e-5, atol=1e-10)
+
+
+def test_auto_classes_round_trip(tmp_path):
+    build(ScBertForSequenceClassification).save_pretrained(tmp_path / "cls")
+    build(ScBertForMaskedLM).save_pretrained(tmp_path / "mlm")
+    saved = json.loads((tmp_path / "cls" / "config.json").read_text())
+    assert saved["model_type"] == "scbert"
+    assert saved["auto_map"]["AutoConfig"] == "configuration_scbert.ScBertConfig"
+    assert isinstance(AutoConfig.from_pretrained(tmp_path / "cls"), ScBertConfig)
+    assert (
+        type(AutoModelForSequenceClassification.from_pretrained(tmp_path / "cls")) is ScBertForSequenceClassification
+    )
+    assert type(AutoModelForMaskedLM.from_pretrained(tmp_path / "mlm")) is ScBertForMaskedLM
+    assert type(AutoModel.from_pretrained(tmp_path / "mlm")) is ScBertModel
+
+
+def test_trust_remote_code_loads_without_the_package(tmp_path):
+    model = build(ScBertForSequenceClassification, classifier_type="conv")
+    folder = tmp_path / "model"
+    model.save_pretrained(folder)
+    ids = tester.input_ids()
+    np.save(tmp_path / "ids.npy", ids.numpy())
+    with torch.no_grad():
+        np.save(tmp_path / "expected.npy", model(ids).logits.numpy())
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.modules["modeling_scbert"] = None  # the package must not be importable here
+        sys.modules["tokenization"] = None
+        import numpy as np, torch
+        from transformers import AutoModelForSequenceClassification
+        try:
+            import modeling_scbert
+        except ImportError:
+            pass
+        else:
+            raise SystemExit("modeling_scbert is importable")
+        model = AutoModelForSequenceClassification.from_pretrained({str(folder)!r}, trust_remote_code=True).eval()
+        assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+        with torch.no_grad():
+            logits = model(torch.from_numpy(np.load({str(tmp_path / "ids.npy")!r}))).logits.numpy()
+        np.testing.assert_allclose(logits, np.load({str(tmp_path / "expected.npy")!r}), rtol=1e-5, atol=1e-10)
+        print("remote-code-ok", type(model).__name__)
+        """
+    )
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"), PYTHONPATH="")
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "remote-code-ok ScBertForSequenceClassification" in result.stdout

@@ -1,0 +1,1 @@
+"""The scBERT expression tokenizer and data pipeline (independent of modeling_scbert)."""
