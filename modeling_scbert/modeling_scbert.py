@@ -24,6 +24,10 @@ from .configuration_scbert import ScBertConfig
 
 logger = logging.get_logger(__name__)
 
+# Tokens per chunk in the attention and the feed-forward when `config.attention_chunk_size` is None: large enough for
+# efficient matrix products, small enough that a chunk's (heads x tokens x features) temporaries stay in cache.
+DEFAULT_CHUNK_SIZE = 512
+
 
 # ---------------------------------------------------------------------------------------------------------------------
 # FAVOR+ (Choromanski et al., "Rethinking Attention with Performers", ICLR 2021), non-causal, softmax kernel.
@@ -95,11 +99,12 @@ def softmax_kernel_features(
     ratio = projection.shape[0] ** -0.5
     projected = torch.matmul(data_normalizer * x, projection.transpose(0, 1).to(x.dtype))
     half_squared_norm = (x**2).sum(dim=-1, keepdim=True) * (0.5 * data_normalizer**2)
+    # The stabilisers are constants for the backward pass (as in performer-pytorch >= 1.0).
     if is_query:
-        stabiliser = projected.amax(dim=-1, keepdim=True)
+        stabiliser = projected.amax(dim=-1, keepdim=True).detach()
     else:
         candidates = projected if mask is None else projected.masked_fill(~mask[:, None, :, None], float("-inf"))
-        stabiliser = candidates.amax(dim=(1, 2, 3), keepdim=True)
+        stabiliser = candidates.amax(dim=(1, 2, 3), keepdim=True).detach()
     features = ratio * (torch.exp(projected - half_squared_norm - stabiliser) + epsilon)
     if mask is not None and not is_query:
         features = features * mask[:, None, :, None].to(features.dtype)
@@ -121,6 +126,179 @@ def linear_attention(query_features: torch.Tensor, key_features: torch.Tensor, v
     normaliser = torch.einsum("...nm,...m->...n", query_features, key_sum)
     context = torch.einsum("...nm,...ne->...me", key_features, value)
     return torch.einsum("...nm,...me->...ne", query_features, context) / normaliser.unsqueeze(-1)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The same attention, computed in chunks of tokens with a recomputing backward. This is what the model runs: it never
+# materialises a (tokens x features) tensor for the whole cell, so its temporaries stay in cache, and training keeps
+# only q, k and v per layer instead of the feature maps. It equals the functions above up to float rounding (tested).
+#
+# Exact rewrites that make chunking possible:
+# - The key stabiliser is the maximum over the whole sample, known only after all keys are seen. The sums over keys are
+#   kept relative to a running maximum and rescaled by exp(old - new) when it grows (as in online softmax); the
+#   epsilon term does not depend on the stabiliser and is added separately (epsilon times the sum over the keys).
+# - The ratio m^-1/2 multiplies both the numerator and the normaliser of every output, so it is left out.
+# - A column of ones appended to v turns the normaliser sum_j phi(k_j) into one more column of sum_j phi(k_j) v_j^T,
+#   so numerator and normaliser come out of the same matrix product.
+# The stabilisers are constants for the backward pass, as in `softmax_kernel_features`.
+# Tensors here are one sample's, laid out (tokens, heads, head_dim) as the q/k/v projections produce them.
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _exp_features(x: torch.Tensor, projection: torch.Tensor, stabiliser: torch.Tensor | None = None) -> torch.Tensor:
+    """``exp(x P^T - |x|^2 d^-1/2 / 2 - s)`` for ``x`` of shape (heads, tokens, head_dim) -> (heads, tokens, features).
+
+    ``projection`` is already scaled by ``d^-1/4``. Without ``stabiliser``, ``s`` is the per-token maximum (queries).
+    """
+    projected = torch.matmul(x, projection.transpose(0, 1))
+    if stabiliser is None:
+        stabiliser = projected.amax(dim=-1, keepdim=True)
+    # Both offsets are per token: add them first, so the large tensor is passed over once.
+    offset = (x * x).sum(dim=-1, keepdim=True).mul_(0.5 * x.shape[-1] ** -0.5).add_(stabiliser)
+    return projected.sub_(offset).exp_()
+
+
+def _with_ones(value: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """(tokens, heads, d) -> (heads, tokens, d + 1): v with a column of ones, zeroed where the mask is False."""
+    extended = torch.cat([value, value.new_ones(*value.shape[:-1], 1)], dim=-1)
+    if mask is not None:
+        extended.masked_fill_(~mask[:, None, None], 0.0)
+    return extended.transpose(0, 1)
+
+
+def _key_summary(key, value, projection, mask, epsilon, chunk_size):
+    """``sum_j phi(k_j) [v_j, 1]^T`` (heads, features, head_dim + 1) and the key stabiliser, in one pass over the keys
+    with a running maximum."""
+    tokens, heads, head_dim = value.shape
+    lowest = torch.finfo(key.dtype).min
+    maximum = torch.full((), float("-inf"), dtype=key.dtype, device=key.device)
+    summary = value.new_zeros(heads, projection.shape[0], head_dim + 1)
+    value_sum = value.new_zeros(heads, 1, head_dim + 1)
+    for start in range(0, tokens, chunk_size):
+        chunk = slice(start, start + chunk_size)
+        k = key[chunk].transpose(0, 1)
+        projected = torch.matmul(k, projection.transpose(0, 1))
+        if mask is not None:
+            projected.masked_fill_(~mask[chunk, None], float("-inf"))  # exp(-inf) = 0: masked keys drop out
+        new_maximum = torch.maximum(maximum, projected.amax())
+        # Clamping keeps an all-masked prefix (maximum still -inf) from producing -inf - -inf = nan.
+        summary.mul_(torch.exp(maximum.clamp_min(lowest) - new_maximum.clamp_min(lowest)))
+        maximum = new_maximum
+        offset = (k * k).sum(dim=-1, keepdim=True).mul_(0.5 * head_dim**-0.5).add_(maximum.clamp_min(lowest))
+        features = projected.sub_(offset).exp_()
+        extended_value = _with_ones(value[chunk], None if mask is None else mask[chunk])
+        summary.baddbmm_(features.transpose(1, 2), extended_value)
+        value_sum += extended_value.sum(dim=1, keepdim=True)
+    return summary.add_(value_sum, alpha=epsilon), maximum
+
+
+def _attend_chunk(query, projection, summary, epsilon):
+    """Numerators and normalisers (heads, tokens, head_dim + 1) of a chunk of queries, and their features."""
+    features = _exp_features(query, projection).add_(epsilon)
+    return torch.bmm(features, summary), features
+
+
+class _ChunkedFavorAttention(torch.autograd.Function):
+    """FAVOR+ attention of one sample, chunked over tokens, with a backward that recomputes the feature maps.
+
+    Inputs are (tokens, heads, head_dim); ``projection`` is the random features scaled by ``head_dim ** -0.25``.
+    """
+
+    @staticmethod
+    def forward(ctx, query, key, value, projection, mask, epsilon, chunk_size):
+        summary, maximum = _key_summary(key, value, projection, mask, epsilon, chunk_size)
+        output = torch.empty_like(query)
+        for start in range(0, query.shape[0], chunk_size):
+            chunk = slice(start, start + chunk_size)
+            ratios, _ = _attend_chunk(query[chunk].transpose(0, 1), projection, summary, epsilon)
+            torch.div(ratios[..., :-1], ratios[..., -1:], out=output[chunk].transpose(0, 1))
+        ctx.save_for_backward(query, key, value, projection, mask, summary, maximum)
+        ctx.epsilon, ctx.chunk_size = epsilon, chunk_size
+        return output
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        query, key, value, projection, mask, summary, maximum = ctx.saved_tensors
+        epsilon, chunk_size = ctx.epsilon, ctx.chunk_size
+        norm_scale = query.shape[-1] ** -0.5  # d(|x|^2 d^-1/2 / 2) / dx = x d^-1/2
+
+        # Queries: output = numerator / normaliser, both read off the chunk's features times the summary.
+        grad_query = torch.empty_like(query)
+        grad_summary = torch.zeros_like(summary)
+        for start in range(0, query.shape[0], chunk_size):
+            chunk = slice(start, start + chunk_size)
+            q = query[chunk].transpose(0, 1)
+            ratios, features = _attend_chunk(q, projection, summary, epsilon)
+            numerator, normaliser = ratios[..., :-1], ratios[..., -1:]
+            grad_numerator = grad_output[chunk].transpose(0, 1) / normaliser
+            grad_normaliser = -(grad_numerator * numerator).sum(dim=-1, keepdim=True) / normaliser
+            grad_ratios = torch.cat([grad_numerator, grad_normaliser], dim=-1)
+            grad_summary.baddbmm_(features.transpose(1, 2), grad_ratios)
+            grad_exponent = torch.bmm(grad_ratios, summary.transpose(1, 2)).mul_(features.sub_(epsilon))
+            grad = torch.matmul(grad_exponent, projection).sub_(grad_exponent.sum(-1, keepdim=True) * q * norm_scale)
+            grad_query[chunk] = grad.transpose(0, 1)
+
+        # Keys and values: summary = sum_j (exp_j + epsilon) [v_j, 1]^T over unmasked j.
+        grad_key = torch.empty_like(key)
+        grad_value = torch.empty_like(value)
+        grad_value_epsilon = epsilon * grad_summary[..., :-1].sum(dim=1, keepdim=True)
+        for start in range(0, key.shape[0], chunk_size):
+            chunk = slice(start, start + chunk_size)
+            k = key[chunk].transpose(0, 1)
+            chunk_mask = None if mask is None else mask[chunk]
+            exponentials = _exp_features(k, projection, maximum)
+            if chunk_mask is not None:
+                exponentials.masked_fill_(~chunk_mask[:, None], 0.0)
+            grad = torch.bmm(exponentials, grad_summary[..., :-1]).add_(grad_value_epsilon)
+            if chunk_mask is not None:
+                grad.masked_fill_(~chunk_mask[:, None], 0.0)
+            grad_value[chunk] = grad.transpose(0, 1)
+            grad_exponent = torch.bmm(_with_ones(value[chunk], chunk_mask), grad_summary.transpose(1, 2))
+            grad_exponent.mul_(exponentials)
+            grad = torch.matmul(grad_exponent, projection).sub_(grad_exponent.sum(-1, keepdim=True) * k * norm_scale)
+            grad_key[chunk] = grad.transpose(0, 1)
+        return grad_query, grad_key, grad_value, None, None, None, None
+
+
+def chunked_favor_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    projection: torch.Tensor,
+    *,
+    epsilon: float,
+    chunk_size: int,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """FAVOR+ attention equal to ``linear_attention`` of ``softmax_kernel_features``, computed in token chunks.
+
+    Args:
+        query, key, value: ``(batch, tokens, heads, head_dim)``, the layout of the q/k/v projections.
+        projection: Random features ``(num_features, head_dim)``.
+        epsilon: Constant added after the exponential.
+        chunk_size: Tokens per chunk; changes speed and memory, not the result.
+        mask: Optional boolean ``(batch, tokens)``, True where a token takes part as a key.
+
+    Returns:
+        Tensor of shape ``(batch, tokens, heads, head_dim)``.
+    """
+    # The feature maps are exponentials: compute them in at least float32, also for half-precision inputs.
+    dtype = query.dtype
+    compute_dtype = torch.promote_types(dtype, torch.float32)
+    scaled_projection = projection.to(compute_dtype) * query.shape[-1] ** -0.25
+    outputs = [
+        _ChunkedFavorAttention.apply(
+            query[sample].to(compute_dtype),
+            key[sample].to(compute_dtype),
+            value[sample].to(compute_dtype),
+            scaled_projection,
+            None if mask is None else mask[sample],
+            epsilon,
+            chunk_size,
+        )
+        for sample in range(query.shape[0])
+    ]
+    return torch.stack(outputs).to(dtype)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -201,23 +379,22 @@ class ScBertSelfAttention(nn.Module):
         )
         self.random_features.copy_(fresh)
 
-    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
-        batch, tokens, _ = x.shape
-        return x.view(batch, tokens, self.num_heads, self.head_dim).transpose(1, 2)
-
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        query = self._split_heads(self.query(hidden_states))
-        key = self._split_heads(self.key(hidden_states))
-        value = self._split_heads(self.value(hidden_states))
-        epsilon = self.config.kernel_epsilon
-        query_features = softmax_kernel_features(query, self.random_features, is_query=True, epsilon=epsilon)
-        key_features = softmax_kernel_features(
-            key, self.random_features, is_query=False, epsilon=epsilon, mask=attention_mask
+        batch, tokens, _ = hidden_states.shape
+        query, key, value = (
+            projection(hidden_states).view(batch, tokens, self.num_heads, self.head_dim)
+            for projection in (self.query, self.key, self.value)
         )
-        context = linear_attention(query_features, key_features, value)
-        batch, _, tokens, _ = context.shape
-        context = context.transpose(1, 2).reshape(batch, tokens, self.num_heads * self.head_dim)
-        return self.dropout(self.output(context))
+        context = chunked_favor_attention(
+            query,
+            key,
+            value,
+            self.random_features,
+            epsilon=self.config.kernel_epsilon,
+            chunk_size=self.config.attention_chunk_size or DEFAULT_CHUNK_SIZE,
+            mask=attention_mask,
+        )
+        return self.dropout(self.output(context.view(batch, tokens, self.num_heads * self.head_dim)))
 
 
 class ScBertFeedForward(nn.Module):
@@ -241,10 +418,18 @@ class ScBertLayer(GradientCheckpointingLayer):
         self.attention = ScBertSelfAttention(config)
         self.feed_forward_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.feed_forward = ScBertFeedForward(config)
+        self.chunk_size = config.attention_chunk_size or DEFAULT_CHUNK_SIZE
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         hidden_states = hidden_states + self.attention(self.attention_norm(hidden_states), attention_mask)
-        return hidden_states + self.feed_forward(self.feed_forward_norm(hidden_states))
+        # Position-wise, so done in chunks: the (tokens x intermediate_size) temporaries stay small.
+        return torch.cat(
+            [
+                chunk + self.feed_forward(self.feed_forward_norm(chunk))
+                for chunk in hidden_states.split(self.chunk_size, dim=1)
+            ],
+            dim=1,
+        )
 
 
 class ScBertEncoder(nn.Module):

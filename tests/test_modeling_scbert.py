@@ -16,6 +16,7 @@ from modeling_scbert import (
     ScBertModel,
 )
 from modeling_scbert.modeling_scbert import (
+    chunked_favor_attention,
     draw_orthogonal_random_features,
     linear_attention,
     softmax_kernel_features,
@@ -375,3 +376,75 @@ def test_trust_remote_code_loads_without_the_package(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "remote-code-ok ScBertForSequenceClassification" in result.stdout
+
+
+# --- the chunked attention ------------------------------------------------------------------------------------------
+
+
+def _random_attention_inputs(dtype=torch.float32, tokens=37):
+    generator = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(2, 3, tokens, 8, generator=generator, dtype=dtype) for _ in range(3))
+    projection = draw_orthogonal_random_features(20, 8, generator=generator).to(dtype)
+    mask = torch.ones(2, tokens, dtype=torch.bool)
+    mask[1, 20:] = False
+    mask[0, 3] = False
+    return q, k, v, projection, mask
+
+
+@pytest.mark.parametrize("chunk_size", [1, 5, 16, 1000])
+@pytest.mark.parametrize("masked", [False, True])
+def test_chunked_attention_equals_the_unchunked_functions(chunk_size, masked):
+    q, k, v, projection, mask = _random_attention_inputs()
+    mask = mask if masked else None
+    expected = linear_attention(
+        softmax_kernel_features(q, projection, is_query=True, epsilon=1e-4),
+        softmax_kernel_features(k, projection, is_query=False, epsilon=1e-4, mask=mask),
+        v,
+    )
+    chunked = chunked_favor_attention(
+        *(t.transpose(1, 2) for t in (q, k, v)), projection, epsilon=1e-4, chunk_size=chunk_size, mask=mask
+    )
+    torch.testing.assert_close(chunked.transpose(1, 2), expected, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("chunk_size", [4, 1000])
+def test_chunked_attention_backward_equals_autograd_of_the_unchunked_functions(chunk_size):
+    q, k, v, projection, mask = _random_attention_inputs(dtype=torch.float64)
+    upstream = torch.randn(q.shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+
+    def gradients(attention):
+        inputs = [t.clone().requires_grad_(True) for t in (q, k, v)]
+        (attention(*inputs) * upstream).sum().backward()
+        return [t.grad for t in inputs]
+
+    def unchunked(q_, k_, v_):
+        return linear_attention(
+            softmax_kernel_features(q_, projection, is_query=True, epsilon=1e-4),
+            softmax_kernel_features(k_, projection, is_query=False, epsilon=1e-4, mask=mask),
+            v_,
+        )
+
+    def chunked(q_, k_, v_):
+        # float64 end to end: the function computes in float32 only for lower-precision inputs
+        layout = (t.transpose(1, 2) for t in (q_, k_, v_))  # (batch, tokens, heads, head_dim)
+        return chunked_favor_attention(*layout, projection, epsilon=1e-4, chunk_size=chunk_size, mask=mask).transpose(
+            1, 2
+        )
+
+    for got, expected, name in zip(gradients(chunked), gradients(unchunked), "qkv", strict=True):
+        torch.testing.assert_close(got, expected, atol=1e-9, rtol=1e-7, msg=f"gradient of {name}")
+
+
+def test_model_output_does_not_depend_on_the_chunk_size():
+    ids = tester.input_ids()
+    mask = torch.ones_like(ids)
+    mask[0, 4:7] = 0
+    outputs = []
+    for chunk_size in (3, 5, None):
+        model = build(ScBertForMaskedLM, attention_chunk_size=chunk_size).train()
+        out = model(ids, attention_mask=mask, labels=ids)
+        out.loss.backward()
+        outputs.append((out.logits.detach(), model.scbert.embeddings.expression_embeddings.weight.grad.clone()))
+    for logits, grad in outputs[:-1]:
+        torch.testing.assert_close(logits, outputs[-1][0], atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(grad, outputs[-1][1], atol=1e-7, rtol=1e-4)
