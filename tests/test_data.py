@@ -1,0 +1,180 @@
+"""Datasets (sparse rows, ClassLabel, streaming, splits) and the collators."""
+
+from __future__ import annotations
+
+import math
+
+import anndata as ad
+import datasets
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+import torch
+from datasets.distributed import split_dataset_by_node
+
+from tokenization import ScBertTokenizer
+from tokenization.data import (
+    DataCollatorForCellClassification,
+    DataCollatorForMaskedExpression,
+    densify,
+    stratified_split,
+    to_dataset,
+    to_iterable_dataset,
+)
+
+
+@pytest.fixture
+def cells() -> ad.AnnData:
+    rng = np.random.default_rng(0)
+    n_cells, n_genes = 60, 50
+    counts = rng.poisson(rng.gamma(0.5, 4.0, size=(n_cells, n_genes))).astype(np.float32)
+    obs = pd.DataFrame(
+        {"cell_type": pd.Categorical(rng.choice(["T", "B", "NK"], size=n_cells), categories=["T", "B", "NK"])},
+        index=[f"cell{i}" for i in range(n_cells)],
+    )
+    adata = ad.AnnData(sp.csr_matrix(counts), obs=obs)
+    adata.var_names = [f"G{i}" for i in range(n_genes)]
+    return adata
+
+
+@pytest.fixture
+def tokenizer(cells) -> ScBertTokenizer:
+    return ScBertTokenizer.from_adata(cells)
+
+
+def test_dataset_round_trip_densifies_to_the_tokenizer_output(cells, tokenizer, tmp_path):
+    dataset = to_dataset(cells, tokenizer=tokenizer, label_key="cell_type", output_dir=tmp_path / "ds", batch_size=16)
+    reloaded = datasets.load_from_disk(str(tmp_path / "ds"))
+    assert len(reloaded) == cells.n_obs and reloaded.column_names == dataset.column_names
+    assert reloaded.features["label"].names == ["T", "B", "NK"]
+    assert reloaded.features["gene_indices"].feature.dtype == "int32"
+    assert reloaded.features["bins"].feature.dtype == "uint8"
+    rows = [reloaded[i] for i in range(len(reloaded))]
+    np.testing.assert_array_equal(densify(rows, num_genes=tokenizer.num_genes).numpy(), tokenizer(cells)["input_ids"])
+    assert [r["cell_id"] for r in rows] == list(cells.obs_names)
+    assert [r["label"] for r in rows] == list(cells.obs["cell_type"].cat.codes)
+    assert all(0 not in r["bins"] for r in rows)  # stored sparse: zero tokens are implicit
+
+
+def test_in_cache_dataset_saves_and_loads(cells, tokenizer, tmp_path):
+    dataset = to_dataset(cells, tokenizer=tokenizer, cache_dir=tmp_path / "cache")
+    assert "label" not in dataset.column_names
+    dataset.save_to_disk(str(tmp_path / "saved"))
+    reloaded = datasets.load_from_disk(str(tmp_path / "saved"))
+    assert list(reloaded["gene_indices"]) == list(dataset["gene_indices"])
+    assert list(reloaded["bins"]) == list(dataset["bins"])
+
+
+def test_dataset_from_a_backed_file(cells, tokenizer, tmp_path):
+    cells.write_h5ad(tmp_path / "cells.h5ad")
+    backed = ad.read_h5ad(tmp_path / "cells.h5ad", backed="r")
+    dataset = to_dataset(backed, tokenizer=tokenizer, label_key="cell_type", cache_dir=tmp_path, batch_size=7)
+    dense = densify([dataset[i] for i in range(len(dataset))], num_genes=tokenizer.num_genes).numpy()
+    np.testing.assert_array_equal(dense, tokenizer(cells)["input_ids"])
+
+
+def test_missing_label_column_lists_obs_columns(cells, tokenizer, tmp_path):
+    before = cells.obs.copy()
+    with pytest.raises(ValueError, match=r"label_key='celltype'.*\['cell_type'\]"):
+        to_dataset(cells, tokenizer=tokenizer, label_key="celltype", cache_dir=tmp_path)
+    pd.testing.assert_frame_equal(cells.obs, before)
+
+
+def test_output_dir_is_never_overwritten(cells, tokenizer, tmp_path):
+    (tmp_path / "ds").mkdir()
+    (tmp_path / "ds" / "keep.txt").write_text("x")
+    with pytest.raises(FileExistsError):
+        to_dataset(cells, tokenizer=tokenizer, output_dir=tmp_path / "ds")
+
+
+@pytest.mark.parametrize("num_shards", [4, 3])
+def test_streaming_split_by_node_covers_every_cell_once(cells, tokenizer, num_shards):
+    stream = to_iterable_dataset(cells, tokenizer=tokenizer, label_key="cell_type", num_shards=num_shards)
+    seen = []
+    for rank in range(2):
+        node = [row["cell_id"] for row in split_dataset_by_node(stream, rank=rank, world_size=2)]
+        assert 0 < len(node) < cells.n_obs
+        seen += node
+    assert sorted(seen) == sorted(cells.obs_names)
+    first = next(iter(stream))
+    expected = tokenizer(cells[:1].copy())["input_ids"][0]
+    np.testing.assert_array_equal(densify([first], num_genes=tokenizer.num_genes)[0].numpy(), expected)
+
+
+def test_stratified_split_handles_tiny_classes():
+    labels = [0] * 20 + [1] * 2 + [2]
+    dataset = datasets.Dataset.from_dict(
+        {"label": labels, "cell_id": [str(i) for i in range(len(labels))]},
+        features=datasets.Features(
+            {"label": datasets.ClassLabel(names=["big", "pair", "single"]), "cell_id": datasets.Value("string")}
+        ),
+    )
+    split = stratified_split(dataset, eval_fraction=0.2, seed=0)
+    train_ids, eval_ids = list(split["train"]["cell_id"]), list(split["eval"]["cell_id"])
+    train_labels, eval_labels = list(split["train"]["label"]), list(split["eval"]["label"])
+    assert sorted(train_ids + eval_ids, key=int) == list(dataset["cell_id"])
+    assert eval_labels.count(0) == 4 and eval_labels.count(1) == 1  # round(20 * 0.2); a pair gives one to each
+    assert 2 not in eval_labels and train_labels.count(2) == 1  # a single cell stays in train
+    assert list(stratified_split(dataset, eval_fraction=0.2, seed=0)["eval"]["cell_id"]) == eval_ids
+    assert list(stratified_split(dataset, eval_fraction=0.2, seed=1)["eval"]["cell_id"]) != eval_ids
+
+
+# ---------------------------------------------------------------- collators
+def random_rows(n_cells: int, num_genes: int, rng: np.random.Generator) -> list[dict]:
+    rows = []
+    for _ in range(n_cells):
+        nnz = int(rng.integers(1, num_genes // 2))
+        genes = np.sort(rng.choice(num_genes, size=nnz, replace=False))
+        rows.append({"gene_indices": genes.tolist(), "bins": rng.integers(1, 6, size=nnz).tolist(), "label": 1})
+    return rows
+
+
+def test_masking_follows_the_published_rule():
+    num_genes = 400
+    rows = random_rows(256, num_genes, np.random.default_rng(0))
+    original = densify(rows, num_genes=num_genes)
+    batch = DataCollatorForMaskedExpression(num_genes=num_genes, seed=0)(rows)
+    input_ids, labels = batch["input_ids"], batch["labels"]
+    assert input_ids.shape == labels.shape == (256, num_genes + 1)
+    selected = labels != -100
+    nnz = (original != 0).sum(1)
+    expected_counts = torch.tensor([math.ceil(0.15 * int(n)) for n in nnz])
+    torch.testing.assert_close(selected.sum(1), expected_counts)
+    assert not selected[original == 0].any()  # zero tokens, including the appended one, are never selected
+    assert not selected[:, -1].any()
+    torch.testing.assert_close(labels[selected], original[selected])
+    replaced = input_ids == 6
+    assert not replaced[~selected].any()
+    fraction = replaced.sum().item() / selected.sum().item()
+    assert 0.87 < fraction < 0.93, fraction  # 90% in expectation over ~8,000 selections
+    kept = selected & ~replaced
+    torch.testing.assert_close(input_ids[kept], original[kept])  # no random tokens
+    torch.testing.assert_close(input_ids[~selected], original[~selected])
+
+
+def test_masking_is_seeded():
+    rows = random_rows(8, 100, np.random.default_rng(1))
+    first = DataCollatorForMaskedExpression(num_genes=100, seed=3)(rows)
+    again = DataCollatorForMaskedExpression(num_genes=100, seed=3)(rows)
+    other = DataCollatorForMaskedExpression(num_genes=100, seed=4)(rows)
+    torch.testing.assert_close(first["labels"], again["labels"])
+    assert not torch.equal(first["labels"], other["labels"])
+    generator = torch.Generator().manual_seed(3)
+    torch.testing.assert_close(
+        DataCollatorForMaskedExpression(num_genes=100, generator=generator)(rows)["labels"], first["labels"]
+    )
+
+
+def test_classification_collator():
+    rows = random_rows(4, 30, np.random.default_rng(2))
+    batch = DataCollatorForCellClassification(num_genes=30)(rows)
+    assert batch["input_ids"].shape == (4, 31) and batch["labels"].tolist() == [1, 1, 1, 1]
+    for row in rows:
+        del row["label"]
+    assert "labels" not in DataCollatorForCellClassification(num_genes=30)(rows)
+
+
+def test_densify_rejects_rows_from_another_panel():
+    with pytest.raises(ValueError, match="different tokenizer"):
+        densify([{"gene_indices": [0, 40], "bins": [1, 2]}], num_genes=30)

@@ -1,0 +1,418 @@
+"""Gene identifier alignment: map a dataset's genes onto a model's ordered gene panel.
+
+The rules, in the order they are applied:
+
+1. Ensembl version suffixes are stripped (``ENSG00000141510.17`` -> ``ENSG00000141510``; a GENCODE
+   ``_PAR_Y`` tag goes with the version).
+2. Duplicate names in the data keep their first occurrence, as the published pipeline did; later
+   columns with the same name are dropped and listed in the report.
+3. Panel genes are matched to data genes by exact name first.
+4. Only panel genes still unmatched are then matched through an optional synonym table (previous
+   symbols and aliases to current symbols, Ensembl gene ids to symbols). A data gene that already
+   matched exactly is never reassigned, so a synonym cannot steal an exact match.
+
+Missing panel genes become zeros and extra data genes are dropped by the caller.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from os import PathLike
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "GeneAlignment",
+    "GeneOverlapReport",
+    "SynonymTable",
+    "align_genes",
+    "detect_identifier_type",
+    "read_gene_list",
+    "strip_ensembl_version",
+]
+
+IdentifierType = Literal["symbol", "ensembl", "mixed"]
+
+# Ensembl gene ids: ENSG (human), ENSMUSG (mouse), ENSDARG (zebrafish), ...: a species prefix, "G", 11 digits.
+_ENSEMBL_RE = re.compile(r"^(ENS[A-Z]*G\d{11})(\.\d+)?(_PAR_Y)?$")
+_NUM_EXAMPLES = 5
+
+
+def strip_ensembl_version(names: Iterable[str]) -> list[str]:
+    """Remove Ensembl version suffixes; other names are returned unchanged.
+
+    Parameters
+    ----------
+    names
+        Gene names or identifiers.
+
+    Returns
+    -------
+    The names with ``ENSG00000141510.17`` turned into ``ENSG00000141510``.
+    """
+    out = []
+    for name in names:
+        name = str(name).strip()
+        match = _ENSEMBL_RE.match(name)
+        out.append(match.group(1) if match else name)
+    return out
+
+
+def detect_identifier_type(names: Sequence[str]) -> IdentifierType:
+    """Say whether names are gene symbols or Ensembl gene ids.
+
+    Parameters
+    ----------
+    names
+        Gene names or identifiers.
+
+    Returns
+    -------
+    ``"ensembl"`` when more than 90% look like Ensembl gene ids, ``"symbol"`` when fewer than 10% do,
+    ``"mixed"`` otherwise.
+    """
+    if len(names) == 0:
+        return "symbol"
+    fraction = sum(bool(_ENSEMBL_RE.match(str(n))) for n in names) / len(names)
+    if fraction > 0.9:
+        return "ensembl"
+    if fraction < 0.1:
+        return "symbol"
+    return "mixed"
+
+
+def read_gene_list(path: str | PathLike) -> list[str]:
+    """Read an ordered gene panel: one name per line; blank lines and ``#`` comments are skipped.
+
+    Parameters
+    ----------
+    path
+        A text file.
+
+    Returns
+    -------
+    The names in file order.
+    """
+    with open(path, encoding="utf-8") as handle:
+        lines = [line.strip() for line in handle]
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def _open_text(path: Path):
+    if path.suffix == ".gz":
+        return gzip.open(path, "rt", encoding="utf-8")
+    return open(path, encoding="utf-8")
+
+
+def _split_multi(value: str) -> list[str]:
+    # HGNC quotes multi-valued cells; NCBI writes "-" for an empty cell.
+    value = value.strip().strip('"')
+    if not value or value == "-":
+        return []
+    return [v.strip() for v in value.split("|") if v.strip()]
+
+
+@dataclass
+class SynonymTable:
+    """Map previous symbols, aliases and Ensembl gene ids to current gene symbols.
+
+    Read one from a file you downloaded with :meth:`from_file`; nothing is fetched from the network.
+
+    Parameters
+    ----------
+    symbols
+        The current (approved) symbols.
+    previous
+        Previous symbol -> current symbols (a previous symbol can map to several).
+    aliases
+        Alias -> current symbols.
+    ensembl
+        Ensembl gene id (no version) -> current symbols.
+    """
+
+    symbols: set[str] = field(default_factory=set)
+    previous: dict[str, set[str]] = field(default_factory=dict)
+    aliases: dict[str, set[str]] = field(default_factory=dict)
+    ensembl: dict[str, set[str]] = field(default_factory=dict)
+
+    def add(
+        self,
+        symbol: str,
+        *,
+        previous: Iterable[str] = (),
+        aliases: Iterable[str] = (),
+        ensembl_ids: Iterable[str] = (),
+    ) -> None:
+        """Register one current symbol with its previous symbols, aliases and Ensembl ids."""
+        self.symbols.add(symbol)
+        for name in previous:
+            self.previous.setdefault(name, set()).add(symbol)
+        for name in aliases:
+            self.aliases.setdefault(name, set()).add(symbol)
+        for name in strip_ensembl_version(ensembl_ids):
+            self.ensembl.setdefault(name, set()).add(symbol)
+
+    def canonical(self, name: str) -> str | None:
+        """Return the current symbol for a name, or ``None`` when unknown or ambiguous.
+
+        A current symbol maps to itself; otherwise an unambiguous Ensembl id, previous symbol or alias (in that
+        order) maps to its symbol. Names shared by several genes are ambiguous and map to nothing.
+        """
+        if name in self.symbols:
+            return name
+        for table in (self.ensembl, self.previous, self.aliases):
+            targets = table.get(name)
+            if targets is not None:
+                return next(iter(targets)) if len(targets) == 1 else None
+        return None
+
+    def __len__(self) -> int:
+        return len(self.symbols)
+
+    @classmethod
+    def from_file(
+        cls, path: str | PathLike, *, format: Literal["auto", "hgnc", "ncbi", "pairs"] = "auto"
+    ) -> SynonymTable:
+        """Read a synonym table from a local file (optionally gzip-compressed).
+
+        Parameters
+        ----------
+        path
+            The file. Supported formats, recognised from the header line when ``format="auto"``:
+
+            - ``"hgnc"``: the HGNC complete-set TSV export, with columns ``symbol``, ``alias_symbol``,
+              ``prev_symbol`` and ``ensembl_gene_id`` (multiple values separated by ``|``).
+            - ``"ncbi"``: NCBI ``gene_info`` (header ``#tax_id GeneID Symbol ...``), using ``Symbol``, ``Synonyms``
+              (``|``-separated) and ``dbXrefs`` (``Ensembl:ENSG...``).
+            - ``"pairs"``: two tab-separated columns, ``name`` then ``symbol`` (a header line ``alias``/``name``
+              is skipped); ``name`` can be an alias, a previous symbol or an Ensembl id.
+        format
+            Force one of the formats above.
+
+        Returns
+        -------
+        The table.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"Synonym table {str(path)!r} does not exist; pass the path of a local file.")
+        table = cls()
+        with _open_text(path) as handle:
+            header = handle.readline().rstrip("\n\r").split("\t")
+            columns = [c.strip().strip('"').lstrip("#") for c in header]
+            if format == "auto":
+                if {"symbol", "alias_symbol", "prev_symbol"} <= set(columns):
+                    format = "hgnc"
+                elif {"Symbol", "Synonyms"} <= set(columns):
+                    format = "ncbi"
+                elif len(columns) == 2:
+                    format = "pairs"
+                else:
+                    raise ValueError(
+                        f"Could not recognise the synonym table {str(path)!r} from its header {columns[:8]}; "
+                        "expected an HGNC export (columns symbol, alias_symbol, prev_symbol, ensembl_gene_id), "
+                        "an NCBI gene_info file (columns Symbol, Synonyms, dbXrefs) or two tab-separated columns "
+                        "(name, symbol). Pass format= to force one."
+                    )
+            if format == "hgnc":
+                col = {name: columns.index(name) for name in ("symbol", "alias_symbol", "prev_symbol")}
+                ens = columns.index("ensembl_gene_id") if "ensembl_gene_id" in columns else None
+                for line in handle:
+                    cells = line.rstrip("\n\r").split("\t")
+                    symbol = cells[col["symbol"]].strip().strip('"') if len(cells) > col["symbol"] else ""
+                    if not symbol:
+                        continue
+                    table.add(
+                        symbol,
+                        previous=_split_multi(cells[col["prev_symbol"]]) if len(cells) > col["prev_symbol"] else [],
+                        aliases=_split_multi(cells[col["alias_symbol"]]) if len(cells) > col["alias_symbol"] else [],
+                        ensembl_ids=_split_multi(cells[ens]) if ens is not None and len(cells) > ens else [],
+                    )
+            elif format == "ncbi":
+                sym, syn = columns.index("Symbol"), columns.index("Synonyms")
+                xref = columns.index("dbXrefs") if "dbXrefs" in columns else None
+                for line in handle:
+                    cells = line.rstrip("\n\r").split("\t")
+                    if len(cells) <= max(sym, syn):
+                        continue
+                    ids = []
+                    if xref is not None and len(cells) > xref:
+                        ids = [x.split(":", 1)[1] for x in _split_multi(cells[xref]) if x.startswith("Ensembl:")]
+                    table.add(cells[sym].strip(), aliases=_split_multi(cells[syn]), ensembl_ids=ids)
+            elif format == "pairs":
+                rows = [] if columns[0].lower() in {"alias", "name", "synonym"} else [columns]
+                rows += (line.rstrip("\n\r").split("\t") for line in handle)
+                for cells in rows:
+                    if len(cells) < 2 or not cells[0].strip() or not cells[1].strip():
+                        continue
+                    name, symbol = cells[0].strip(), cells[1].strip()
+                    if _ENSEMBL_RE.match(name):
+                        table.add(symbol, ensembl_ids=[name])
+                    else:
+                        table.add(symbol, aliases=[name])
+            else:
+                raise ValueError(
+                    f"Unknown synonym table format {format!r}; expected 'auto', 'hgnc', 'ncbi' or 'pairs'."
+                )
+        logger.info("Read a synonym table of %d symbols from %s (%s format).", len(table), path, format)
+        return table
+
+
+@dataclass
+class GeneOverlapReport:
+    """How a dataset's genes line up with a model's gene panel.
+
+    Parameters
+    ----------
+    num_panel_genes
+        Genes in the panel.
+    num_data_genes
+        Gene columns in the data (duplicates included).
+    matched
+        Panel genes found in the data (exactly or through synonyms).
+    matched_by_synonym
+        Of ``matched``, how many needed the synonym table.
+    missing
+        Panel genes not found (they are encoded as zero), in panel order.
+    extra
+        Data genes not in the panel (they are dropped), in data order.
+    duplicates
+        Data names seen more than once; only the first column of each is used.
+    identifier_type
+        What the data's names look like: ``"symbol"``, ``"ensembl"`` or ``"mixed"``.
+    panel_identifier_type
+        What the panel's names look like.
+    """
+
+    num_panel_genes: int
+    num_data_genes: int
+    matched: int
+    matched_by_synonym: int
+    missing: list[str]
+    extra: list[str]
+    duplicates: list[str]
+    identifier_type: IdentifierType
+    panel_identifier_type: IdentifierType
+
+    @property
+    def overlap(self) -> float:
+        """Fraction of panel genes found in the data."""
+        return self.matched / self.num_panel_genes if self.num_panel_genes else 0.0
+
+    @property
+    def example_unmatched(self) -> list[str]:
+        """A few data names that matched no panel gene."""
+        return self.extra[:_NUM_EXAMPLES]
+
+    def summary(self) -> str:
+        """One readable paragraph, as logged."""
+        text = (
+            f"{self.matched:,} of {self.num_panel_genes:,} panel genes found ({self.overlap:.1%}; "
+            f"{self.matched_by_synonym:,} through synonyms); {len(self.missing):,} missing (set to 0); "
+            f"{len(self.extra):,} of {self.num_data_genes:,} data genes not in the panel (dropped); "
+            f"{len(self.duplicates):,} duplicated data names (first kept); data identifiers look like "
+            f"{self.identifier_type}, panel identifiers like {self.panel_identifier_type}."
+        )
+        if self.missing:
+            text += f" Missing, e.g.: {', '.join(self.missing[:_NUM_EXAMPLES])}."
+        if self.extra:
+            text += f" Unmatched data names, e.g.: {', '.join(self.example_unmatched)}."
+        return text
+
+
+@dataclass
+class GeneAlignment:
+    """The result of :func:`align_genes`.
+
+    Parameters
+    ----------
+    data_to_panel
+        For each data column, its position in the panel, or ``-1`` when it is dropped (not in the panel, or a later
+        duplicate). Shape ``(num_data_genes,)``, int64.
+    report
+        The overlap report.
+    """
+
+    data_to_panel: np.ndarray
+    report: GeneOverlapReport
+
+
+def align_genes(
+    panel: Sequence[str],
+    data_names: Sequence[str],
+    *,
+    synonyms: SynonymTable | None = None,
+) -> GeneAlignment:
+    """Match a dataset's gene names to an ordered gene panel.
+
+    Parameters
+    ----------
+    panel
+        The model's genes, in token order.
+    data_names
+        The dataset's gene names or Ensembl ids, in column order.
+    synonyms
+        Optional synonym table, used only for panel genes without an exact match.
+
+    Returns
+    -------
+    The column-to-panel map and the overlap report (see the module docstring for the rules).
+    """
+    panel = strip_ensembl_version(panel)
+    names = strip_ensembl_version(data_names)
+    panel_index = {name: i for i, name in enumerate(panel)}
+
+    first_column: dict[str, int] = {}
+    duplicates: dict[str, None] = {}
+    for j, name in enumerate(names):
+        if name in first_column:
+            duplicates[name] = None
+        else:
+            first_column[name] = j
+
+    data_to_panel = np.full(len(names), -1, dtype=np.int64)
+    panel_found = np.zeros(len(panel), dtype=bool)
+    for name, j in first_column.items():
+        i = panel_index.get(name)
+        if i is not None:
+            data_to_panel[j] = i
+            panel_found[i] = True
+
+    by_synonym = 0
+    if synonyms is not None and not panel_found.all():
+        # Key the still-unmatched panel genes by current symbol, then offer them the still-unused data columns.
+        wanted: dict[str, int] = {}
+        for i in np.flatnonzero(~panel_found):
+            key = synonyms.canonical(panel[i])
+            if key is not None:
+                wanted.setdefault(key, int(i))
+        for name, j in first_column.items():
+            if data_to_panel[j] >= 0:
+                continue
+            key = synonyms.canonical(name)
+            i = wanted.pop(key, None) if key is not None else None
+            if i is not None:
+                data_to_panel[j] = i
+                panel_found[i] = True
+                by_synonym += 1
+
+    report = GeneOverlapReport(
+        num_panel_genes=len(panel),
+        num_data_genes=len(names),
+        matched=int(panel_found.sum()),
+        matched_by_synonym=by_synonym,
+        missing=[panel[i] for i in np.flatnonzero(~panel_found)],
+        extra=[names[j] for j in np.flatnonzero(data_to_panel < 0) if first_column[names[j]] == j],
+        duplicates=list(duplicates),
+        identifier_type=detect_identifier_type(names),
+        panel_identifier_type=detect_identifier_type(panel),
+    )
+    return GeneAlignment(data_to_panel=data_to_panel, report=report)

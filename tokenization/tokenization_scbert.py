@@ -1,0 +1,632 @@
+"""ScBertTokenizer: the ordered gene panel and the published expression-binning contract."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from os import PathLike
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import scipy.sparse as sp
+from anndata import AnnData
+from tqdm.auto import tqdm
+from transformers import BatchEncoding
+
+from .genes import GeneAlignment, GeneOverlapReport, SynonymTable, align_genes, read_gene_list, strip_ensembl_version
+from .preprocessing import InputKind, bin_expression, check_chunk, detect_input_kind, iter_row_chunks, sample_rows
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ScBertTokenizer"]
+
+TOKENIZER_CONFIG_NAME = "tokenizer_config.json"
+GENES_NAME = "genes.txt"
+DEFAULT_BATCH_SIZE = 2048
+_CONTRACT_KEYS = ("normalization_target", "log_base", "max_bin", "mask_token_id", "min_gene_overlap")
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    # A crash mid-write must never leave a half-written panel next to a model: write aside, then rename.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+@dataclass
+class _EncodingPlan:
+    matrix: Any
+    alignment: GeneAlignment
+    input_kind: InputKind
+    source: str
+    hint: str
+
+
+class ScBertTokenizer:
+    """Turn cells' expression into scBERT tokens over an ordered gene panel.
+
+    Each cell becomes ``num_genes + 1`` tokens: the panel genes in order, each the bin of its expression, then one
+    appended ``0`` token. The binning rule is the published one: normalise the cell to ``normalization_target``
+    over the panel genes, take ``log(1 + x)`` in base ``log_base`` in float32, clamp at ``max_bin`` and truncate.
+
+    Parameters
+    ----------
+    genes
+        The ordered gene panel (symbols or Ensembl ids; Ensembl versions are stripped). Must be unique.
+    normalization_target
+        Total expression each cell is scaled to, over the panel genes.
+    log_base
+        Base of the ``log(1 + x)`` transform.
+    max_bin
+        Highest expression token; larger values are clamped to it.
+    mask_token_id
+        The token masked positions get during pretraining; must lie above ``max_bin``.
+    min_gene_overlap
+        Default minimum fraction of panel genes a dataset must contain; encoding below it is refused.
+
+    Examples
+    --------
+    >>> tokenizer = ScBertTokenizer.from_pretrained("path/or/hub-id")  # doctest: +SKIP
+    >>> input_ids = tokenizer(adata, return_tensors="pt")["input_ids"]  # doctest: +SKIP
+    """
+
+    tokenizer_class = "ScBertTokenizer"
+
+    def __init__(
+        self,
+        genes: Sequence[str],
+        *,
+        normalization_target: float = 1e4,
+        log_base: float = 2.0,
+        max_bin: int = 5,
+        mask_token_id: int = 6,
+        min_gene_overlap: float = 0.5,
+    ) -> None:
+        if isinstance(genes, str):
+            raise TypeError(
+                "genes must be a sequence of gene names, got a single string; to read a file, use "
+                "ScBertTokenizer.from_gene_file(path)."
+            )
+        panel = strip_ensembl_version(genes)
+        if not panel:
+            raise ValueError("The gene panel is empty; pass the model's genes in token order.")
+        if any(not name for name in panel):
+            raise ValueError("The gene panel contains empty names; remove blank entries.")
+        seen: set[str] = set()
+        duplicates = sorted({name for name in panel if name in seen or seen.add(name)})
+        if duplicates:
+            raise ValueError(
+                f"The gene panel must name each gene once; {len(duplicates)} names repeat, e.g. {duplicates[:5]}. "
+                "Build a panel from data with ScBertTokenizer.from_adata, which keeps the first occurrence."
+            )
+        if normalization_target <= 0:
+            raise ValueError(f"normalization_target must be positive; got {normalization_target}.")
+        if log_base <= 1:
+            raise ValueError(f"log_base must be greater than 1; got {log_base}.")
+        if not 1 <= max_bin <= 254:
+            raise ValueError(f"max_bin must be between 1 and 254 (tokens are stored as uint8); got {max_bin}.")
+        if mask_token_id <= max_bin:
+            raise ValueError(
+                f"mask_token_id ({mask_token_id}) must lie above the expression bins 0..{max_bin} (max_bin); "
+                "the published model uses max_bin=5, mask_token_id=6."
+            )
+        if not 0 <= min_gene_overlap <= 1:
+            raise ValueError(f"min_gene_overlap is a fraction of panel genes in [0, 1]; got {min_gene_overlap}.")
+        self._genes = tuple(panel)
+        self.normalization_target = float(normalization_target)
+        self.log_base = float(log_base)
+        self.max_bin = int(max_bin)
+        self.mask_token_id = int(mask_token_id)
+        self.min_gene_overlap = float(min_gene_overlap)
+
+    # ------------------------------------------------------------------ the panel
+    @property
+    def genes(self) -> tuple[str, ...]:
+        """The ordered gene panel."""
+        return self._genes
+
+    @property
+    def num_genes(self) -> int:
+        """Genes in the panel; sequences are one token longer."""
+        return len(self._genes)
+
+    @property
+    def sequence_length(self) -> int:
+        """Tokens per cell: the panel plus the appended ``0`` token."""
+        return len(self._genes) + 1
+
+    @property
+    def vocab_size(self) -> int:
+        """Distinct token ids: the bins ``0..max_bin`` and the mask token."""
+        return self.mask_token_id + 1
+
+    @property
+    def panel_hash(self) -> str:
+        """SHA-256 (hex) of the newline-joined panel; identifies a panel in model cards."""
+        return hashlib.sha256("\n".join(self._genes).encode("utf-8")).hexdigest()
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(num_genes={self.num_genes}, normalization_target={self.normalization_target:g}, "
+            f"log_base={self.log_base:g}, max_bin={self.max_bin}, mask_token_id={self.mask_token_id}, "
+            f"panel_hash={self.panel_hash[:12]}...)"
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ScBertTokenizer):
+            return NotImplemented
+        return self._genes == other._genes and self._contract() == other._contract()
+
+    __hash__ = None  # mutable contract attributes; equality is by value
+
+    def _contract(self) -> dict[str, Any]:
+        return {key: getattr(self, key) for key in _CONTRACT_KEYS}
+
+    @classmethod
+    def from_adata(cls, adata: AnnData, *, gene_key: str | None = None, **kwargs: Any) -> ScBertTokenizer:
+        """Build a panel from a dataset's genes, in its column order, for training a new model.
+
+        Parameters
+        ----------
+        adata
+            The dataset (may be backed); only ``.var`` is read.
+        gene_key
+            A ``.var`` column holding the identifiers; ``adata.var_names`` when ``None``.
+        **kwargs
+            Contract options passed to the constructor.
+
+        Returns
+        -------
+        A tokenizer whose panel is the dataset's genes, Ensembl versions stripped and duplicates dropped (the first
+        occurrence kept).
+        """
+        names = strip_ensembl_version(_gene_names(adata, gene_key=gene_key))
+        panel = list(dict.fromkeys(names))
+        if len(panel) < len(names):
+            logger.warning("Dropped %d duplicated gene names from the panel (first kept).", len(names) - len(panel))
+        return cls(panel, **kwargs)
+
+    @classmethod
+    def from_gene_file(cls, path: str | PathLike, **kwargs: Any) -> ScBertTokenizer:
+        """Build a tokenizer from a text file with one gene per line, in panel order.
+
+        Parameters
+        ----------
+        path
+            The file; blank lines and ``#`` comments are skipped.
+        **kwargs
+            Contract options passed to the constructor.
+        """
+        return cls(read_gene_list(path), **kwargs)
+
+    # ------------------------------------------------------------------ save / load / push
+    def save_pretrained(self, save_directory: str | PathLike) -> list[str]:
+        """Write ``tokenizer_config.json`` (the contract) and ``genes.txt`` (the panel, one gene per line).
+
+        Parameters
+        ----------
+        save_directory
+            Created if needed. Each file is written atomically.
+
+        Returns
+        -------
+        The paths written.
+        """
+        directory = Path(save_directory)
+        if directory.is_file():
+            raise NotADirectoryError(f"save_directory {str(directory)!r} is a file; pass a directory.")
+        directory.mkdir(parents=True, exist_ok=True)
+        config = {
+            "tokenizer_class": self.tokenizer_class,
+            **self._contract(),
+            "num_genes": self.num_genes,
+            "appended_token_id": 0,
+            "genes_file": GENES_NAME,
+            "panel_hash": self.panel_hash,
+        }
+        genes_path, config_path = directory / GENES_NAME, directory / TOKENIZER_CONFIG_NAME
+        _atomic_write_text(genes_path, "\n".join(self._genes) + "\n")
+        _atomic_write_text(config_path, json.dumps(config, indent=2) + "\n")
+        return [str(config_path), str(genes_path)]
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | PathLike,
+        *,
+        revision: str | None = None,
+        cache_dir: str | PathLike | None = None,
+        token: str | bool | None = None,
+        local_files_only: bool = False,
+        subfolder: str | None = None,
+    ) -> ScBertTokenizer:
+        """Load a tokenizer from a folder or a Hugging Face Hub repository.
+
+        Parameters
+        ----------
+        pretrained_model_name_or_path
+            A folder written by :meth:`save_pretrained`, or a Hub repo id.
+        revision
+            Hub branch, tag or commit.
+        cache_dir
+            Hub cache folder.
+        token
+            Hub token.
+        local_files_only
+            Only use the local Hub cache (also implied by ``HF_HUB_OFFLINE=1``).
+        subfolder
+            Folder inside the folder or repository.
+        """
+        directory = Path(pretrained_model_name_or_path)
+        if subfolder:
+            directory = directory / subfolder
+        if directory.is_dir():
+            config_path = directory / TOKENIZER_CONFIG_NAME
+            if not config_path.is_file():
+                raise FileNotFoundError(
+                    f"{str(directory)!r} has no {TOKENIZER_CONFIG_NAME}; expected a folder written by "
+                    "ScBertTokenizer.save_pretrained (tokenizer_config.json and genes.txt)."
+                )
+            config = json.loads(config_path.read_text(encoding="utf-8"))
+            genes_path = directory / config.get("genes_file", GENES_NAME)
+            if not genes_path.is_file():
+                raise FileNotFoundError(f"{str(directory)!r} has {TOKENIZER_CONFIG_NAME} but no {genes_path.name}.")
+        else:
+            from huggingface_hub import hf_hub_download
+
+            kwargs = {
+                "repo_id": str(pretrained_model_name_or_path),
+                "subfolder": subfolder,
+                "revision": revision,
+                "cache_dir": cache_dir,
+                "token": token,
+                "local_files_only": local_files_only,
+            }
+            config_path = Path(hf_hub_download(filename=TOKENIZER_CONFIG_NAME, **kwargs))
+            config = json.loads(config_path.read_text(encoding="utf-8"))
+            genes_path = Path(hf_hub_download(filename=config.get("genes_file", GENES_NAME), **kwargs))
+        if config.get("tokenizer_class", cls.tokenizer_class) != cls.tokenizer_class:
+            raise ValueError(
+                f"{config_path} describes a {config['tokenizer_class']!r}, not a {cls.tokenizer_class}; "
+                "check that the path points at an scBERT tokenizer."
+            )
+        tokenizer = cls(read_gene_list(genes_path), **{k: config[k] for k in _CONTRACT_KEYS if k in config})
+        expected = config.get("panel_hash")
+        if expected is not None and expected != tokenizer.panel_hash:
+            raise ValueError(
+                f"{genes_path} does not match the panel_hash recorded in {config_path} (expected {expected[:12]}..., "
+                f"got {tokenizer.panel_hash[:12]}...); the gene file was edited or truncated. Restore the original."
+            )
+        return tokenizer
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        commit_message: str = "Upload ScBertTokenizer",
+        private: bool | None = None,
+        token: str | bool | None = None,
+        revision: str | None = None,
+        create_pr: bool = False,
+    ) -> str:
+        """Upload ``tokenizer_config.json`` and ``genes.txt`` to a Hub model repository (created if needed).
+
+        Parameters
+        ----------
+        repo_id
+            ``"user/name"``.
+        commit_message
+            The commit message.
+        private
+            Visibility of a newly created repository.
+        token
+            Hub token.
+        revision
+            Branch to commit to.
+        create_pr
+            Open a pull request instead of committing.
+
+        Returns
+        -------
+        The commit URL.
+        """
+        from huggingface_hub import create_repo, upload_folder
+
+        create_repo(repo_id, token=token, private=private, exist_ok=True)
+        with tempfile.TemporaryDirectory() as work_dir:
+            self.save_pretrained(work_dir)
+            commit = upload_folder(
+                repo_id=repo_id,
+                folder_path=work_dir,
+                commit_message=commit_message,
+                token=token,
+                revision=revision,
+                create_pr=create_pr,
+            )
+        return str(getattr(commit, "commit_url", commit))
+
+    # ------------------------------------------------------------------ alignment and encoding
+    def align(
+        self,
+        adata: AnnData | None = None,
+        *,
+        gene_names: Sequence[str] | None = None,
+        gene_key: str | None = None,
+        synonyms: SynonymTable | str | PathLike | None = None,
+    ) -> GeneOverlapReport:
+        """Report how a dataset's genes match the panel, without encoding anything.
+
+        Parameters
+        ----------
+        adata
+            The dataset; or pass ``gene_names`` alone.
+        gene_names
+            Gene names in column order, for a plain matrix.
+        gene_key
+            A ``.var`` column holding the identifiers.
+        synonyms
+            A :class:`~tokenization.genes.SynonymTable` or the path of a synonym file.
+
+        Returns
+        -------
+        The overlap report (also logged at INFO).
+        """
+        if adata is not None and gene_names is None:
+            gene_names = _gene_names(adata, gene_key=gene_key)
+        if gene_names is None:
+            raise TypeError("Pass an AnnData or gene_names= to align.")
+        alignment = align_genes(self._genes, list(gene_names), synonyms=_load_synonyms(synonyms))
+        logger.info("Gene alignment: %s", alignment.report.summary())
+        return alignment.report
+
+    def _plan(
+        self,
+        data: AnnData | np.ndarray | sp.spmatrix | sp.sparray,
+        *,
+        gene_names: Sequence[str] | None,
+        layer: str | None,
+        gene_key: str | None,
+        input_kind: Literal["auto", "counts", "log1p"],
+        synonyms: SynonymTable | str | PathLike | None,
+        min_gene_overlap: float | None,
+    ) -> _EncodingPlan:
+        if input_kind not in ("auto", "counts", "log1p"):
+            raise ValueError(f"input_kind must be 'auto', 'counts' or 'log1p'; got {input_kind!r}.")
+        if isinstance(data, AnnData):
+            if gene_names is not None:
+                raise TypeError("gene_names= is for plain matrices; for an AnnData use gene_key= or var_names.")
+            names = _gene_names(data, gene_key=gene_key)
+            matrix, source = _matrix_of(data, layer=layer)
+            hint = _counts_hint(data, layer=layer)
+            where = "adata.var_names" if gene_key is None else f"adata.var[{gene_key!r}]"
+            columns = list(data.var.columns)
+        else:
+            if layer is not None or gene_key is not None:
+                raise TypeError("layer= and gene_key= need an AnnData; for a plain matrix pass gene_names=.")
+            if gene_names is None:
+                raise TypeError(
+                    f"A plain {type(data).__name__} carries no gene names; pass gene_names= (one per column)."
+                )
+            if not (sp.issparse(data) or hasattr(data, "shape")) or len(getattr(data, "shape", ())) != 2:
+                raise TypeError(f"Expected an AnnData or a 2-D cells x genes matrix; got {type(data).__name__}.")
+            names, matrix, source, hint, where, columns = list(gene_names), data, "the matrix", "", "gene_names", None
+        if len(names) != matrix.shape[1]:
+            raise ValueError(f"Got {len(names)} gene names for a matrix with {matrix.shape[1]} columns.")
+
+        alignment = align_genes(self._genes, names, synonyms=_load_synonyms(synonyms))
+        report = alignment.report
+        logger.info("Gene alignment: %s", report.summary())
+        minimum = self.min_gene_overlap if min_gene_overlap is None else min_gene_overlap
+        if report.overlap < minimum:
+            advice = []
+            if columns is not None:
+                advice.append(f"if the identifiers are in a .var column, pass gene_key= (columns: {columns})")
+            advice.append(
+                "pass synonyms= a synonym table (an HGNC or NCBI gene_info export) to map previous symbols, "
+                "aliases and Ensembl ids"
+            )
+            advice.append(f"or lower min_gene_overlap= (now {minimum:g})")
+            raise ValueError(
+                f"Only {report.matched:,} of {report.num_panel_genes:,} panel genes ({report.overlap:.1%}) were "
+                f"found in {where}; at least {minimum:.0%} are needed. Data identifiers look like "
+                f"{report.identifier_type}, the panel's like {report.panel_identifier_type}; unmatched data names, "
+                f"e.g.: {report.example_unmatched}. To fix: " + "; ".join(advice) + "."
+            )
+
+        if input_kind == "auto":
+            kind = detect_input_kind(sample_rows(matrix), source=source, hint=hint)
+            logger.info("Detected %s in %s (from a sample of cells).", _KIND_WORDS[kind], source)
+        else:
+            kind = input_kind
+            logger.info("Treating %s as %s (input_kind=%r).", source, _KIND_WORDS[kind], input_kind)
+        return _EncodingPlan(matrix=matrix, alignment=alignment, input_kind=kind, source=source, hint=hint)
+
+    def iter_encoded(
+        self,
+        data: AnnData | np.ndarray | sp.spmatrix | sp.sparray,
+        *,
+        gene_names: Sequence[str] | None = None,
+        layer: str | None = None,
+        gene_key: str | None = None,
+        input_kind: Literal["auto", "counts", "log1p"] = "auto",
+        synonyms: SynonymTable | str | PathLike | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        min_gene_overlap: float | None = None,
+        progress: bool | None = None,
+    ) -> Iterator[tuple[int, int, sp.csr_matrix]]:
+        """Encode chunk by chunk, yielding sparse tokens; the building block of the datasets in ``data.py``.
+
+        Takes the same arguments as :meth:`__call__`. Alignment, input-kind detection and their errors happen
+        before the first chunk is yielded.
+
+        Yields
+        ------
+        ``(start, end, tokens)``: ``tokens`` is a CSR matrix of shape ``(end - start, num_genes)`` with the non-zero
+        tokens (uint8, sorted column indices); the appended ``0`` token is implicit.
+        """
+        plan = self._plan(
+            data,
+            gene_names=gene_names,
+            layer=layer,
+            gene_key=gene_key,
+            input_kind=input_kind,
+            synonyms=synonyms,
+            min_gene_overlap=min_gene_overlap,
+        )
+        return self._iter_plan(plan, batch_size=batch_size, progress=progress)
+
+    def _iter_plan(
+        self, plan: _EncodingPlan, *, batch_size: int, progress: bool | None, start: int = 0, end: int | None = None
+    ) -> Iterator[tuple[int, int, sp.csr_matrix]]:
+        n_obs = plan.matrix.shape[0] if end is None else end
+        chunks = iter_row_chunks(_RowWindow(plan.matrix, start, n_obs), batch_size=batch_size)
+        show = n_obs - start > 10 * batch_size if progress is None else progress
+        with tqdm(total=n_obs - start, unit="cells", desc="Encoding cells", disable=not show) as bar:
+            for chunk_start, chunk_end, rows in chunks:
+                check_chunk(rows.data, source=plan.source, hint=plan.hint, start=start + chunk_start)
+                tokens = bin_expression(
+                    rows,
+                    data_to_panel=plan.alignment.data_to_panel,
+                    num_genes=self.num_genes,
+                    input_kind=plan.input_kind,
+                    normalization_target=self.normalization_target,
+                    log_base=self.log_base,
+                    max_bin=self.max_bin,
+                )
+                bar.update(chunk_end - chunk_start)
+                yield start + chunk_start, start + chunk_end, tokens
+
+    def __call__(
+        self,
+        data: AnnData | np.ndarray | sp.spmatrix | sp.sparray,
+        *,
+        gene_names: Sequence[str] | None = None,
+        layer: str | None = None,
+        gene_key: str | None = None,
+        input_kind: Literal["auto", "counts", "log1p"] = "auto",
+        synonyms: SynonymTable | str | PathLike | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        return_tensors: Literal["pt", "np"] | None = None,
+        min_gene_overlap: float | None = None,
+        progress: bool | None = None,
+    ) -> BatchEncoding:
+        """Encode cells into ``input_ids`` of shape ``(n_obs, num_genes + 1)``.
+
+        The input is read ``batch_size`` cells at a time (never densified beyond one chunk) and never modified.
+
+        Parameters
+        ----------
+        data
+            An AnnData (dense, CSR or CSC ``.X``, or backed on disk), or a cells x genes matrix (numpy or scipy
+            sparse) with ``gene_names``.
+        gene_names
+            Column names for a plain matrix.
+        layer
+            Read ``adata.layers[layer]`` instead of ``adata.X``.
+        gene_key
+            A ``.var`` column holding the gene identifiers; ``adata.var_names`` when ``None``.
+        input_kind
+            ``"counts"`` (raw counts), ``"log1p"`` (scanpy ``normalize_total`` + natural ``log1p``), or ``"auto"`` to
+            detect it from a sample of cells (logged at INFO).
+        synonyms
+            A :class:`~tokenization.genes.SynonymTable` or the path of a synonym file (HGNC export, NCBI gene_info
+            or two columns), used for panel genes without an exact match.
+        batch_size
+            Cells per chunk.
+        return_tensors
+            ``"pt"`` for a torch tensor; ``"np"`` or ``None`` for a numpy array.
+        min_gene_overlap
+            Minimum fraction of panel genes the data must contain; the tokenizer's default when ``None``.
+        progress
+            Show a progress bar; by default only for more than ten chunks.
+
+        Returns
+        -------
+        A ``BatchEncoding`` with ``input_ids`` (int64, shape ``(n_obs, num_genes + 1)``, last column ``0``).
+        """
+        if return_tensors not in (None, "pt", "np"):
+            raise ValueError(f"return_tensors must be None, 'np' or 'pt'; got {return_tensors!r}.")
+        chunks = self.iter_encoded(
+            data,
+            gene_names=gene_names,
+            layer=layer,
+            gene_key=gene_key,
+            input_kind=input_kind,
+            synonyms=synonyms,
+            batch_size=batch_size,
+            min_gene_overlap=min_gene_overlap,
+            progress=progress,
+        )
+        input_ids = np.zeros((data.shape[0], self.sequence_length), dtype=np.int64)
+        for start, end, tokens in chunks:
+            block = input_ids[start:end]
+            rows = np.repeat(np.arange(end - start), np.diff(tokens.indptr))
+            block[rows, tokens.indices] = tokens.data
+        return BatchEncoding({"input_ids": input_ids}, tensor_type=return_tensors)
+
+
+_KIND_WORDS = {"counts": "raw counts", "log1p": "log1p-normalised values"}
+
+
+class _RowWindow:
+    """A row range of a matrix that slices lazily, so a dataset shard reads only its own rows."""
+
+    def __init__(self, matrix: Any, start: int, end: int) -> None:
+        self.matrix, self.start, self.end = matrix, start, end
+        self.shape = (end - start, matrix.shape[1])
+
+    def __getitem__(self, rows: slice) -> Any:
+        return self.matrix[self.start + rows.start : self.start + rows.stop]
+
+
+def _gene_names(adata: AnnData, *, gene_key: str | None) -> list[str]:
+    if gene_key is None:
+        return [str(name) for name in adata.var_names]
+    if gene_key not in adata.var.columns:
+        raise ValueError(
+            f"gene_key={gene_key!r} is not a column of adata.var; the columns are {list(adata.var.columns)}. "
+            "Pass one of them, or gene_key=None to use adata.var_names."
+        )
+    return [str(name) for name in adata.var[gene_key]]
+
+
+def _matrix_of(adata: AnnData, *, layer: str | None) -> tuple[Any, str]:
+    if layer is not None:
+        if layer not in adata.layers:
+            raise ValueError(f"layer={layer!r} is not in adata.layers; the layers are {list(adata.layers.keys())}.")
+        return adata.layers[layer], f"adata.layers[{layer!r}]"
+    if adata.X is None:
+        raise ValueError(f"adata.X is empty; pass layer= (layers: {list(adata.layers.keys())}).")
+    return adata.X, "adata.X"
+
+
+def _counts_hint(adata: AnnData, *, layer: str | None) -> str:
+    """Point to where raw counts probably are, for error messages."""
+    hints = []
+    names = [name for name in adata.layers if name != layer]
+    countish = [name for name in names if "count" in name.lower() or "raw" in name.lower()]
+    if countish:
+        hints.append(f"adata.layers has {countish[0]!r}: pass layer={countish[0]!r}")
+    elif names:
+        hints.append(f"adata.layers holds {names}: pass layer= to use one")
+    if adata.raw is not None:
+        hints.append("adata.raw is set: pass adata.raw.to_adata() instead")
+    return (" " + "; ".join(hints) + ".") if hints else ""
+
+
+def _load_synonyms(synonyms: SynonymTable | str | PathLike | None) -> SynonymTable | None:
+    if synonyms is None or isinstance(synonyms, SynonymTable):
+        return synonyms
+    return SynonymTable.from_file(synonyms)
