@@ -6,6 +6,8 @@ Importing this package registers the scBERT classes with the Auto classes (``Aut
 
 from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, AutoModelForSequenceClassification
 
+from tokenization import ScBertTokenizer
+
 from .configuration_scbert import ScBertConfig
 from .modeling_scbert import (
     ScBertForMaskedLM,
@@ -31,4 +33,5 @@ __all__ = [
     "ScBertForSequenceClassification",
     "ScBertModel",
     "ScBertPreTrainedModel",
+    "ScBertTokenizer",
 ]

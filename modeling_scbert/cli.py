@@ -7,7 +7,9 @@ import logging
 import sys
 from pathlib import Path
 
-from .convert_scbert_original_checkpoint import CheckpointConversionError, convert_checkpoint
+from tokenization import ScBertTokenizer
+
+from .convert_scbert_original_checkpoint import convert_checkpoint
 
 
 def _read_lines(path: str) -> list[str]:
@@ -17,10 +19,18 @@ def _read_lines(path: str) -> list[str]:
 
 def _convert(args: argparse.Namespace) -> int:
     labels = _read_lines(args.labels) if args.labels else None
+    tokenizer = None
+    if args.genes:
+        tokenizer = ScBertTokenizer.from_gene_file(args.genes)
+    elif args.reference_h5ad:
+        import anndata
+
+        tokenizer = ScBertTokenizer.from_adata(anndata.read_h5ad(args.reference_h5ad, backed="r"))
     report = convert_checkpoint(
         args.checkpoint,
         args.output,
         labels=labels,
+        tokenizer=tokenizer,
         overwrite=args.overwrite,
         trust_checkpoint=args.trust_checkpoint,
         gene_embedding_type=args.gene_embedding_type,
@@ -46,6 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--checkpoint", required=True, help="the published .pth file")
     convert.add_argument("--output", required=True, help="folder to write (must not exist unless --overwrite)")
     convert.add_argument("--labels", help="class names, one per line, in class-index order (fine-tuned checkpoints)")
+    panel = convert.add_mutually_exclusive_group()
+    panel.add_argument(
+        "--genes", help="the model's gene panel, one name per line in panel order; writes the tokenizer"
+    )
+    panel.add_argument(
+        "--reference-h5ad", help="the published reference .h5ad, whose var_names are the panel; writes the tokenizer"
+    )
     convert.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     convert.add_argument(
         "--trust-checkpoint",
@@ -65,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
         return args.handler(args)
-    except (CheckpointConversionError, FileExistsError, FileNotFoundError) as error:
+    except (ValueError, FileExistsError, FileNotFoundError) as error:
         print(f"scbert {args.command}: error: {error}", file=sys.stderr)
         return 2
 

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from tokenization import ScBertTokenizer
+
 from .configuration_scbert import ScBertConfig
 from .modeling_scbert import ScBertForMaskedLM, ScBertForSequenceClassification
 
@@ -85,6 +87,7 @@ class ConversionReport:
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     gene_table_rounding_error: float = 0.0
     ignored_keys: list[str] = field(default_factory=list)
+    panel_hash: str | None = None
 
     def summary(self) -> str:
         c = self.config
@@ -101,6 +104,10 @@ class ConversionReport:
             sizes = " -> ".join(str(s) for s in [c.sequence_length, *c.classifier_hidden_sizes, c.num_labels])
             lines.append(f"classifier: {c.classifier_type} ({sizes}); labels: {list(c.id2label.values())}")
         lines.append(f"parameters: {self.num_parameters:,}")
+        if self.panel_hash is None:
+            lines.append("tokenizer: none written (pass --genes or --reference-h5ad to write the gene panel)")
+        else:
+            lines.append(f"tokenizer: {c.num_genes} genes, panel sha256 {self.panel_hash}")
         if self.ignored_keys:
             lines.append(f"not converted (training bookkeeping): {', '.join(self.ignored_keys)}")
         return "\n".join(lines)
@@ -257,6 +264,7 @@ def convert_checkpoint(
     output_dir: str | os.PathLike,
     *,
     labels: list[str] | None = None,
+    tokenizer: ScBertTokenizer | None = None,
     overwrite: bool = False,
     trust_checkpoint: bool = False,
     **overrides,
@@ -267,6 +275,8 @@ def convert_checkpoint(
         checkpoint: The published ``.pth`` file.
         output_dir: Folder to write. It is written next to its final place and moved there when complete.
         labels: Class names in class-index order (fine-tuned checkpoints); default ``LABEL_i``.
+        tokenizer: The model's gene panel (e.g. ``ScBertTokenizer.from_gene_file``), written next to the model. Its
+            panel size must equal the checkpoint's ``num_genes``.
         overwrite: Replace an existing ``output_dir``.
         trust_checkpoint: Allow full unpickling of the checkpoint (see :func:`load_original_state_dict`).
         **overrides: ``ScBertConfig`` fields that replace the inferred values.
@@ -280,6 +290,11 @@ def convert_checkpoint(
     state_dict = load_original_state_dict(checkpoint, trust_checkpoint=trust_checkpoint)
     config, layout = infer_config(state_dict, labels=labels, **overrides)
     converted, ignored = convert_state_dict(state_dict, config, layout)
+    if tokenizer is not None and tokenizer.num_genes != config.num_genes:
+        raise CheckpointConversionError(
+            f"The gene panel has {tokenizer.num_genes} genes but the checkpoint's gene table has {config.num_genes} "
+            "(+1 appended token). Give the panel the checkpoint was trained with, in its order."
+        )
 
     model_class = ScBertForSequenceClassification if layout == FINETUNED_LAYOUT else ScBertForMaskedLM
     model = model_class(config)
@@ -295,6 +310,8 @@ def convert_checkpoint(
     staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
     try:
         model.save_pretrained(staging)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(staging)
         if output_dir.exists():
             shutil.rmtree(output_dir)
         os.replace(staging, output_dir)
@@ -311,6 +328,7 @@ def convert_checkpoint(
         shapes={name: tuple(t.shape) for name, t in converted.items()},
         gene_table_rounding_error=float(rounding),
         ignored_keys=ignored,
+        panel_hash=None if tokenizer is None else tokenizer.panel_hash,
     )
     logger.info("Converted %s to %s\n%s", checkpoint, output_dir, report.summary())
     return report

@@ -150,3 +150,60 @@ def test_other_bad_inputs(golden_dir, tmp_path, capsys):
     assert code == 2
     assert "scbert convert: error: Could not read" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_convert_writes_the_tokenizer_from_a_gene_list_or_a_reference_h5ad(golden_dir, tmp_path, capsys):
+    import anndata as ad
+
+    from modeling_scbert import ScBertTokenizer
+
+    genes = [f"GENE{i}" for i in range(100)]
+    (tmp_path / "genes.txt").write_text("\n".join(genes) + "\n")
+    code = main(
+        [
+            "convert",
+            "--checkpoint",
+            str(golden_dir / "tiny_pretrain.pth"),
+            "--output",
+            str(tmp_path / "a"),
+            "--genes",
+            str(tmp_path / "genes.txt"),
+        ]
+    )
+    assert code == 0
+    tokenizer = ScBertTokenizer.from_pretrained(tmp_path / "a")
+    assert list(tokenizer.genes) == genes
+    assert f"panel sha256 {tokenizer.panel_hash}" in capsys.readouterr().out
+
+    reference = ad.AnnData(np.zeros((2, 100), dtype=np.float32))
+    reference.var_names = genes[::-1]
+    reference.write_h5ad(tmp_path / "reference.h5ad")
+    code = main(
+        [
+            "convert",
+            "--checkpoint",
+            str(golden_dir / "tiny_pretrain.pth"),
+            "--output",
+            str(tmp_path / "b"),
+            "--reference-h5ad",
+            str(tmp_path / "reference.h5ad"),
+        ]
+    )
+    assert code == 0
+    assert list(ScBertTokenizer.from_pretrained(tmp_path / "b").genes) == genes[::-1]
+
+    (tmp_path / "short.txt").write_text("\n".join(genes[:90]) + "\n")
+    code = main(
+        [
+            "convert",
+            "--checkpoint",
+            str(golden_dir / "tiny_pretrain.pth"),
+            "--output",
+            str(tmp_path / "c"),
+            "--genes",
+            str(tmp_path / "short.txt"),
+        ]
+    )
+    assert code == 2
+    assert "90 genes but the checkpoint's gene table has 100" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()
