@@ -218,6 +218,11 @@ class _ChunkedFavorAttention(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_output):
+        with torch.autocast(device_type=grad_output.device.type, enabled=False):
+            return _ChunkedFavorAttention._backward(ctx, grad_output)
+
+    @staticmethod
+    def _backward(ctx, grad_output):
         query, key, value, projection, mask, summary, maximum = ctx.saved_tensors
         epsilon, chunk_size = ctx.epsilon, ctx.chunk_size
         norm_scale = query.shape[-1] ** -0.5  # d(|x|^2 d^-1/2 / 2) / dx = x d^-1/2
@@ -282,22 +287,24 @@ def chunked_favor_attention(
     Returns:
         Tensor of shape ``(batch, tokens, heads, head_dim)``.
     """
-    # The feature maps are exponentials: compute them in at least float32, also for half-precision inputs.
+    # The feature maps are exponentials of projections: compute them in at least float32, also for half-precision
+    # inputs and under autocast (which would otherwise run the matrix products inside in half precision).
     dtype = query.dtype
     compute_dtype = torch.promote_types(dtype, torch.float32)
-    scaled_projection = projection.to(compute_dtype) * query.shape[-1] ** -0.25
-    outputs = [
-        _ChunkedFavorAttention.apply(
-            query[sample].to(compute_dtype),
-            key[sample].to(compute_dtype),
-            value[sample].to(compute_dtype),
-            scaled_projection,
-            None if mask is None else mask[sample],
-            epsilon,
-            chunk_size,
-        )
-        for sample in range(query.shape[0])
-    ]
+    with torch.autocast(device_type=query.device.type, enabled=False):
+        scaled_projection = projection.to(compute_dtype) * query.shape[-1] ** -0.25
+        outputs = [
+            _ChunkedFavorAttention.apply(
+                query[sample].to(compute_dtype),
+                key[sample].to(compute_dtype),
+                value[sample].to(compute_dtype),
+                scaled_projection,
+                None if mask is None else mask[sample],
+                epsilon,
+                chunk_size,
+            )
+            for sample in range(query.shape[0])
+        ]
     return torch.stack(outputs).to(dtype)
 
 
@@ -380,21 +387,26 @@ class ScBertSelfAttention(nn.Module):
         self.random_features.copy_(fresh)
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        batch, tokens, _ = hidden_states.shape
-        query, key, value = (
-            projection(hidden_states).view(batch, tokens, self.num_heads, self.head_dim)
-            for projection in (self.query, self.key, self.value)
-        )
-        context = chunked_favor_attention(
-            query,
-            key,
-            value,
-            self.random_features,
-            epsilon=self.config.kernel_epsilon,
-            chunk_size=self.config.attention_chunk_size or DEFAULT_CHUNK_SIZE,
-            mask=attention_mask,
-        )
-        return self.dropout(self.output(context.view(batch, tokens, self.num_heads * self.head_dim)))
+        # One cell at a time: q, k and v (3 x tokens x 640 floats per cell) then exist for one cell only, and a
+        # full-length cell still gives the projections thousands of rows.
+        outputs = []
+        for sample in range(hidden_states.shape[0]):
+            cell = hidden_states[sample : sample + 1]
+            query, key, value = (
+                projection(cell).unflatten(-1, (self.num_heads, self.head_dim))
+                for projection in (self.query, self.key, self.value)
+            )
+            context = chunked_favor_attention(
+                query,
+                key,
+                value,
+                self.random_features,
+                epsilon=self.config.kernel_epsilon,
+                chunk_size=self.config.attention_chunk_size or DEFAULT_CHUNK_SIZE,
+                mask=None if attention_mask is None else attention_mask[sample : sample + 1],
+            )
+            outputs.append(self.output(context.flatten(-2)))
+        return self.dropout(torch.cat(outputs))
 
 
 class ScBertFeedForward(nn.Module):
@@ -423,13 +435,11 @@ class ScBertLayer(GradientCheckpointingLayer):
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         hidden_states = hidden_states + self.attention(self.attention_norm(hidden_states), attention_mask)
         # Position-wise, so done in chunks: the (tokens x intermediate_size) temporaries stay small.
-        return torch.cat(
-            [
-                chunk + self.feed_forward(self.feed_forward_norm(chunk))
-                for chunk in hidden_states.split(self.chunk_size, dim=1)
-            ],
-            dim=1,
-        )
+        output = torch.empty_like(hidden_states)
+        for start in range(0, hidden_states.shape[1], self.chunk_size):
+            chunk = hidden_states[:, start : start + self.chunk_size]
+            output[:, start : start + self.chunk_size] = chunk + self.feed_forward(self.feed_forward_norm(chunk))
+        return output
 
 
 class ScBertEncoder(nn.Module):

@@ -448,3 +448,29 @@ def test_model_output_does_not_depend_on_the_chunk_size():
     for logits, grad in outputs[:-1]:
         torch.testing.assert_close(logits, outputs[-1][0], atol=1e-6, rtol=1e-5)
         torch.testing.assert_close(grad, outputs[-1][1], atol=1e-7, rtol=1e-4)
+
+
+def test_attention_kernel_stays_in_float32_under_autocast():
+    q, k, v, projection, mask = _random_attention_inputs()
+    layout = [t.transpose(1, 2) for t in (q, k, v)]
+    plain = chunked_favor_attention(*layout, projection, epsilon=1e-4, chunk_size=8, mask=mask)
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        under_autocast = chunked_favor_attention(*layout, projection, epsilon=1e-4, chunk_size=8, mask=mask)
+        # half-precision inputs are promoted for the kernel and the result cast back
+        half = chunked_favor_attention(
+            *(t.to(torch.bfloat16) for t in layout), projection, epsilon=1e-4, chunk_size=8, mask=mask
+        )
+    assert under_autocast.dtype == torch.float32 and torch.equal(under_autocast, plain)
+    assert half.dtype == torch.bfloat16
+    torch.testing.assert_close(half.float(), plain, atol=0.05, rtol=0.05)
+
+
+def test_bfloat16_autocast_training_step_runs_and_agrees():
+    model = build(ScBertForMaskedLM).train()
+    ids = tester.input_ids()
+    reference = model(ids, labels=ids).loss
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        loss = model(ids, labels=ids).loss
+    loss.backward()
+    assert torch.isfinite(loss) and abs(loss.item() - reference.item()) < 0.05
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad)
