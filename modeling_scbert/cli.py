@@ -42,6 +42,134 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _push(args: argparse.Namespace) -> int:
+    from .hub import HubAuthenticationError, push_model_folder
+
+    facts = {"license": args.license} if args.license else None
+    try:
+        commit = push_model_folder(
+            args.model,
+            args.repo_id,
+            private=args.private,
+            revision=args.revision,
+            token=args.token,
+            commit_message=args.commit_message,
+            facts=facts,
+        )
+    except HubAuthenticationError as error:
+        print(f"scbert push: error: {error}", file=sys.stderr)
+        return 2
+    print(f"pushed {args.model} to {args.repo_id} at commit {commit.oid} (pin it with revision={commit.oid!r})")
+    return 0
+
+
+TRAINING_COMMANDS = ("pretrain", "finetune")
+
+
+def _training(command: str, argv: list[str]) -> int:
+    from .training import finetune_main, pretrain_main
+
+    run = pretrain_main if command == "pretrain" else finetune_main
+    trainer = run(argv, prog=f"scbert {command}")
+    print(f"written: {trainer.args.output_dir}")
+    return 0
+
+
+def _annotate(args: argparse.Namespace) -> int:
+    from .annotate import (
+        annotate,
+        check_output_path,
+        load_annotator,
+        read_h5ad,
+        write_h5ad_with_slots,
+        write_text_atomically,
+    )
+
+    # Every check that can fail runs before any work, so a bad call leaves no file behind.
+    output = check_output_path(args.output, overwrite=args.overwrite, inputs=(args.input,))
+    if args.csv:
+        check_output_path(args.csv, overwrite=args.overwrite, inputs=(args.input, args.output))
+    model, tokenizer = load_annotator(args.model)
+    adata = read_h5ad(args.input, backed="r")
+    if args.label_key is not None and args.label_key not in adata.obs.columns:
+        raise ValueError(
+            f"--label-key {args.label_key!r} is not a column of .obs; the columns are {list(adata.obs.columns)}."
+        )
+    annotate(
+        adata,
+        model,
+        tokenizer=tokenizer,
+        unassigned_threshold=args.threshold,
+        key_added=args.key_added,
+        return_probabilities=args.probabilities,
+        batch_size=args.batch_size,
+        device=args.device,
+        layer=args.layer,
+        gene_key=args.gene_key,
+        progress=True,
+    )
+    key = args.key_added
+    obsm = [f"{key}_probabilities"] if args.probabilities else []
+    write_h5ad_with_slots(
+        args.input,
+        output,
+        adata,
+        obs_columns=[f"{key}_cell_type", f"{key}_confidence"],
+        obsm_keys=obsm,
+        uns_keys=[key],
+    )
+    if args.csv:
+        columns = [f"{key}_cell_type", f"{key}_confidence"] + ([args.label_key] if args.label_key else [])
+        table = adata.obs[columns].copy()
+        if args.probabilities:
+            import pandas as pd
+
+            names = [f"probability:{name}" for name in adata.uns[key]["class_names"]]
+            table = pd.concat([table, pd.DataFrame(adata.obsm[obsm[0]], index=adata.obs_names, columns=names)], axis=1)
+        write_text_atomically(args.csv, lambda path: table.to_csv(path, index_label="cell_id"))
+        print(f"written: {args.csv}")
+    counts = adata.obs[f"{key}_cell_type"].value_counts()
+    print(f"annotated {adata.n_obs:,} cells: " + ", ".join(f"{name} {n:,}" for name, n in counts.items() if n))
+    print(f"written: {args.output}")
+    return 0
+
+
+def _embed(args: argparse.Namespace) -> int:
+    from .annotate import check_output_path, embed, load_annotator, read_h5ad, write_h5ad_with_slots
+    from .modeling_scbert import ScBertModel
+
+    output = check_output_path(args.output, overwrite=args.overwrite, inputs=(args.input,))
+    model, tokenizer = load_annotator(args.model, model_class=ScBertModel)
+    adata = read_h5ad(args.input, backed="r")
+    embed(
+        adata,
+        model,
+        tokenizer=tokenizer,
+        key_added=args.key_added,
+        batch_size=args.batch_size,
+        device=args.device,
+        layer=args.layer,
+        gene_key=args.gene_key,
+        progress=True,
+    )
+    key = args.key_added
+    write_h5ad_with_slots(args.input, output, adata, obsm_keys=[f"X_{key}"], uns_keys=[f"{key}_embedding"])
+    print(f"embedded {adata.n_obs:,} cells into .obsm['X_{key}'] {adata.obsm[f'X_{key}'].shape}")
+    print(f"written: {args.output}")
+    return 0
+
+
+def _add_inference_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--model", required=True, help="a model folder or Hub id that also holds the tokenizer")
+    command.add_argument("--input", required=True, help="the cells (.h5ad; read backed, never modified)")
+    command.add_argument("--output", required=True, help="the .h5ad to write (written atomically)")
+    command.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    command.add_argument("--batch-size", type=int, default=32, help="cells per forward pass (default: 32)")
+    command.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: the first available accelerator)")
+    command.add_argument("--layer", help="read this layer instead of .X")
+    command.add_argument("--gene-key", help="a .var column holding the gene identifiers (default: var_names)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="scbert", description="scBERT for single-cell annotation.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress at INFO level")
@@ -73,16 +201,73 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--layer-norm-eps", type=float, help="default: 1e-5 (published)")
     convert.add_argument("--hidden-act", help="default: gelu (exact, published)")
     convert.set_defaults(handler=_convert)
+
+    push = commands.add_parser(
+        "push",
+        help="push a model folder (weights, tokenizer, rendered model card) to the Hugging Face Hub in one commit",
+        description="Render the model card from the folder's facts, check it against the model, and upload model, "
+        "tokenizer and card in one commit. Needs a token: `hf auth login` or HF_TOKEN.",
+    )
+    push.add_argument("--model", required=True, help="a save_pretrained folder that also holds the tokenizer")
+    push.add_argument("--repo-id", required=True, help="ORG/NAME on the Hub (created if missing)")
+    push.add_argument("--private", action="store_true", help="create the repository as private")
+    push.add_argument("--revision", help="branch to commit to (created from main if missing); default: main")
+    push.add_argument("--license", help="license of the weights for the card, e.g. apache-2.0 (else scbert_card.json)")
+    push.add_argument("--token", help="Hub token (default: from `hf auth login` or HF_TOKEN)")
+    push.add_argument("--commit-message", default="Upload scBERT model, tokenizer and model card")
+    push.set_defaults(handler=_push)
+
+    for name in TRAINING_COMMANDS:
+        what = "masked-expression pretraining" if name == "pretrain" else "cell-type fine-tuning"
+        commands.add_parser(
+            name,
+            add_help=False,
+            help=f"{what} with the Trainer (options: `scbert {name} --help`; every TrainingArguments option works)",
+        )
+
+    annotate = commands.add_parser(
+        "annotate",
+        help="predict cell types into a copy of an .h5ad (and optionally a CSV)",
+        description="Predict a cell type and confidence for every cell of --input and write --output with "
+        ".obs['scbert_cell_type'] and .obs['scbert_confidence'] added.",
+    )
+    _add_inference_options(annotate)
+    annotate.add_argument(
+        "--threshold", type=float, help="label cells below this confidence 'Unassigned' (paper: 0.5)"
+    )
+    annotate.add_argument("--csv", help="also write the predictions as CSV (cell_id, type, confidence)")
+    annotate.add_argument("--probabilities", action="store_true", help="also write every class probability")
+    annotate.add_argument("--label-key", help="an .obs column of known labels to copy into the CSV")
+    annotate.add_argument("--key-added", default="scbert", help="prefix of the slots written (default: scbert)")
+    annotate.set_defaults(handler=_annotate)
+
+    embed = commands.add_parser(
+        "embed",
+        help="write cell embeddings (.obsm['X_scbert']) into a copy of an .h5ad",
+        description="Embed every cell of --input (mean of the final encodings) and write --output with "
+        ".obsm['X_scbert'] added.",
+    )
+    _add_inference_options(embed)
+    embed.add_argument("--key-added", default="scbert", help="writes .obsm['X_<key>'] (default: scbert)")
+    embed.set_defaults(handler=_embed)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # pretrain / finetune hand their options to HfArgumentParser (our dataclasses + TrainingArguments).
+    position = next((i for i, token in enumerate(argv) if not token.startswith("-")), None)
+    training_argv = None
+    if position is not None and argv[position] in TRAINING_COMMANDS:
+        argv, training_argv = argv[: position + 1], argv[position + 1 :]
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
+        if training_argv is not None:
+            return _training(args.command, training_argv)
         return args.handler(args)
-    except (ValueError, FileExistsError, FileNotFoundError) as error:
+    except (ValueError, FileExistsError, FileNotFoundError, IsADirectoryError) as error:
         print(f"scbert {args.command}: error: {error}", file=sys.stderr)
         return 2
 

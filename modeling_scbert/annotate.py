@@ -1,0 +1,471 @@
+"""Cell-type annotation and cell embeddings, written back into AnnData.
+
+Cells are encoded chunk by chunk with the tokenizer's chunked iterator and run through the model in batches under
+``torch.inference_mode``, so a backed ``.h5ad`` larger than memory is annotated with bounded memory: at most one
+chunk of tokens and one batch of activations exist at a time; only the per-cell results (a label, a confidence and,
+optionally, probabilities or an embedding) are kept.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Iterator
+from os import PathLike
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from anndata import AnnData
+from tqdm.auto import tqdm
+
+from tokenization import ScBertTokenizer
+from tokenization.genes import SynonymTable
+
+from .modeling_scbert import ScBertForSequenceClassification, ScBertModel, ScBertPreTrainedModel
+
+logger = logging.getLogger(__name__)
+
+UNASSIGNED = "Unassigned"
+DEFAULT_BATCH_SIZE = 32
+DEFAULT_CHUNK_SIZE = 2048
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def load_annotator(
+    name_or_path: str | PathLike,
+    *,
+    model_class: type[ScBertPreTrainedModel] = ScBertForSequenceClassification,
+    revision: str | None = None,
+    local_files_only: bool = False,
+) -> tuple[ScBertPreTrainedModel, ScBertTokenizer]:
+    """Load a model and the tokenizer saved with it, from a folder or a Hub id.
+
+    Raises
+    ------
+    FileNotFoundError
+        When the folder or repository has no scBERT tokenizer (``tokenizer_config.json`` and ``genes.txt``).
+    """
+    from .training import load_tokenizer
+
+    text = str(name_or_path)
+    # A Hub id is "name" or "org/name"; anything else that is not on disk is a local folder that is missing.
+    looks_local = Path(text).is_absolute() or text.startswith((".", "~")) or text.count("/") > 1
+    if looks_local and not Path(text).exists():
+        raise FileNotFoundError(f"The model folder {text!r} does not exist.")
+    tokenizer = load_tokenizer(name_or_path, local_files_only=local_files_only)
+    try:
+        model = model_class.from_pretrained(name_or_path, revision=revision, local_files_only=local_files_only)
+    except OSError as error:
+        raise FileNotFoundError(f"Could not load an scBERT model from {str(name_or_path)!r}: {error}") from error
+    return model, tokenizer
+
+
+def _resolve(
+    model: ScBertPreTrainedModel | str | PathLike,
+    tokenizer: ScBertTokenizer | str | PathLike | None,
+    *,
+    model_class: type[ScBertPreTrainedModel],
+) -> tuple[ScBertPreTrainedModel, ScBertTokenizer, str]:
+    from .training import load_tokenizer
+
+    if isinstance(model, (str, PathLike)):
+        name = str(model)
+        if tokenizer is None:
+            model, tokenizer = load_annotator(model, model_class=model_class)
+        else:
+            model = model_class.from_pretrained(model)
+    else:
+        name = getattr(model, "name_or_path", "") or type(model).__name__
+        if tokenizer is None:
+            raise ValueError(
+                f"Pass tokenizer= with a model object ({type(model).__name__}), or pass the model's folder or Hub id, "
+                "whose tokenizer is loaded with it."
+            )
+    if isinstance(tokenizer, (str, PathLike)):
+        tokenizer = load_tokenizer(tokenizer, what="tokenizer")
+    if model.config.num_genes != tokenizer.num_genes:
+        raise ValueError(
+            f"The model's panel has {model.config.num_genes:,} genes but the tokenizer's has {tokenizer.num_genes:,}; "
+            "use the tokenizer saved with the model."
+        )
+    return model, tokenizer, name
+
+
+def _device(device: str | torch.device | None) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def _prepare(adata: AnnData, *, copy: bool) -> AnnData:
+    if copy:
+        if adata.isbacked:
+            raise ValueError(
+                "copy=True would load the whole backed AnnData into memory; annotate it in place (copy=False; the "
+                "file itself is not changed) or load it first with adata.to_memory()."
+            )
+        return adata.copy()
+    if adata.is_view:
+        warnings.warn("Received a view of an AnnData; making it an actual AnnData to write into.", UserWarning, 2)
+        adata._init_as_actual(adata.copy())
+    return adata
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Batched inference
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _batches(
+    adata: AnnData,
+    *,
+    tokenizer: ScBertTokenizer,
+    batch_size: int,
+    chunk_size: int,
+    progress: bool | None,
+    desc: str,
+    encode_kwargs: dict[str, Any],
+) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """Yield ``(start, end, input_ids)`` batches; alignment errors (overlap report) surface before any work."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1; got {batch_size}.")
+    chunks = tokenizer.iter_encoded(adata, batch_size=chunk_size, progress=False, **encode_kwargs)
+    show = adata.n_obs > batch_size if progress is None else progress
+    with tqdm(total=adata.n_obs, unit="cells", desc=desc, disable=not show) as bar:
+        for chunk_start, _, tokens in chunks:
+            for start in range(0, tokens.shape[0], batch_size):
+                rows = tokens[start : start + batch_size]
+                input_ids = torch.zeros((rows.shape[0], tokenizer.sequence_length), dtype=torch.long)
+                input_ids[:, : tokenizer.num_genes] = torch.from_numpy(rows.toarray().astype(np.int64))
+                yield chunk_start + start, chunk_start + start + rows.shape[0], input_ids
+                bar.update(rows.shape[0])
+
+
+def _encode_kwargs(layer, gene_key, input_kind, synonyms, min_gene_overlap) -> dict[str, Any]:
+    kwargs = {"layer": layer, "gene_key": gene_key, "input_kind": input_kind, "synonyms": synonyms}
+    if min_gene_overlap is not None:
+        kwargs["min_gene_overlap"] = min_gene_overlap
+    return kwargs
+
+
+def annotate(
+    adata: AnnData,
+    model: ScBertForSequenceClassification | str | PathLike,
+    *,
+    tokenizer: ScBertTokenizer | str | PathLike | None = None,
+    unassigned_threshold: float | None = None,
+    key_added: str = "scbert",
+    return_probabilities: bool = False,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    device: str | torch.device | None = None,
+    layer: str | None = None,
+    gene_key: str | None = None,
+    input_kind: Literal["auto", "counts", "log1p"] = "auto",
+    synonyms: SynonymTable | str | PathLike | None = None,
+    min_gene_overlap: float | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    progress: bool | None = None,
+    copy: bool = False,
+) -> AnnData | None:
+    """Predict a cell type for every cell, with a confidence and, optionally, novel-type detection.
+
+    Parameters
+    ----------
+    adata
+        The cells: counts or log1p-normalised values, in memory or backed (``read_h5ad(path, backed="r")``; only
+        ``.obs``, ``.obsm`` and ``.uns`` are written, in memory, never the file).
+    model
+        A fine-tuned :class:`ScBertForSequenceClassification`, or its folder or Hub id (the tokenizer saved with it
+        is loaded too).
+    tokenizer
+        The model's tokenizer; needed with a model object.
+    unassigned_threshold
+        Cells whose highest class probability is below this are labelled ``"Unassigned"`` (candidate novel types);
+        the paper uses 0.5. ``None`` labels every cell with its most likely type.
+    key_added
+        Prefix of the slots written.
+    return_probabilities
+        Also write every class probability.
+    batch_size
+        Cells per forward pass.
+    device
+        Where to run; the first of CUDA, MPS and CPU that is available when ``None``.
+    layer, gene_key, input_kind, synonyms, min_gene_overlap
+        How to read the cells, as for :meth:`tokenization.ScBertTokenizer.__call__`.
+    chunk_size
+        Cells read and encoded at a time (memory stays bounded for backed data).
+    progress
+        Show a progress bar; by default when there is more than one batch.
+    copy
+        Return an annotated copy instead of writing into ``adata``.
+
+    Returns
+    -------
+    ``None``, or the annotated copy with ``copy=True``. Written (with the default ``key_added="scbert"``):
+
+    - ``.obs['scbert_cell_type']``: categorical, the predicted type (categories: the model's classes in
+      ``id2label`` order, then ``"Unassigned"`` when ``unassigned_threshold`` is set);
+    - ``.obs['scbert_confidence']``: float32, the highest class probability;
+    - ``.obsm['scbert_probabilities']``: float32 ``(n_obs, num_labels)``, only with ``return_probabilities``; its
+      columns are ``.uns['scbert']['class_names']``;
+    - ``.uns['scbert']['params']``: the model, ``batch_size``, ``layer``, ``gene_key``, ``input_kind`` and (when
+      set) ``unassigned_threshold``.
+
+    Nothing else is changed.
+    """
+    if unassigned_threshold is not None and not 0 <= unassigned_threshold <= 1:
+        raise ValueError(f"unassigned_threshold must lie in [0, 1] (a probability); got {unassigned_threshold}.")
+    model, tokenizer, model_name = _resolve(model, tokenizer, model_class=ScBertForSequenceClassification)
+    if not isinstance(model, ScBertForSequenceClassification):
+        raise TypeError(f"annotate needs a ScBertForSequenceClassification; got a {type(model).__name__}.")
+    class_names = [str(model.config.id2label[i]) for i in range(model.config.num_labels)]
+    if unassigned_threshold is not None and UNASSIGNED in class_names:
+        raise ValueError(f"The model has a class named {UNASSIGNED!r}, which novel-type detection would shadow.")
+    encode_kwargs = _encode_kwargs(layer, gene_key, input_kind, synonyms, min_gene_overlap)
+    # Alignment (and its overlap report or error) happens here, before anything is written.
+    tokenizer.align(adata, gene_key=gene_key, synonyms=synonyms)
+
+    device = _device(device)
+    model = model.to(device).eval()
+    probabilities = np.empty((adata.n_obs, len(class_names)), dtype=np.float32)
+    with torch.inference_mode():
+        for start, end, input_ids in _batches(
+            adata,
+            tokenizer=tokenizer,
+            batch_size=batch_size,
+            chunk_size=chunk_size,
+            progress=progress,
+            desc="Annotating cells",
+            encode_kwargs=encode_kwargs,
+        ):
+            logits = model(input_ids.to(device)).logits
+            probabilities[start:end] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
+
+    adata = _prepare(adata, copy=copy)
+    best = probabilities.argmax(axis=1) if adata.n_obs else np.zeros(0, dtype=np.int64)
+    confidence = probabilities[np.arange(adata.n_obs), best] if adata.n_obs else np.zeros(0, dtype=np.float32)
+    labels = np.asarray(class_names, dtype=object)[best]
+    categories = list(class_names)
+    if unassigned_threshold is not None:
+        labels = np.where(confidence < unassigned_threshold, UNASSIGNED, labels)
+        categories.append(UNASSIGNED)
+        logger.info(
+            "%d of %d cells below confidence %.2f: labelled %r.",
+            int((confidence < unassigned_threshold).sum()),
+            adata.n_obs,
+            unassigned_threshold,
+            UNASSIGNED,
+        )
+    adata.obs[f"{key_added}_cell_type"] = pd.Categorical(labels, categories=categories)
+    adata.obs[f"{key_added}_confidence"] = confidence.astype(np.float32)
+    uns: dict[str, Any] = {
+        "params": {
+            "model": model_name,
+            "batch_size": int(batch_size),
+            "layer": layer or "X",
+            "gene_key": gene_key or "var_names",
+            "input_kind": input_kind,
+        }
+    }
+    if unassigned_threshold is not None:
+        uns["params"]["unassigned_threshold"] = float(unassigned_threshold)
+    if return_probabilities:
+        adata.obsm[f"{key_added}_probabilities"] = probabilities
+        uns["class_names"] = np.asarray(class_names, dtype=object)
+    adata.uns[key_added] = uns
+    return adata if copy else None
+
+
+def embed(
+    adata: AnnData,
+    model: ScBertPreTrainedModel | str | PathLike,
+    *,
+    tokenizer: ScBertTokenizer | str | PathLike | None = None,
+    key_added: str = "scbert",
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    device: str | torch.device | None = None,
+    layer: str | None = None,
+    gene_key: str | None = None,
+    input_kind: Literal["auto", "counts", "log1p"] = "auto",
+    synonyms: SynonymTable | str | PathLike | None = None,
+    min_gene_overlap: float | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    progress: bool | None = None,
+    copy: bool = False,
+) -> AnnData | None:
+    """Cell embeddings: the mean of the encoder's final (LayerNorm-ed) encodings over all panel positions.
+
+    This is the pooling of the ``"pooled"`` classification head (every position of a full-length cell, zeros
+    included, since zero tokens still carry their gene's embedding); any scBERT model works (masked-expression,
+    classifier or bare encoder).
+
+    Parameters
+    ----------
+    adata
+        The cells, in memory or backed (only ``.obsm`` and ``.uns`` are written, in memory).
+    model
+        A model, or its folder or Hub id (the tokenizer saved with it is loaded too).
+    tokenizer
+        The model's tokenizer; needed with a model object.
+    key_added
+        Writes ``.obsm[f"X_{key_added}"]`` and ``.uns[f"{key_added}_embedding"]``.
+    batch_size, device, layer, gene_key, input_kind, synonyms, min_gene_overlap, chunk_size, progress, copy
+        As for :func:`annotate`.
+
+    Returns
+    -------
+    ``None``, or the copy with ``copy=True``. Written (with ``key_added="scbert"``):
+
+    - ``.obsm['X_scbert']``: float32 ``(n_obs, hidden_size)``;
+    - ``.uns['scbert_embedding']['params']``: the model, ``pooling``, ``batch_size``, ``layer``, ``gene_key``,
+      ``input_kind``.
+    """
+    model, tokenizer, model_name = _resolve(model, tokenizer, model_class=ScBertModel)
+    encoder = model if isinstance(model, ScBertModel) else model.scbert
+    encode_kwargs = _encode_kwargs(layer, gene_key, input_kind, synonyms, min_gene_overlap)
+    tokenizer.align(adata, gene_key=gene_key, synonyms=synonyms)
+    device = _device(device)
+    encoder = encoder.to(device).eval()
+    embeddings = np.empty((adata.n_obs, encoder.config.hidden_size), dtype=np.float32)
+    with torch.inference_mode():
+        for start, end, input_ids in _batches(
+            adata,
+            tokenizer=tokenizer,
+            batch_size=batch_size,
+            chunk_size=chunk_size,
+            progress=progress,
+            desc="Embedding cells",
+            encode_kwargs=encode_kwargs,
+        ):
+            hidden = encoder(input_ids.to(device)).last_hidden_state
+            embeddings[start:end] = hidden.float().mean(dim=1).cpu().numpy()
+    adata = _prepare(adata, copy=copy)
+    adata.obsm[f"X_{key_added}"] = embeddings
+    adata.uns[f"{key_added}_embedding"] = {
+        "params": {
+            "model": model_name,
+            "pooling": "mean over all positions of the final encodings",
+            "batch_size": int(batch_size),
+            "layer": layer or "X",
+            "gene_key": gene_key or "var_names",
+            "input_kind": input_kind,
+        }
+    }
+    return adata if copy else None
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Files: read with clear errors, write atomically and never touch the input
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def read_h5ad(path: str | PathLike, *, backed: Literal["r"] | None = "r", what: str = "input") -> AnnData:
+    """Read an ``.h5ad`` (backed by default), turning every failure into an error that names the file."""
+    import anndata
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"The {what} {str(path)!r} does not exist or is not a file.")
+    try:
+        return anndata.read_h5ad(path, backed=backed)
+    except Exception as error:  # h5py and anndata raise many types for a damaged or foreign file
+        raise ValueError(
+            f"Could not read the {what} {str(path)!r} as an .h5ad file ({type(error).__name__}: {error}). Check that "
+            "it is an AnnData file written by anndata/scanpy and is not truncated."
+        ) from error
+
+
+def check_output_path(path: str | PathLike, *, overwrite: bool, inputs: tuple[str | PathLike, ...] = ()) -> Path:
+    """Refuse an existing output (unless ``overwrite``), an output that is an input, or a missing parent folder."""
+    path = Path(path)
+    for source in inputs:
+        if Path(source).exists() and path.exists() and path.resolve() == Path(source).resolve():
+            raise ValueError(
+                f"The output {str(path)!r} is the input file; the input is never modified. Pick a new path."
+            )
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"The output {str(path)!r} already exists; pass --overwrite to replace it.")
+    if path.is_dir():
+        raise IsADirectoryError(f"The output {str(path)!r} is a folder; give a file path.")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"The output's folder {str(path.parent)!r} does not exist; create it first.")
+    return path
+
+
+def write_h5ad_with_slots(
+    source: str | PathLike,
+    destination: str | PathLike,
+    adata: AnnData,
+    *,
+    obs_columns: list[str] = (),
+    obsm_keys: list[str] = (),
+    uns_keys: list[str] = (),
+) -> None:
+    """Write ``source`` plus the given slots of ``adata`` to ``destination``, atomically, in bounded memory.
+
+    The input file is copied byte for byte to a temporary file in the destination's folder; the new ``.obs``
+    columns, ``.obsm`` and ``.uns`` entries are written into that copy; the copy is then renamed over
+    ``destination`` (``os.replace``). ``.X`` is never loaded, so this works for files larger than memory, and a
+    failure leaves no partial output.
+    """
+    import h5py
+    from anndata.io import read_elem, write_elem
+
+    destination = Path(destination)
+    handle, temporary = tempfile.mkstemp(dir=destination.parent, prefix=f".{destination.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        shutil.copyfile(source, temporary)
+        with h5py.File(temporary, "r+") as file:
+            if obs_columns:
+                obs = read_elem(file["obs"])
+                for column in obs_columns:
+                    obs[column] = adata.obs[column].values
+                del file["obs"]
+                write_elem(file, "obs", obs)
+            for key in obsm_keys:
+                if "obsm" not in file:
+                    file.create_group("obsm")
+                if key in file["obsm"]:
+                    del file["obsm"][key]
+                write_elem(file["obsm"], key, adata.obsm[key])
+            for key in uns_keys:
+                if "uns" not in file:
+                    file.create_group("uns")
+                if key in file["uns"]:
+                    del file["uns"][key]
+                write_elem(file["uns"], key, adata.uns[key])
+        os.replace(temporary, destination)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomically(path: str | PathLike, write: Any) -> None:
+    """Call ``write(temporary_path)``, then rename the temporary file (same folder) over ``path``."""
+    path = Path(path)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+__all__ = ["UNASSIGNED", "annotate", "embed", "load_annotator", "read_h5ad"]

@@ -1,0 +1,280 @@
+"""Pretraining and fine-tuning workflows through the stock Trainer: presets, losses, metrics, resume, bad input."""
+
+import json
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+import torch
+from transformers import TrainerCallback, TrainingArguments
+
+from modeling_scbert import ScBertConfig, ScBertForMaskedLM, ScBertForSequenceClassification
+from modeling_scbert.cli import main as cli_main
+from modeling_scbert.training import (
+    ScBertFeatureRedrawCallback,
+    ScBertWeightedLoss,
+    apply_finetuning_preset,
+    balanced_class_weights,
+    finetune,
+    parse_config_overrides,
+    pretrain,
+)
+
+TINY = {
+    "hidden_size": 16,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "head_dim": 8,
+    "intermediate_size": 32,
+    "num_random_features": 8,
+    "classifier_hidden_sizes": [16],
+}
+CELL_TYPES = ["B", "T", "NK"]
+
+
+def make_cells(n_cells: int = 48, n_genes: int = 12, seed: int = 0) -> ad.AnnData:
+    """Counts where each type expresses its own block of genes; types in the order B, T, NK, B, ..."""
+    rng = np.random.default_rng(seed)
+    types = np.array([CELL_TYPES[i % 3] for i in range(n_cells)])
+    means = np.full((n_cells, n_genes), 0.05)  # mostly zero outside the type's own genes
+    for k, name in enumerate(CELL_TYPES):
+        means[types == name, 4 * k : 4 * k + 4] = 12.0
+    counts = rng.poisson(means).astype(np.float32)
+    return ad.AnnData(
+        X=sp.csr_matrix(counts),
+        obs=pd.DataFrame(
+            {"cell_type": pd.Categorical(types, categories=CELL_TYPES), "batch": "a"},
+            index=[f"cell{i}" for i in range(n_cells)],
+        ),
+        var=pd.DataFrame(index=[f"GENE{j}" for j in range(n_genes)]),
+    )
+
+
+def args(tmp_path, name: str = "run", **overrides) -> TrainingArguments:
+    defaults = {
+        "output_dir": str(tmp_path / name),
+        "per_device_train_batch_size": 8,
+        "per_device_eval_batch_size": 16,
+        "learning_rate": 3e-3,
+        "num_train_epochs": 2,
+        "save_strategy": "no",
+        "report_to": [],
+        "use_cpu": True,
+        "disable_tqdm": True,
+        "seed": 0,
+        "dataloader_pin_memory": False,
+    }
+    return TrainingArguments(**{**defaults, **overrides})
+
+
+@pytest.fixture
+def cells():
+    return make_cells()
+
+
+def _encode(tmp_path):
+    return {"cache_dir": str(tmp_path / "cache")}
+
+
+def test_published_preset_trains_exactly_layer_minus_2_final_norm_and_head():
+    config = ScBertConfig(num_genes=12, num_labels=3, **{**TINY, "num_hidden_layers": 3})
+    model = ScBertForSequenceClassification(config)
+    trainable = apply_finetuning_preset(model, "published")
+    prefixes = ("scbert.encoder.layers.1.", "scbert.final_layer_norm.", "classifier.")
+    expected = [name for name, _ in model.named_parameters() if name.startswith(prefixes)]
+    assert sorted(trainable) == sorted(expected)
+    assert {name for name, p in model.named_parameters() if p.requires_grad} == set(expected)
+    assert any(name.startswith("scbert.encoder.layers.1.attention.") for name in trainable)
+    assert not any(name.startswith(("scbert.encoder.layers.0.", "scbert.encoder.layers.2.")) for name in trainable)
+    assert not any(name.startswith("scbert.embeddings.") for name in trainable)
+    # Buffers (random features, frozen gene table) are not parameters, so no preset can train them.
+    assert "scbert.embeddings.gene_embeddings.weight" in dict(model.named_buffers())
+
+    assert len(apply_finetuning_preset(model, "full")) == len(list(model.parameters()))
+    with pytest.raises(ValueError, match="one of"):
+        apply_finetuning_preset(model, "lora")
+    one_layer = ScBertForSequenceClassification(
+        ScBertConfig(num_genes=12, num_labels=3, **{**TINY, "num_hidden_layers": 1})
+    )
+    with pytest.raises(ValueError, match="preset='full'"):
+        apply_finetuning_preset(one_layer, "published")
+
+
+def test_balanced_class_weights_and_weighted_loss():
+    weights = balanced_class_weights([0, 0, 0, 1], 3)
+    assert torch.allclose(weights, torch.tensor([4 / 9, 4 / 3, 0.0]))
+    logits = torch.randn(4, 3, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([0, 0, 0, 1])
+    loss = ScBertWeightedLoss(weights)({"logits": logits}, labels)
+    per_cell = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
+    assert torch.allclose(loss, (weights[labels] * per_cell).sum() / 4)
+    # Normalised by the Trainer's count over the whole accumulated / all-process batch when given.
+    assert torch.allclose(ScBertWeightedLoss(weights)({"logits": logits}, labels, num_items_in_batch=8), loss / 2)
+
+
+def test_parse_config_overrides():
+    assert parse_config_overrides("hidden_size=64,classifier_hidden_sizes=[32,16],hidden_act=gelu") == {
+        "hidden_size": 64,
+        "classifier_hidden_sizes": [32, 16],
+        "hidden_act": "gelu",
+    }
+    assert parse_config_overrides('{"num_hidden_layers": 2}') == {"num_hidden_layers": 2}
+    with pytest.raises(ValueError, match="key=value"):
+        parse_config_overrides("hidden_size")
+
+
+def test_finetune_from_scratch_keeps_labels_in_config_and_best_model_by_macro_f1(tmp_path, cells):
+    training_args = args(
+        tmp_path,
+        num_train_epochs=6,
+        learning_rate=1e-2,
+        per_device_train_batch_size=4,
+        eval_strategy="epoch",
+        save_strategy="epoch",
+        load_best_model_at_end=True,
+    )
+    trainer = finetune(
+        cells,
+        training_args=training_args,
+        label_key="cell_type",
+        eval_fraction=0.25,
+        preset="full",
+        class_weighting="balanced",
+        early_stopping_patience=5,
+        config_overrides=TINY,
+        encode_kwargs=_encode(tmp_path),
+    )
+    out = tmp_path / "run"
+    config = json.loads((out / "config.json").read_text())
+    assert config["id2label"] == {"0": "B", "1": "T", "2": "NK"}
+    assert (out / "tokenizer_config.json").is_file() and (out / "genes.txt").is_file()
+    assert trainer.args.metric_for_best_model == "macro_f1"
+    assert trainer.state.best_metric is not None
+    assert any(isinstance(c, ScBertFeatureRedrawCallback) for c in trainer.callback_handler.callbacks)
+    report = json.loads((out / "classification_report.json").read_text())
+    assert set(CELL_TYPES) <= set(report) and "macro avg" in report
+    results = json.loads((out / "eval_results.json").read_text())
+    assert {"eval_accuracy", "eval_macro_f1"} <= set(results)
+    # The separable toy data is learned.
+    assert results["eval_accuracy"] > 0.5
+
+
+def test_pretrain_then_finetune_published_preset_from_the_folder(tmp_path, cells):
+    pretrain(
+        cells,
+        training_args=args(tmp_path, "pretrained", num_train_epochs=1),
+        config_overrides=TINY,
+        encode_kwargs=_encode(tmp_path),
+    )
+    pretrained = ScBertForMaskedLM.from_pretrained(tmp_path / "pretrained")
+    finetune(
+        cells,
+        training_args=args(tmp_path, "finetuned", num_train_epochs=1),
+        model=str(tmp_path / "pretrained"),
+        label_key="cell_type",
+        preset="published",
+        encode_kwargs=_encode(tmp_path),
+    )
+    finetuned = ScBertForSequenceClassification.from_pretrained(tmp_path / "finetuned")
+    before, after = pretrained.state_dict(), finetuned.state_dict()
+    frozen = "scbert.encoder.layers.1.attention.query.weight"  # the last layer: frozen by the published recipe
+    trained = "scbert.encoder.layers.0.attention.query.weight"  # the second-to-last layer: trained
+    assert torch.equal(before[frozen], after[frozen])
+    assert not torch.equal(before[trained], after[trained])
+    assert torch.equal(
+        before["scbert.embeddings.gene_embeddings.weight"], after["scbert.embeddings.gene_embeddings.weight"]
+    )
+
+
+class StopAt(TrainerCallback):
+    """Simulate an interruption: stop (after saving) once the run reaches ``step``."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= self.step:
+            control.should_training_stop = True
+
+
+def test_interrupted_finetuning_resumes_from_its_last_checkpoint_and_finishes(tmp_path, cells):
+    common = {"max_steps": 6, "save_strategy": "steps", "save_steps": 2, "per_device_train_batch_size": 8}
+    run = {"label_key": "cell_type", "preset": "full", "config_overrides": TINY, "encode_kwargs": _encode(tmp_path)}
+    interrupted = finetune(cells, training_args=args(tmp_path, "run", **common), callbacks=[StopAt(4)], **run)
+    assert interrupted.state.global_step == 4
+    assert sorted(p.name for p in (tmp_path / "run").glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+
+    resumed = finetune(cells, training_args=args(tmp_path, "run", **common), resume_from_checkpoint=True, **run)
+    assert resumed.state.global_step == 6
+    assert (tmp_path / "run" / "checkpoint-6").is_dir()
+
+    straight = finetune(cells, training_args=args(tmp_path, "straight", **common), **run)
+    assert straight.state.global_step == 6
+    for (name, a), b in zip(resumed.model.state_dict().items(), straight.model.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=f"{name} differs between the resumed and the uninterrupted run")
+
+
+def test_resume_without_checkpoint_is_a_clear_error(tmp_path, cells):
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        finetune(
+            cells,
+            training_args=args(tmp_path, "empty", max_steps=1),
+            label_key="cell_type",
+            config_overrides=TINY,
+            preset="full",
+            resume_from_checkpoint=True,
+            encode_kwargs=_encode(tmp_path),
+        )
+
+
+def test_missing_label_column_lists_obs_columns_and_writes_nothing(tmp_path, cells):
+    with pytest.raises(ValueError, match=r"'cell_type', 'batch'"):
+        finetune(
+            cells,
+            training_args=args(tmp_path, "bad"),
+            label_key="celltype",
+            config_overrides=TINY,
+            encode_kwargs=_encode(tmp_path),
+        )
+    assert not (tmp_path / "bad").exists()
+
+
+def test_cli_finetune_and_pretrain(tmp_path, cells, capsys):
+    path = tmp_path / "cells.h5ad"
+    cells.write_h5ad(path)
+    before = path.read_bytes()
+    common = ["--use_cpu", "--report_to", "none", "--disable_tqdm", "true", "--dataset_cache_dir", str(tmp_path / "c")]
+    overrides = "hidden_size=16,num_hidden_layers=2,num_attention_heads=2,head_dim=8,intermediate_size=32"
+
+    code = cli_main(
+        [
+            "finetune",
+            "--train_file",
+            str(path),
+            "--label_key",
+            "celltype",
+            "--output_dir",
+            str(tmp_path / "x"),
+            *common,
+        ]
+    )
+    assert code == 2
+    assert "'cell_type', 'batch'" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+    code = cli_main(
+        ["pretrain", "--train_file", str(path), "--output_dir", str(tmp_path / "pre"), "--max_steps", "2"]
+        + ["--config_overrides", overrides, *common]
+    )
+    assert code == 0 and (tmp_path / "pre" / "model.safetensors").is_file()
+    code = cli_main(
+        ["finetune", "--train_file", str(path), "--label_key", "cell_type", "--validation_fraction", "0.25"]
+        + ["--model_name_or_path", str(tmp_path / "pre"), "--output_dir", str(tmp_path / "ft")]
+        + ["--num_train_epochs", "1", "--class_weighting", "balanced", *common]
+    )
+    assert code == 0
+    assert json.loads((tmp_path / "ft" / "config.json").read_text())["id2label"]["2"] == "NK"
+    assert (tmp_path / "ft" / "classification_report.json").is_file()
+    assert path.read_bytes() == before  # the input is never modified
