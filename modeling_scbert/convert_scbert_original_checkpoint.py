@@ -22,6 +22,7 @@ import torch
 from tokenization import ScBertTokenizer
 
 from .configuration_scbert import ScBertConfig
+from .hub import ScBertCardData, write_model_card
 from .modeling_scbert import ScBertForMaskedLM, ScBertForSequenceClassification
 
 logger = logging.getLogger(__name__)
@@ -306,12 +307,18 @@ def convert_checkpoint(
     gene_table = state_dict["pos_emb.emb.weight"]
     rounding = (gene_table.double() - converted["scbert.embeddings.gene_embeddings.weight"].double()).abs().max()
 
+    sha256 = file_sha256(checkpoint)
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
     try:
         model.save_pretrained(staging)
-        if tokenizer is not None:
+        # The provenance goes with the weights, so that the card of a later push states where they came from.
+        provenance = {"provenance": {"source_file": Path(checkpoint).name, "sha256": sha256, "layout": layout}}
+        if tokenizer is None:
+            ScBertCardData().merged(provenance).save(staging)
+        else:
             tokenizer.save_pretrained(staging)
+            write_model_card(staging, provenance)
         if output_dir.exists():
             shutil.rmtree(output_dir)
         os.replace(staging, output_dir)
@@ -321,7 +328,7 @@ def convert_checkpoint(
 
     report = ConversionReport(
         source=str(checkpoint),
-        sha256=file_sha256(checkpoint),
+        sha256=sha256,
         layout=layout,
         config=config,
         num_parameters=sum(p.numel() for p in model.parameters()),

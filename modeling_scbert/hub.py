@@ -141,11 +141,19 @@ class ScBertCardData:
         return {k: v for k, v in asdict(self).items() if k not in self._DERIVED and v is not None}
 
     def merged(self, other: ScBertCardData | dict[str, Any] | None) -> ScBertCardData:
-        """A copy in which the facts of ``other`` that are not ``None`` replace these."""
+        """A copy in which the facts of ``other`` that are not ``None`` replace these; dict-valued facts (training
+        data, hyperparameters, evaluation, ...) are merged key by key, so partial facts from two sources combine."""
+        merged = asdict(self)
         if other is None:
-            return ScBertCardData(**asdict(self))
+            return ScBertCardData(**merged)
         values = other.facts() if isinstance(other, ScBertCardData) else _check_fact_names(other)
-        return ScBertCardData(**{**asdict(self), **{k: v for k, v in values.items() if v is not None}})
+        for key, value in values.items():
+            if value is None:
+                continue
+            if isinstance(value, dict) and isinstance(merged.get(key), dict):
+                value = {**merged[key], **{k: v for k, v in value.items() if v is not None}}
+            merged[key] = value
+        return ScBertCardData(**merged)
 
     def save(self, model_dir: str | os.PathLike) -> Path:
         """Write the caller-supplied facts to ``scbert_card.json`` in ``model_dir``, so that a later push has them."""

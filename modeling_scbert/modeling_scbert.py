@@ -166,30 +166,40 @@ def _with_ones(value: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     return extended.transpose(0, 1)
 
 
-def _key_summary(key, value, projection, mask, epsilon, chunk_size):
+def _key_summary(chunks, projection, epsilon):
     """``sum_j phi(k_j) [v_j, 1]^T`` (heads, features, head_dim + 1) and the key stabiliser, in one pass over the keys
-    with a running maximum."""
-    tokens, heads, head_dim = value.shape
-    lowest = torch.finfo(key.dtype).min
-    maximum = torch.full((), float("-inf"), dtype=key.dtype, device=key.device)
-    summary = value.new_zeros(heads, projection.shape[0], head_dim + 1)
-    value_sum = value.new_zeros(heads, 1, head_dim + 1)
-    for start in range(0, tokens, chunk_size):
-        chunk = slice(start, start + chunk_size)
-        k = key[chunk].transpose(0, 1)
+    with a running maximum. ``chunks`` yields ``(key, value, mask)`` per chunk of tokens: (tokens, heads, head_dim)
+    twice and a boolean (tokens,) or ``None``."""
+    summary = value_sum = maximum = lowest = None
+    for key_chunk, value_chunk, mask_chunk in chunks:
+        if summary is None:
+            _, heads, head_dim = value_chunk.shape
+            lowest = torch.finfo(key_chunk.dtype).min
+            maximum = torch.full((), float("-inf"), dtype=key_chunk.dtype, device=key_chunk.device)
+            summary = value_chunk.new_zeros(heads, projection.shape[0], head_dim + 1)
+            value_sum = value_chunk.new_zeros(heads, 1, head_dim + 1)
+        k = key_chunk.transpose(0, 1)
         projected = torch.matmul(k, projection.transpose(0, 1))
-        if mask is not None:
-            projected.masked_fill_(~mask[chunk, None], float("-inf"))  # exp(-inf) = 0: masked keys drop out
+        if mask_chunk is not None:
+            projected.masked_fill_(~mask_chunk[:, None], float("-inf"))  # exp(-inf) = 0: masked keys drop out
         new_maximum = torch.maximum(maximum, projected.amax())
         # Clamping keeps an all-masked prefix (maximum still -inf) from producing -inf - -inf = nan.
         summary.mul_(torch.exp(maximum.clamp_min(lowest) - new_maximum.clamp_min(lowest)))
         maximum = new_maximum
-        offset = (k * k).sum(dim=-1, keepdim=True).mul_(0.5 * head_dim**-0.5).add_(maximum.clamp_min(lowest))
+        offset = (k * k).sum(dim=-1, keepdim=True).mul_(0.5 * k.shape[-1] ** -0.5).add_(maximum.clamp_min(lowest))
         features = projected.sub_(offset).exp_()
-        extended_value = _with_ones(value[chunk], None if mask is None else mask[chunk])
+        extended_value = _with_ones(value_chunk, mask_chunk)
         summary.baddbmm_(features.transpose(1, 2), extended_value)
         value_sum += extended_value.sum(dim=1, keepdim=True)
     return summary.add_(value_sum, alpha=epsilon), maximum
+
+
+def _sliced(tensors, mask, chunk_size):
+    """Chunks of already projected keys and values, as :func:`_key_summary` takes them."""
+    key, value = tensors
+    for start in range(0, key.shape[0], chunk_size):
+        chunk = slice(start, start + chunk_size)
+        yield key[chunk], value[chunk], None if mask is None else mask[chunk]
 
 
 def _attend_chunk(query, projection, summary, epsilon):
@@ -206,7 +216,7 @@ class _ChunkedFavorAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, query, key, value, projection, mask, epsilon, chunk_size):
-        summary, maximum = _key_summary(key, value, projection, mask, epsilon, chunk_size)
+        summary, maximum = _key_summary(_sliced((key, value), mask, chunk_size), projection, epsilon)
         output = torch.empty_like(query)
         for start in range(0, query.shape[0], chunk_size):
             chunk = slice(start, start + chunk_size)
@@ -387,6 +397,8 @@ class ScBertSelfAttention(nn.Module):
         self.random_features.copy_(fresh)
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        if not torch.is_grad_enabled():
+            return self._stream(hidden_states, attention_mask)
         # One cell at a time: q, k and v (3 x tokens x 640 floats per cell) then exist for one cell only, and a
         # full-length cell still gives the projections thousands of rows.
         outputs = []
@@ -407,6 +419,41 @@ class ScBertSelfAttention(nn.Module):
             )
             outputs.append(self.output(context.flatten(-2)))
         return self.dropout(torch.cat(outputs))
+
+    @torch.no_grad()
+    def _stream(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """Inference: the same attention with q, k and v projected chunk by chunk, so that no (tokens x heads x
+        head_dim) tensor exists for a whole cell; only the small key summary is kept between the two passes."""
+        chunk_size = self.config.attention_chunk_size or DEFAULT_CHUNK_SIZE
+        epsilon = self.config.kernel_epsilon
+        compute_dtype = torch.promote_types(hidden_states.dtype, torch.float32)
+        output = torch.empty_like(hidden_states)
+
+        def project(layer: nn.Linear, rows: torch.Tensor) -> torch.Tensor:
+            return layer(rows).unflatten(-1, (self.num_heads, self.head_dim)).to(compute_dtype)
+
+        def key_chunks(cell, mask):
+            for start in range(0, cell.shape[0], chunk_size):
+                rows = cell[start : start + chunk_size]
+                yield (
+                    project(self.key, rows),
+                    project(self.value, rows),
+                    None if mask is None else mask[start : start + chunk_size],
+                )
+
+        for sample in range(hidden_states.shape[0]):
+            cell = hidden_states[sample]
+            mask = None if attention_mask is None else attention_mask[sample]
+            with torch.autocast(device_type=cell.device.type, enabled=False):
+                projection = self.random_features.to(compute_dtype) * self.head_dim**-0.25
+                summary, _ = _key_summary(key_chunks(cell, mask), projection, epsilon)
+                for start in range(0, cell.shape[0], chunk_size):
+                    rows = cell[start : start + chunk_size]
+                    query = project(self.query, rows).transpose(0, 1)
+                    ratios, _ = _attend_chunk(query, projection, summary, epsilon)
+                    context = (ratios[..., :-1] / ratios[..., -1:]).transpose(0, 1).flatten(-2)
+                    output[sample, start : start + chunk_size] = self.output(context.to(hidden_states.dtype))
+        return self.dropout(output)
 
 
 class ScBertFeedForward(nn.Module):

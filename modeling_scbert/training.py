@@ -48,6 +48,7 @@ from tokenization.data import (
 )
 
 from .configuration_scbert import ScBertConfig
+from .hub import ScBertModelCardCallback, push_trainer_to_hub
 from .modeling_scbert import ScBertForMaskedLM, ScBertForSequenceClassification
 
 logger = logging.getLogger(__name__)
@@ -483,6 +484,7 @@ def finetune(
     callbacks: Sequence[TrainerCallback] = (),
     resume_from_checkpoint: str | bool | None = None,
     encode_kwargs: dict[str, Any] | None = None,
+    card_facts: dict[str, Any] | None = None,
 ) -> Trainer:
     """Fine-tune a cell-type classifier with the stock ``Trainer``.
 
@@ -531,6 +533,12 @@ def finetune(
         when ``None``.
     encode_kwargs
         Passed to ``to_dataset`` for AnnData inputs (``layer``, ``gene_key``, ``input_kind``, ``cache_dir``, ...).
+    card_facts
+        Facts for the model card written into ``output_dir`` (``README.md``) and pushed with the model: at least
+        ``license`` (the weights' license, your choice: nothing is assumed); optionally ``base_model``,
+        ``training_data`` (``name``, ``description``), ``species``, ``description``. The label counts, the
+        hyperparameters and the evaluation are filled in from the run. Without a license no card is written, and
+        ``push_to_hub=True`` is refused before training starts.
 
     Returns
     -------
@@ -601,6 +609,14 @@ def finetune(
                 "load_best_model_at_end=True with matching eval and save strategies."
             )
         trainer_callbacks.append(EarlyStoppingCallback(early_stopping_patience=early_stopping_patience))
+    facts = _card_facts(card_facts, train_dataset, eval_dataset, label_names, model=model, preset=preset)
+    if facts.get("license"):
+        trainer_callbacks.append(ScBertModelCardCallback(tokenizer=tokenizer, facts=facts))
+    elif training_args.push_to_hub:
+        raise ValueError(
+            "push_to_hub=True pushes a model card, which needs the weights' license: pass card_facts={'license': ...} "
+            "(--license on the command line), e.g. 'apache-2.0', 'cc-by-4.0' or 'other'."
+        )
     loss = None
     if class_weighting == "balanced":
         weights = balanced_class_weights(np.asarray(train_dataset[LABEL_COLUMN]), len(label_names))
@@ -619,20 +635,60 @@ def finetune(
         callbacks=trainer_callbacks,
     )
     trainer.train(resume_from_checkpoint=_resume_point(training_args, resume_from_checkpoint))
-    _finish(trainer, tokenizer)
 
+    metrics = None
     if eval_dataset is not None:
         prediction = trainer.predict(eval_dataset, metric_key_prefix="eval")
-        trainer.log_metrics("eval", prediction.metrics)
-        trainer.save_metrics("eval", prediction.metrics)
+        metrics = prediction.metrics
+        trainer.log_metrics("eval", metrics)
         report = classification_report(
             prediction.label_ids, np.asarray(prediction.predictions).argmax(-1), label_names=label_names
         )
         if trainer.is_world_process_zero():
+            Path(training_args.output_dir).mkdir(parents=True, exist_ok=True)
             path = Path(training_args.output_dir) / "classification_report.json"
             path.write_text(json.dumps(report, indent=2) + "\n")
             logger.info("Per-class report on the evaluation cells:\n%s", _format_report(report, label_names))
+    if facts.get("license"):
+        # Saves model, tokenizer, metrics and our card, and pushes them in one commit when push_to_hub is set
+        # (Trainer.push_to_hub would replace the card with transformers' generic one).
+        push_trainer_to_hub(trainer, tokenizer=tokenizer, facts=facts, metrics=metrics)
+        trainer.save_state()
+    else:
+        _finish(trainer, tokenizer)
+        if metrics is not None:
+            trainer.save_metrics("eval", metrics)
+        logger.info("No license given (card_facts={'license': ...}): no model card written.")
     return trainer
+
+
+def _card_facts(
+    given: dict[str, Any] | None,
+    train_dataset: Any,
+    eval_dataset: Any,
+    label_names: Sequence[str],
+    *,
+    model: ScBertForSequenceClassification,
+    preset: str,
+) -> dict[str, Any]:
+    """The card facts this run knows (label counts, cell numbers, the fine-tuning choices), under the caller's."""
+    counts = np.bincount(np.asarray(train_dataset[LABEL_COLUMN]), minlength=len(label_names))
+    facts: dict[str, Any] = {
+        "label_counts": {name: int(count) for name, count in zip(label_names, counts, strict=True)},
+        "training_data": {"num_cells": int(counts.sum())},
+        "hyperparameters": {"fine-tuning preset": preset},
+    }
+    base = getattr(model.config, "_name_or_path", "")
+    if base and not os.path.isdir(base) and "/" in base:
+        facts["base_model"] = base  # a Hub id; local folders are not citable
+    if eval_dataset is not None:
+        facts["evaluation"] = {"dataset_name": "held-out labelled cells", "num_cells": len(eval_dataset)}
+    for key, value in (given or {}).items():
+        if isinstance(value, dict) and isinstance(facts.get(key), dict):
+            facts[key] = {**facts[key], **value}
+        else:
+            facts[key] = value
+    return facts
 
 
 def _format_report(report: dict, label_names: Sequence[str]) -> str:
@@ -714,6 +770,11 @@ class ScBertFinetuningArguments:
     early_stopping_patience: int | None = field(
         default=None, metadata={"help": "Evaluations without improvement before stopping (needs evaluation data)."}
     )
+    license: str | None = field(
+        default=None,
+        metadata={"help": "License of the fine-tuned weights, for the model card (needed with --push_to_hub)."},
+    )
+    base_model: str | None = field(default=None, metadata={"help": "Hub id of the pretrained model, for the card."})
 
 
 # Defaults that differ from TrainingArguments' for fine-tuning: evaluate and save every epoch, keep the best model by
@@ -833,6 +894,11 @@ def finetune_main(argv: Sequence[str] | None = None, *, prog: str = "scbert fine
         early_stopping_patience=finetune_args.early_stopping_patience,
         config_overrides=model_args.config_overrides,
         encode_kwargs=_encode_kwargs(data_args),
+        card_facts={
+            key: value
+            for key, value in {"license": finetune_args.license, "base_model": finetune_args.base_model}.items()
+            if value
+        },
     )
 
 

@@ -1,5 +1,7 @@
 """Conversion of published scBERT checkpoints, proven against outputs of the published code (../shared/golden)."""
 
+import hashlib
+
 import numpy as np
 import pytest
 import torch
@@ -174,6 +176,10 @@ def test_convert_writes_the_tokenizer_from_a_gene_list_or_a_reference_h5ad(golde
     tokenizer = ScBertTokenizer.from_pretrained(tmp_path / "a")
     assert list(tokenizer.genes) == genes
     assert f"panel sha256 {tokenizer.panel_hash}" in capsys.readouterr().out
+    # With its panel, a converted folder carries a card that states its provenance.
+    card = (tmp_path / "a" / "README.md").read_text()
+    source_sha = hashlib.sha256((golden_dir / "tiny_pretrain.pth").read_bytes()).hexdigest()
+    assert source_sha in card and tokenizer.panel_hash in card
 
     reference = ad.AnnData(np.zeros((2, 100), dtype=np.float32))
     reference.var_names = genes[::-1]

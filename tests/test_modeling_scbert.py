@@ -474,3 +474,16 @@ def test_bfloat16_autocast_training_step_runs_and_agrees():
     loss.backward()
     assert torch.isfinite(loss) and abs(loss.item() - reference.item()) < 0.05
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("chunk_size", [4, None])
+def test_inference_streaming_path_equals_the_training_path(chunk_size):
+    # Without gradients the attention projects q/k/v chunk by chunk; with them it runs the autograd function.
+    model = build(ScBertForMaskedLM, attention_chunk_size=chunk_size)
+    ids = tester.input_ids()
+    mask = torch.ones_like(ids)
+    mask[1, 3:8] = 0
+    with_grad = model(ids, attention_mask=mask).logits
+    with torch.inference_mode():
+        streamed = model(ids, attention_mask=mask).logits
+    torch.testing.assert_close(streamed, with_grad.detach(), atol=1e-6, rtol=1e-5)
