@@ -481,11 +481,15 @@ class ScBertLayer(GradientCheckpointingLayer):
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         hidden_states = hidden_states + self.attention(self.attention_norm(hidden_states), attention_mask)
-        # Position-wise, so done in chunks: the (tokens x intermediate_size) temporaries stay small.
+        # Position-wise, so done a cell and a chunk of tokens at a time: the (tokens x intermediate_size)
+        # temporaries stay in cache whatever the batch size.
         output = torch.empty_like(hidden_states)
-        for start in range(0, hidden_states.shape[1], self.chunk_size):
-            chunk = hidden_states[:, start : start + self.chunk_size]
-            output[:, start : start + self.chunk_size] = chunk + self.feed_forward(self.feed_forward_norm(chunk))
+        for sample in range(hidden_states.shape[0]):
+            for start in range(0, hidden_states.shape[1], self.chunk_size):
+                chunk = hidden_states[sample, start : start + self.chunk_size]
+                output[sample, start : start + self.chunk_size] = chunk + self.feed_forward(
+                    self.feed_forward_norm(chunk)
+                )
         return output
 
 
