@@ -504,6 +504,21 @@ class ScBertEncoder(nn.Module):
         attention_mask: torch.Tensor | None = None,
         output_hidden_states: bool = False,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
+        if not torch.is_grad_enabled() and hidden_states.shape[0] > 1:
+            # Inference: one cell through all layers at a time keeps every temporary cell-sized, so a batch costs
+            # what its cells cost one by one (large batch-wide activations would fall out of cache).
+            cells = [
+                self(
+                    hidden_states[i : i + 1],
+                    None if attention_mask is None else attention_mask[i : i + 1],
+                    output_hidden_states,
+                )
+                for i in range(hidden_states.shape[0])
+            ]
+            all_hidden_states = None
+            if output_hidden_states:
+                all_hidden_states = tuple(torch.cat(states) for states in zip(*(cell[1] for cell in cells)))
+            return torch.cat([cell[0] for cell in cells]), all_hidden_states
         all_hidden_states = (hidden_states,) if output_hidden_states else None
         for layer in self.layers:
             hidden_states = layer(hidden_states, attention_mask)
