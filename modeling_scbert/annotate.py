@@ -27,7 +27,12 @@ from tqdm.auto import tqdm
 from tokenization import ScBertTokenizer
 from tokenization.genes import SynonymTable
 
-from .modeling_scbert import ScBertForSequenceClassification, ScBertModel, ScBertPreTrainedModel
+from .modeling_scbert import (
+    ScBertForSequenceClassification,
+    ScBertModel,
+    ScBertPreTrainedModel,
+    pool_cell_embeddings,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -352,7 +357,7 @@ def embed(
             encode_kwargs=encode_kwargs,
         ):
             hidden = encoder(input_ids.to(device)).last_hidden_state
-            embeddings[start:end] = hidden.float().mean(dim=1).cpu().numpy()
+            embeddings[start:end] = pool_cell_embeddings(hidden.float()).cpu().numpy()
     adata = _prepare(adata, copy=copy)
     adata.obsm[f"X_{key_added}"] = embeddings
     adata.uns[f"{key_added}_embedding"] = {
