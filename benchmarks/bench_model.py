@@ -144,7 +144,7 @@ def run_in_subprocess(spec: dict) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def plan(quick: bool) -> tuple[int, list[dict]]:
+def plan(quick: bool, training_only: bool = False) -> tuple[int, list[dict]]:
     num_genes = 4000 if quick else 16906
     batches = [1, 8] if quick else [1, 4, 8]
     specs = []
@@ -153,6 +153,8 @@ def plan(quick: bool) -> tuple[int, list[dict]]:
             specs.append({"impl": impl, "mode": "infer", "batch": batch, "repeats": 2 if batch == 1 else 1})
         specs.append({"impl": impl, "mode": "train", "batch": 1, "repeats": 1})
     specs.append({"impl": "ours", "mode": "train_checkpointing", "batch": 1, "repeats": 1})
+    if training_only:
+        specs = [spec for spec in specs if spec["mode"] != "infer"]
     for spec in specs:
         spec["num_genes"] = num_genes
     return num_genes, specs
@@ -161,6 +163,7 @@ def plan(quick: bool) -> tuple[int, list[dict]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="4,000 genes and fewer runs (under 3 minutes)")
+    parser.add_argument("--training-only", action="store_true", help="only the training steps (about 2 minutes)")
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -169,7 +172,7 @@ def main() -> None:
         return
 
     started = time.perf_counter()
-    num_genes, specs = plan(args.quick)
+    num_genes, specs = plan(args.quick, args.training_only)
     gflops = measure_matmul_gflops()
     results = []
     for spec in specs:

@@ -402,8 +402,8 @@ class ScBertSelfAttention(nn.Module):
         # One cell at a time: q, k and v (3 x tokens x 640 floats per cell) then exist for one cell only, and a
         # full-length cell still gives the projections thousands of rows.
         outputs = []
-        for sample in range(hidden_states.shape[0]):
-            cell = hidden_states[sample : sample + 1]
+        # split, not indexing: the backward of an indexed read is a zero-filled gradient the size of the batch.
+        for sample, cell in enumerate(hidden_states.split(1)):
             query, key, value = (
                 projection(cell).unflatten(-1, (self.num_heads, self.head_dim))
                 for projection in (self.query, self.key, self.value)
@@ -483,6 +483,13 @@ class ScBertLayer(GradientCheckpointingLayer):
         hidden_states = hidden_states + self.attention(self.attention_norm(hidden_states), attention_mask)
         # Position-wise, so done a cell and a chunk of tokens at a time: the (tokens x intermediate_size)
         # temporaries stay in cache whatever the batch size.
+        if torch.is_grad_enabled():
+            # Split and concatenated, not indexed and written into slices: the backward of each slice read or write
+            # would make a zero-filled gradient the size of the whole batch, once per chunk.
+            chunks = (chunk for cell in hidden_states.unbind(0) for chunk in cell.split(self.chunk_size))
+            return torch.cat([chunk + self.feed_forward(self.feed_forward_norm(chunk)) for chunk in chunks]).view_as(
+                hidden_states
+            )
         output = torch.empty_like(hidden_states)
         for sample in range(hidden_states.shape[0]):
             for start in range(0, hidden_states.shape[1], self.chunk_size):
