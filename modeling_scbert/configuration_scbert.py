@@ -67,6 +67,9 @@ class ScBertConfig(PreTrainedConfig):
             ``"pooled"``: mean over unmasked positions, then an MLP; independent of the panel size.
         classifier_hidden_sizes: Widths of the classification MLP's hidden layers. ``None`` means ``[512, 128]``.
         classifier_dropout: Dropout after each hidden layer of the classification MLP.
+        classifier_input_dropout: Dropout on the classification head's input: the per-position scores of the
+            ``"conv"`` head (one per gene), the pooled encoding of the ``"pooled"`` head. Not in the published model
+            (0 there); on small references it keeps the head from resting on a few genes (see docs/training.md).
         attention_chunk_size: Tokens processed at a time in the FAVOR+ feature map. ``None`` picks a size that keeps
             the temporaries in cache. Changes speed and memory, never the result.
         initializer_range: Standard deviation of the normal initialiser.
@@ -102,6 +105,7 @@ class ScBertConfig(PreTrainedConfig):
     classifier_type: str = "conv"
     classifier_hidden_sizes: list[int] | None = None
     classifier_dropout: float = 0.0
+    classifier_input_dropout: float = 0.0
     attention_chunk_size: int | None = None
     initializer_range: float = 0.02
 
@@ -159,6 +163,7 @@ class ScBertConfig(PreTrainedConfig):
             "attention_probs_dropout_prob": self.attention_probs_dropout_prob,
             "embedding_dropout_prob": self.embedding_dropout_prob,
             "classifier_dropout": self.classifier_dropout,
+            "classifier_input_dropout": self.classifier_input_dropout,
         }
         for name, value in dropouts.items():
             if not 0.0 <= value < 1.0:

@@ -682,6 +682,7 @@ class ScBertConvClassificationHead(nn.Module):
         self.token_projection = nn.Linear(config.hidden_size, 1)
         sizes = [config.sequence_length, *config.classifier_hidden_sizes]
         self.hidden_layers = nn.ModuleList(nn.Linear(n_in, n_out) for n_in, n_out in zip(sizes[:-1], sizes[1:]))
+        self.input_dropout = nn.Dropout(config.classifier_input_dropout)
         self.dropout = nn.Dropout(config.classifier_dropout)
         self.out_proj = nn.Linear(sizes[-1], config.num_labels)
 
@@ -694,6 +695,7 @@ class ScBertConvClassificationHead(nn.Module):
         scores = torch.relu(self.token_projection(hidden_states).squeeze(-1))
         if attention_mask is not None:
             scores = scores * attention_mask.to(scores.dtype)
+        scores = self.input_dropout(scores)
         for layer in self.hidden_layers:
             scores = self.dropout(torch.relu(layer(scores)))
         return self.out_proj(scores)
@@ -706,11 +708,12 @@ class ScBertPooledClassificationHead(nn.Module):
         super().__init__()
         sizes = [config.hidden_size, *config.classifier_hidden_sizes]
         self.hidden_layers = nn.ModuleList(nn.Linear(n_in, n_out) for n_in, n_out in zip(sizes[:-1], sizes[1:]))
+        self.input_dropout = nn.Dropout(config.classifier_input_dropout)
         self.dropout = nn.Dropout(config.classifier_dropout)
         self.out_proj = nn.Linear(sizes[-1], config.num_labels)
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        pooled = pool_cell_embeddings(hidden_states, attention_mask)
+        pooled = self.input_dropout(pool_cell_embeddings(hidden_states, attention_mask))
         for layer in self.hidden_layers:
             pooled = self.dropout(torch.relu(layer(pooled)))
         return self.out_proj(pooled)

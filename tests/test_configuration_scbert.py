@@ -52,6 +52,7 @@ def test_round_trip(tmp_path):
         ({"hidden_act": "swishy"}, ["'swishy'"]),
         ({"classifier_hidden_sizes": [512, 0]}, ["[512, 0]"]),
         ({"hidden_dropout_prob": 1.5}, ["hidden_dropout_prob", "1.5"]),
+        ({"classifier_input_dropout": -0.1}, ["classifier_input_dropout", "-0.1"]),
         ({"feature_redraw_interval": -1}, ["-1"]),
         ({"attention_chunk_size": 0}, ["attention_chunk_size", "0"]),
     ],

@@ -180,6 +180,32 @@ def test_classification_problem_types():
     torch.testing.assert_close(out.loss, torch.nn.functional.mse_loss(out.logits.squeeze(), values))
 
 
+@pytest.mark.parametrize("classifier_type", ["conv", "pooled"])
+def test_classifier_input_dropout_drops_the_head_input_in_training_only(classifier_type):
+    ids = tester.input_ids()
+    plain = build(ScBertForSequenceClassification, classifier_type=classifier_type)
+    dropped = build(ScBertForSequenceClassification, classifier_type=classifier_type, classifier_input_dropout=0.5)
+    # Same weights: the dropout has no parameters, and evaluation does not drop anything.
+    torch.testing.assert_close(dropped(ids).logits, plain(ids).logits)
+    head = dropped.classifier
+    seen = []
+    handle = head.hidden_layers[0].register_forward_pre_hook(lambda module, args: seen.append(args[0].detach()))
+    dropped.train()
+    torch.manual_seed(1)
+    logits = dropped(ids).logits
+    handle.remove()
+    encoded = dropped.scbert(ids).last_hidden_state
+    if classifier_type == "conv":
+        undropped = torch.relu(head.token_projection(encoded).squeeze(-1))
+    else:
+        undropped = encoded.mean(dim=1)
+    kept = seen[0] != 0
+    # Every head input is either dropped or scaled by 1 / (1 - p), and about half are dropped.
+    torch.testing.assert_close(seen[0][kept], 2 * undropped[kept])
+    assert 0.2 < 1 - kept.float().mean() < 0.8
+    assert not torch.allclose(logits, plain(ids).logits)
+
+
 def test_inputs_of_the_wrong_length_are_refused():
     with pytest.raises(ValueError, match="13"):
         build(ScBertModel)(torch.zeros(1, 20, dtype=torch.long))
