@@ -26,6 +26,9 @@ def test_demo_quick_writes_every_output(tmp_path):
             "1",
             "--output-dir",
             str(out),
+            "--token-baselines",
+            "--model-config",
+            '{"classifier_input_dropout": 0.1}',
         ],
         cwd=tmp_path,
         env=env,
@@ -41,6 +44,12 @@ def test_demo_quick_writes_every_output(tmp_path):
     assert metrics["n_train"] + metrics["n_test"] == 700
     assert [entry["seed"] for entry in metrics["per_seed"]] == [0, 1]
     assert 0.7 < metrics["baseline_accuracy"] <= 1.0  # the baseline does not depend on the shortened training
+    # The recipe override reaches the fine-tuned model and is recorded.
+    assert metrics["recipe"]["model_config"]["classifier_input_dropout"] == 0.1
+    assert json.loads((out / "model" / "config.json").read_text())["classifier_input_dropout"] == 0.1
+    # Logistic regression on the tokens: the bins as numbers carry about what the log-normalised values carry.
+    assert set(metrics["token_baselines"]) == {"linear", "one_hot", "cumulative"}
+    assert abs(metrics["token_baselines"]["linear"]["accuracy"] - metrics["baseline_accuracy"]) < 0.1
     for name in (
         "confusion_matrix.png",
         "umap.png",
