@@ -154,8 +154,7 @@ def _batches(
         for chunk_start, _, tokens in chunks:
             for start in range(0, tokens.shape[0], batch_size):
                 rows = tokens[start : start + batch_size]
-                input_ids = torch.zeros((rows.shape[0], tokenizer.sequence_length), dtype=torch.long)
-                input_ids[:, : tokenizer.num_genes] = torch.from_numpy(rows.toarray().astype(np.int64))
+                input_ids = torch.from_numpy(tokenizer.input_ids_from_tokens(rows))
                 yield chunk_start + start, chunk_start + start + rows.shape[0], input_ids
                 bar.update(rows.shape[0])
 

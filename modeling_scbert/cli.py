@@ -102,11 +102,7 @@ def _annotate(args: argparse.Namespace) -> int:
         unassigned_threshold=args.threshold,
         key_added=args.key_added,
         return_probabilities=args.probabilities,
-        batch_size=args.batch_size,
-        device=args.device,
-        layer=args.layer,
-        gene_key=args.gene_key,
-        progress=True,
+        **_inference_options(args),
     )
     key = args.key_added
     obsm = [f"{key}_probabilities"] if args.probabilities else []
@@ -146,17 +142,24 @@ def _embed(args: argparse.Namespace) -> int:
         model,
         tokenizer=tokenizer,
         key_added=args.key_added,
-        batch_size=args.batch_size,
-        device=args.device,
-        layer=args.layer,
-        gene_key=args.gene_key,
-        progress=True,
+        **_inference_options(args),
     )
     key = args.key_added
     write_h5ad_with_slots(args.input, output, adata, obsm_keys=[f"X_{key}"], uns_keys=[f"{key}_embedding"])
     print(f"embedded {adata.n_obs:,} cells into .obsm['X_{key}'] {adata.obsm[f'X_{key}'].shape}")
     print(f"written: {args.output}")
     return 0
+
+
+def _inference_options(args: argparse.Namespace) -> dict:
+    """The keyword arguments of ``annotate`` / ``embed`` that :func:`_add_inference_options` defines."""
+    return {
+        "batch_size": args.batch_size,
+        "device": args.device,
+        "layer": args.layer,
+        "gene_key": args.gene_key,
+        "progress": True,
+    }
 
 
 def _add_inference_options(command: argparse.ArgumentParser) -> None:

@@ -481,22 +481,20 @@ class ScBertLayer(GradientCheckpointingLayer):
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         hidden_states = hidden_states + self.attention(self.attention_norm(hidden_states), attention_mask)
+
         # Position-wise, so done a cell and a chunk of tokens at a time: the (tokens x intermediate_size)
-        # temporaries stay in cache whatever the batch size.
+        # temporaries stay in cache whatever the batch size. Chunks are split views, never indexed slices: the
+        # backward of each slice read or write would make a zero-filled gradient the size of the whole batch.
+        def chunks(tensor: torch.Tensor) -> list[torch.Tensor]:
+            return [chunk for cell in tensor.unbind(0) for chunk in cell.split(self.chunk_size)]
+
         if torch.is_grad_enabled():
-            # Split and concatenated, not indexed and written into slices: the backward of each slice read or write
-            # would make a zero-filled gradient the size of the whole batch, once per chunk.
-            chunks = (chunk for cell in hidden_states.unbind(0) for chunk in cell.split(self.chunk_size))
-            return torch.cat([chunk + self.feed_forward(self.feed_forward_norm(chunk)) for chunk in chunks]).view_as(
-                hidden_states
-            )
+            return torch.cat(
+                [chunk + self.feed_forward(self.feed_forward_norm(chunk)) for chunk in chunks(hidden_states)]
+            ).view_as(hidden_states)
         output = torch.empty_like(hidden_states)
-        for sample in range(hidden_states.shape[0]):
-            for start in range(0, hidden_states.shape[1], self.chunk_size):
-                chunk = hidden_states[sample, start : start + self.chunk_size]
-                output[sample, start : start + self.chunk_size] = chunk + self.feed_forward(
-                    self.feed_forward_norm(chunk)
-                )
+        for chunk, target in zip(chunks(hidden_states), chunks(output)):
+            torch.add(chunk, self.feed_forward(self.feed_forward_norm(chunk)), out=target)
         return output
 
 

@@ -571,10 +571,17 @@ class ScBertTokenizer:
         )
         input_ids = np.zeros((data.shape[0], self.sequence_length), dtype=np.int64)
         for start, end, tokens in chunks:
-            block = input_ids[start:end]
-            rows = np.repeat(np.arange(end - start), np.diff(tokens.indptr))
-            block[rows, tokens.indices] = tokens.data
+            self.input_ids_from_tokens(tokens, out=input_ids[start:end])
         return BatchEncoding({"input_ids": input_ids}, tensor_type=return_tensors)
+
+    def input_ids_from_tokens(self, tokens: sp.csr_matrix, *, out: np.ndarray | None = None) -> np.ndarray:
+        """Dense ``input_ids`` ``(rows, num_genes + 1)`` from a CSR block of tokens as :meth:`iter_encoded` yields
+        it, scattered straight into int64 (no dense float copy); into ``out`` (zero-filled) when given."""
+        if out is None:
+            out = np.zeros((tokens.shape[0], self.sequence_length), dtype=np.int64)
+        rows = np.repeat(np.arange(tokens.shape[0]), np.diff(tokens.indptr))
+        out[rows, tokens.indices] = tokens.data
+        return out
 
 
 _KIND_WORDS = {"counts": "raw counts", "log1p": "log1p-normalised values"}
