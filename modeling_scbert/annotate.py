@@ -13,7 +13,7 @@ import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from os import PathLike
 from pathlib import Path
 from typing import Any, Literal
@@ -37,6 +37,8 @@ from .modeling_scbert import (
 logger = logging.getLogger(__name__)
 
 UNASSIGNED = "Unassigned"
+# A fine-tuned classifier, or the folder or Hub id it was saved to.
+Annotator = ScBertForSequenceClassification | str | PathLike
 DEFAULT_BATCH_SIZE = 32
 DEFAULT_CHUNK_SIZE = 2048
 
@@ -106,6 +108,33 @@ def _resolve(
     return model, tokenizer, name
 
 
+def check_ensemble(members: Sequence[tuple[ScBertPreTrainedModel, ScBertTokenizer, str]]) -> list[str]:
+    """Check that ``(model, tokenizer, name)`` triples can vote together; return their class names.
+
+    Every member must be a classifier with the same classes in the same order, and read the cells with the same
+    tokenizer (panel and binning); otherwise averaging their probabilities would mix different things.
+    """
+    _, first_tokenizer, first_name = members[0]
+    class_names = None
+    for model, tokenizer, name in members:
+        if not isinstance(model, ScBertForSequenceClassification):
+            raise TypeError(f"annotate needs a ScBertForSequenceClassification; got a {type(model).__name__}.")
+        names = [str(model.config.id2label[i]) for i in range(model.config.num_labels)]
+        if class_names is None:
+            class_names = names
+        elif names != class_names:
+            raise ValueError(
+                f"The ensemble's models have different classes: {name!r} has {names}, {first_name!r} has "
+                f"{class_names}. Fine-tune every member on the same label set (the same label_names, in order)."
+            )
+        if tokenizer != first_tokenizer:
+            raise ValueError(
+                f"The ensemble's models read the cells differently: {name!r} has {tokenizer!r}, {first_name!r} has "
+                f"{first_tokenizer!r}. Fine-tune every member from the same panel and tokenizer."
+            )
+    return class_names
+
+
 def _device(device: str | torch.device | None) -> torch.device:
     if device is not None:
         return torch.device(device)
@@ -168,7 +197,7 @@ def _encode_kwargs(layer, gene_key, input_kind, synonyms, min_gene_overlap) -> d
 
 def annotate(
     adata: AnnData,
-    model: ScBertForSequenceClassification | str | PathLike,
+    model: Annotator | Sequence[Annotator],
     *,
     tokenizer: ScBertTokenizer | str | PathLike | None = None,
     unassigned_threshold: float | None = None,
@@ -194,9 +223,11 @@ def annotate(
         ``.obs``, ``.obsm`` and ``.uns`` are written, in memory, never the file).
     model
         A fine-tuned :class:`ScBertForSequenceClassification`, or its folder or Hub id (the tokenizer saved with it
-        is loaded too).
+        is loaded too). A list of them is an ensemble: their class probabilities are averaged, which gives steadier
+        predictions and confidences than any one fine-tuning run on a small reference (docs/training.md). The
+        members must have the same classes in the same order and the same tokenizer.
     tokenizer
-        The model's tokenizer; needed with a model object.
+        The model's tokenizer (every member's, for an ensemble); needed with model objects.
     unassigned_threshold
         Cells whose highest class probability is below this are labelled ``"Unassigned"`` (candidate novel types);
         the paper uses 0.5. ``None`` labels every cell with its most likely type.
@@ -226,17 +257,21 @@ def annotate(
     - ``.obs['scbert_confidence']``: float32, the highest class probability;
     - ``.obsm['scbert_probabilities']``: float32 ``(n_obs, num_labels)``, only with ``return_probabilities``; its
       columns are ``.uns['scbert']['class_names']``;
-    - ``.uns['scbert']['params']``: the model, ``batch_size``, ``layer``, ``gene_key``, ``input_kind`` and (when
-      set) ``unassigned_threshold``.
+    - ``.uns['scbert']['params']``: the model (for an ensemble, the list of members), ``batch_size``, ``layer``,
+      ``gene_key``, ``input_kind`` and (when set) ``unassigned_threshold``.
 
     Nothing else is changed.
     """
     if unassigned_threshold is not None and not 0 <= unassigned_threshold <= 1:
         raise ValueError(f"unassigned_threshold must lie in [0, 1] (a probability); got {unassigned_threshold}.")
-    model, tokenizer, model_name = _resolve(model, tokenizer, model_class=ScBertForSequenceClassification)
-    if not isinstance(model, ScBertForSequenceClassification):
-        raise TypeError(f"annotate needs a ScBertForSequenceClassification; got a {type(model).__name__}.")
-    class_names = [str(model.config.id2label[i]) for i in range(model.config.num_labels)]
+    candidates = list(model) if isinstance(model, (list, tuple)) else [model]
+    if not candidates:
+        raise ValueError("annotate needs a model; got an empty list.")
+    members = [_resolve(member, tokenizer, model_class=ScBertForSequenceClassification) for member in candidates]
+    class_names = check_ensemble(members)
+    models = [member for member, _, _ in members]
+    tokenizer = members[0][1]
+    model_names = [name for _, _, name in members]
     if unassigned_threshold is not None and UNASSIGNED in class_names:
         raise ValueError(f"The model has a class named {UNASSIGNED!r}, which novel-type detection would shadow.")
     encode_kwargs = _encode_kwargs(layer, gene_key, input_kind, synonyms, min_gene_overlap)
@@ -244,7 +279,7 @@ def annotate(
     tokenizer.align(adata, gene_key=gene_key, synonyms=synonyms)
 
     device = _device(device)
-    model = model.to(device).eval()
+    models = [member.to(device).eval() for member in models]
     probabilities = np.empty((adata.n_obs, len(class_names)), dtype=np.float32)
     with torch.inference_mode():
         for start, end, input_ids in _batches(
@@ -256,8 +291,11 @@ def annotate(
             desc="Annotating cells",
             encode_kwargs=encode_kwargs,
         ):
-            logits = model(input_ids.to(device)).logits
-            probabilities[start:end] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
+            input_ids = input_ids.to(device)
+            # Probabilities, not logits, are averaged: each member's vote is bounded, so one overconfident member
+            # cannot outvote the others.
+            mean = sum(torch.softmax(member(input_ids).logits.float(), dim=-1) for member in models) / len(models)
+            probabilities[start:end] = mean.cpu().numpy()
 
     adata = _prepare(adata, copy=copy)
     best = probabilities.argmax(axis=1) if adata.n_obs else np.zeros(0, dtype=np.int64)
@@ -278,7 +316,7 @@ def annotate(
     adata.obs[f"{key_added}_confidence"] = confidence.astype(np.float32)
     uns: dict[str, Any] = {
         "params": {
-            "model": model_name,
+            "model": model_names[0] if len(model_names) == 1 else np.asarray(model_names, dtype=object),
             "batch_size": int(batch_size),
             "layer": layer or "X",
             "gene_key": gene_key or "var_names",

@@ -78,6 +78,7 @@ def _training(command: str, argv: list[str]) -> int:
 def _annotate(args: argparse.Namespace) -> int:
     from .annotate import (
         annotate,
+        check_ensemble,
         check_output_path,
         load_annotator,
         read_h5ad,
@@ -89,7 +90,8 @@ def _annotate(args: argparse.Namespace) -> int:
     output = check_output_path(args.output, overwrite=args.overwrite, inputs=(args.input,))
     if args.csv:
         check_output_path(args.csv, overwrite=args.overwrite, inputs=(args.input, args.output))
-    model, tokenizer = load_annotator(args.model)
+    members = [(*load_annotator(name), name) for name in args.model]
+    check_ensemble(members)
     adata = read_h5ad(args.input, backed="r")
     if args.label_key is not None and args.label_key not in adata.obs.columns:
         raise ValueError(
@@ -97,8 +99,8 @@ def _annotate(args: argparse.Namespace) -> int:
         )
     annotate(
         adata,
-        model,
-        tokenizer=tokenizer,
+        [model for model, _, _ in members],
+        tokenizer=members[0][1],
         unassigned_threshold=args.threshold,
         key_added=args.key_added,
         return_probabilities=args.probabilities,
@@ -162,8 +164,17 @@ def _inference_options(args: argparse.Namespace) -> dict:
     }
 
 
-def _add_inference_options(command: argparse.ArgumentParser) -> None:
-    command.add_argument("--model", required=True, help="a model folder or Hub id that also holds the tokenizer")
+def _add_inference_options(command: argparse.ArgumentParser, *, ensemble: bool = False) -> None:
+    if ensemble:
+        command.add_argument(
+            "--model",
+            required=True,
+            nargs="+",
+            help="a model folder or Hub id that also holds the tokenizer; several: an ensemble, whose class "
+            "probabilities are averaged",
+        )
+    else:
+        command.add_argument("--model", required=True, help="a model folder or Hub id that also holds the tokenizer")
     command.add_argument("--input", required=True, help="the cells (.h5ad; read backed, never modified)")
     command.add_argument("--output", required=True, help="the .h5ad to write (written atomically)")
     command.add_argument("--overwrite", action="store_true", help="replace existing output files")
@@ -234,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Predict a cell type and confidence for every cell of --input and write --output with "
         ".obs['scbert_cell_type'] and .obs['scbert_confidence'] added.",
     )
-    _add_inference_options(annotate)
+    _add_inference_options(annotate, ensemble=True)
     annotate.add_argument(
         "--threshold", type=float, help="label cells below this confidence 'Unassigned' (paper: 0.5)"
     )

@@ -29,9 +29,8 @@ def make_adata(n_cells: int = 20, genes=GENES, seed: int = 0) -> ad.AnnData:
     )
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    torch.manual_seed(0)
+def save_annotator(path, *, seed: int = 0, classes=CLASSES, **tokenizer_kwargs):
+    torch.manual_seed(seed)
     config = ScBertConfig(
         num_genes=len(GENES),
         hidden_size=16,
@@ -44,13 +43,23 @@ def model_dir(tmp_path_factory):
         classifier_type="pooled",
         classifier_hidden_sizes=[16],
         initializer_range=0.5,  # spread-out probabilities, so thresholds split the cells
-        id2label=dict(enumerate(CLASSES)),
-        label2id={name: i for i, name in enumerate(CLASSES)},
+        id2label=dict(enumerate(classes)),
+        label2id={name: i for i, name in enumerate(classes)},
     )
-    path = tmp_path_factory.mktemp("annotator")
     ScBertForSequenceClassification(config).save_pretrained(path)
-    ScBertTokenizer(GENES).save_pretrained(path)
+    ScBertTokenizer(GENES, **tokenizer_kwargs).save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return save_annotator(tmp_path_factory.mktemp("annotator"))
+
+
+@pytest.fixture(scope="module")
+def second_model_dir(tmp_path_factory):
+    """Another member for an ensemble: same classes and panel, other weights."""
+    return save_annotator(tmp_path_factory.mktemp("annotator-2"), seed=1)
 
 
 def _slots(adata):
@@ -118,6 +127,42 @@ def test_annotate_labels_unassigned_below_the_threshold(model_dir):
     assert adata.uns["novel"]["params"]["unassigned_threshold"] == pytest.approx(threshold)
     with pytest.raises(ValueError, match="probability"):
         annotate(adata, str(model_dir), unassigned_threshold=1.5)
+
+
+def test_annotate_ensemble_averages_the_members_probabilities(model_dir, second_model_dir):
+    adata = make_adata(30)
+    members = []
+    for key, path in (("a", model_dir), ("b", second_model_dir)):
+        annotate(adata, str(path), key_added=key, return_probabilities=True, progress=False)
+        members.append(adata.obsm[f"{key}_probabilities"])
+    assert np.abs(members[0] - members[1]).max() > 0.05  # the members differ, so the average is a real test
+    annotate(adata, [str(model_dir), str(second_model_dir)], return_probabilities=True, progress=False)
+    mean = (members[0] + members[1]) / 2
+    np.testing.assert_allclose(adata.obsm["scbert_probabilities"], mean, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(adata.obs["scbert_confidence"], mean.max(1), rtol=1e-5)
+    assert list(adata.obs["scbert_cell_type"]) == [CLASSES[i] for i in mean.argmax(1)]
+    assert list(adata.uns["scbert"]["params"]["model"]) == [str(model_dir), str(second_model_dir)]
+    # Model objects with their shared tokenizer give the same result; one member alone is that member.
+    objects = [ScBertForSequenceClassification.from_pretrained(p) for p in (model_dir, second_model_dir)]
+    result = annotate(adata, objects, tokenizer=ScBertTokenizer(GENES), copy=True, progress=False)
+    np.testing.assert_allclose(result.obs["scbert_confidence"], mean.max(1), rtol=1e-5)
+    result = annotate(adata, [str(model_dir)], return_probabilities=True, copy=True, progress=False)
+    np.testing.assert_allclose(result.obsm["scbert_probabilities"], members[0], rtol=1e-6)
+    assert result.uns["scbert"]["params"]["model"] == str(model_dir)
+
+
+def test_annotate_ensemble_refuses_members_that_disagree(model_dir, tmp_path):
+    adata = make_adata()
+    before = _slots(adata)
+    reordered = save_annotator(tmp_path / "reordered", classes=CLASSES[::-1])
+    with pytest.raises(ValueError, match="different classes"):
+        annotate(adata, [str(model_dir), str(reordered)], progress=False)
+    other_binning = save_annotator(tmp_path / "binning", max_bin=3)
+    with pytest.raises(ValueError, match="read the cells differently"):
+        annotate(adata, [str(model_dir), str(other_binning)], progress=False)
+    with pytest.raises(ValueError, match="empty list"):
+        annotate(adata, [], progress=False)
+    assert _slots(adata) == before
 
 
 def test_annotate_view_batching_and_backed_file_agree(model_dir, tmp_path):
@@ -210,6 +255,20 @@ def test_cli_annotate_writes_output_and_csv_and_never_touches_the_input(model_di
         == 2
     )
     assert _digest(h5ad) == digest
+
+
+def test_cli_annotate_with_an_ensemble(model_dir, second_model_dir, h5ad, tmp_path, capsys):
+    out = tmp_path / "out.h5ad"
+    args = ["annotate", "--model", str(model_dir), str(second_model_dir), "--input", str(h5ad), "--output", str(out)]
+    assert cli_main([*args, "--probabilities"]) == 0, capsys.readouterr().err
+    result = ad.read_h5ad(out)
+    expected = annotate(ad.read_h5ad(h5ad), [str(model_dir), str(second_model_dir)], copy=True, progress=False)
+    np.testing.assert_allclose(result.obs["scbert_confidence"], expected.obs["scbert_confidence"], rtol=1e-6)
+    assert list(result.uns["scbert"]["params"]["model"]) == [str(model_dir), str(second_model_dir)]
+    reordered = save_annotator(tmp_path / "reordered", classes=CLASSES[::-1])
+    args = ["annotate", "--model", str(model_dir), str(reordered), "--input", str(h5ad), "--output", str(out)]
+    assert cli_main([*args, "--overwrite"]) == 2
+    assert "different classes" in capsys.readouterr().err
 
 
 def test_cli_embed(model_dir, h5ad, tmp_path):
