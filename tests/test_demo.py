@@ -27,6 +27,8 @@ def test_demo_quick_writes_every_output(tmp_path):
             "--output-dir",
             str(out),
             "--token-baselines",
+            "--jobs",
+            "2",
             "--model-config",
             '{"classifier_input_dropout": 0.1}',
         ],
@@ -56,9 +58,15 @@ def test_demo_quick_writes_every_output(tmp_path):
         "model/config.json",
         "model/model.safetensors",
         "model/genes.txt",
+        "model-2/model.safetensors",
+        "model-2/genes.txt",
     ):
         assert (out / name).is_file(), name
+    # Two ensemble members per seed, trained in worker processes, each scored alone as well.
+    assert metrics["recipe"]["ensemble_size"] == 2
+    assert all(len(entry["member_accuracy"]) == 2 for entry in metrics["per_seed"])
     annotated = ad.read_h5ad(out / "annotated.h5ad")
+    assert [Path(p).name for p in annotated.uns["scbert"]["params"]["model"]] == ["model", "model-2"]
     assert annotated.n_obs == metrics["n_test"]
     assert {"scbert_cell_type", "scbert_confidence", "bulk_labels"} <= set(annotated.obs.columns)
     assert annotated.obsm["X_scbert"].shape[0] == annotated.n_obs
