@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import logging
 import multiprocessing
@@ -135,13 +136,22 @@ def logistic_regression_baseline(adata, train_index: np.ndarray, test_index: np.
     return classifier.predict(features[test_index])
 
 
+def scores(truth, predicted) -> dict[str, float]:
+    """Accuracy and macro-F1 of predicted against true labels."""
+    from sklearn.metrics import accuracy_score, f1_score
+
+    return {
+        "accuracy": float(accuracy_score(truth, predicted)),
+        "macro_f1": float(f1_score(truth, predicted, average="macro", zero_division=0)),
+    }
+
+
 def token_baselines(train, test, num_positions: int) -> dict:
     """Logistic regression (C=1) on the scBERT tokens themselves, encoded three ways: the bin as a number
     (``linear``); one indicator per bin (``one_hot``: a free response per gene and bin, as a lookup table gives); one
     indicator per "bin >= k" (``cumulative``: the same functions, but each indicator learns from every cell at or
     above its bin)."""
     from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import accuracy_score, f1_score
 
     def bins(split):
         matrix = np.zeros((len(split), num_positions), dtype=np.float32)
@@ -161,11 +171,7 @@ def token_baselines(train, test, num_positions: int) -> dict:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # lbfgs convergence chatter
             classifier = LogisticRegression(C=1.0, max_iter=2000).fit(encode(x_train), train["label"])
-        predicted = classifier.predict(encode(x_test))
-        results[name] = {
-            "accuracy": float(accuracy_score(test["label"], predicted)),
-            "macro_f1": float(f1_score(test["label"], predicted, average="macro", zero_division=0)),
-        }
+        results[name] = scores(test["label"], classifier.predict(encode(x_test)))
     return results
 
 
@@ -174,7 +180,7 @@ def member_dir(work_dir: Path, member: int) -> Path:
     return work_dir / ("model" if member == 0 else f"model-{member + 1}")
 
 
-def finetune_member(train, *, work_dir: Path, member: int, seed: int, recipe: dict, quick: bool, threads: int) -> str:
+def finetune_member(train, member: int, *, work_dir: Path, seed: int, recipe: dict, quick: bool, threads: int) -> str:
     """Fine-tune one ensemble member from ``work_dir/pretrained`` and return its folder (it runs in a worker)."""
     import torch
     from transformers.utils import logging as hf_logging
@@ -218,8 +224,6 @@ def run_seed(
     pool,
     threads: int,
 ) -> tuple[dict, object]:
-    from sklearn.metrics import accuracy_score, f1_score
-
     from modeling_scbert.annotate import annotate
     from modeling_scbert.hub import write_model_card
     from modeling_scbert.training import pretrain
@@ -245,34 +249,29 @@ def run_seed(
         tokenizer=tokenizer,
         config_overrides=recipe["model_config"],
     )
-    member_kwargs = {"work_dir": work_dir, "seed": seed, "recipe": recipe, "quick": quick, "threads": threads}
-    members = range(recipe["ensemble_size"])
-    if pool is None:
-        model_dirs = [finetune_member(train, member=member, **member_kwargs) for member in members]
-    else:
-        futures = [pool.submit(finetune_member, train, member=member, **member_kwargs) for member in members]
-        model_dirs = [future.result() for future in futures]
+    fine_tune = functools.partial(
+        finetune_member, train, work_dir=work_dir, seed=seed, recipe=recipe, quick=quick, threads=threads
+    )
+    model_dirs = list((map if pool is None else pool.map)(fine_tune, range(recipe["ensemble_size"])))
 
     held_out = adata[test_index].copy()
     del held_out.layers["log1p"]
     truth = held_out.obs[LABEL_KEY].astype(str).to_numpy()
 
-    def scores(annotated) -> tuple[float, float]:
-        predicted = annotated.obs["scbert_cell_type"].astype(str).to_numpy()
-        return accuracy_score(truth, predicted), f1_score(truth, predicted, average="macro", zero_division=0)
+    def annotated_scores(annotated) -> dict[str, float]:
+        return scores(truth, annotated.obs["scbert_cell_type"].astype(str).to_numpy())
 
-    member_scores = [scores(annotate(held_out, path, copy=True, progress=False)) for path in model_dirs]
-    annotate(held_out, model_dirs if len(model_dirs) > 1 else model_dirs[0], progress=False)
-    accuracy, macro_f1 = scores(held_out)
-    baseline = logistic_regression_baseline(adata, train_index, test_index)
+    member_scores = [annotated_scores(annotate(held_out, path, copy=True, progress=False)) for path in model_dirs]
+    annotate(held_out, model_dirs, progress=False)
+    ensemble = annotated_scores(held_out)
+    baseline = scores(truth, logistic_regression_baseline(adata, train_index, test_index))
     result = {
         "seed": seed,
-        "accuracy": float(accuracy),
-        "macro_f1": float(macro_f1),
-        "baseline_accuracy": float(accuracy_score(truth, baseline)),
-        "baseline_macro_f1": float(f1_score(truth, baseline, average="macro", zero_division=0)),
-        "member_accuracy": [float(a) for a, _ in member_scores],
-        "member_macro_f1": [float(f) for _, f in member_scores],
+        **ensemble,
+        "baseline_accuracy": baseline["accuracy"],
+        "baseline_macro_f1": baseline["macro_f1"],
+        "member_accuracy": [member["accuracy"] for member in member_scores],
+        "member_macro_f1": [member["macro_f1"] for member in member_scores],
         "n_train": len(train_index),
         "n_test": len(test_index),
         "seconds": round(time.perf_counter() - started, 1),
@@ -285,8 +284,7 @@ def run_seed(
             "dataset_name": "pbmc68k_reduced, held-out cells",
             "split": f"stratified 20% (seed {seed})",
             "num_cells": len(test_index),
-            "accuracy": result["member_accuracy"][member],
-            "macro_f1": result["member_macro_f1"][member],
+            **member_scores[member],
         }
         facts = {**CARD_FACTS, "evaluation": evaluation}
         if len(model_dirs) > 1:

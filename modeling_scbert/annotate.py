@@ -108,21 +108,24 @@ def _resolve(
     return model, tokenizer, name
 
 
+def _class_names(model: ScBertForSequenceClassification) -> list[str]:
+    return [str(model.config.id2label[i]) for i in range(model.config.num_labels)]
+
+
 def check_ensemble(members: Sequence[tuple[ScBertPreTrainedModel, ScBertTokenizer, str]]) -> list[str]:
     """Check that ``(model, tokenizer, name)`` triples can vote together; return their class names.
 
     Every member must be a classifier with the same classes in the same order, and read the cells with the same
     tokenizer (panel and binning); otherwise averaging their probabilities would mix different things.
     """
-    _, first_tokenizer, first_name = members[0]
-    class_names = None
-    for model, tokenizer, name in members:
+    for model, _, _ in members:
         if not isinstance(model, ScBertForSequenceClassification):
             raise TypeError(f"annotate needs a ScBertForSequenceClassification; got a {type(model).__name__}.")
-        names = [str(model.config.id2label[i]) for i in range(model.config.num_labels)]
-        if class_names is None:
-            class_names = names
-        elif names != class_names:
+    first_model, first_tokenizer, first_name = members[0]
+    class_names = _class_names(first_model)
+    for model, tokenizer, name in members[1:]:
+        names = _class_names(model)
+        if names != class_names:
             raise ValueError(
                 f"The ensemble's models have different classes: {name!r} has {names}, {first_name!r} has "
                 f"{class_names}. Fine-tune every member on the same label set (the same label_names, in order)."
@@ -269,9 +272,8 @@ def annotate(
         raise ValueError("annotate needs a model; got an empty list.")
     members = [_resolve(member, tokenizer, model_class=ScBertForSequenceClassification) for member in candidates]
     class_names = check_ensemble(members)
-    models = [member for member, _, _ in members]
-    tokenizer = members[0][1]
-    model_names = [name for _, _, name in members]
+    models, tokenizers, model_names = zip(*members)
+    tokenizer = tokenizers[0]  # check_ensemble made sure that every member's is the same
     if unassigned_threshold is not None and UNASSIGNED in class_names:
         raise ValueError(f"The model has a class named {UNASSIGNED!r}, which novel-type detection would shadow.")
     encode_kwargs = _encode_kwargs(layer, gene_key, input_kind, synonyms, min_gene_overlap)
