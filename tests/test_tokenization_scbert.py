@@ -18,16 +18,12 @@ import torch
 
 from tokenization import ScBertTokenizer
 
-GOLDEN = Path(__file__).resolve().parents[1].parent / "shared" / "golden"
-
 
 @pytest.fixture(scope="module")
-def golden():
-    if not (GOLDEN / "tokenizer_counts.npy").is_file():
-        pytest.skip(f"golden tokenizer vectors not found in {GOLDEN} (the shared/ folder next to the project)")
-    counts = np.load(GOLDEN / "tokenizer_counts.npy")
-    genes = (GOLDEN / "tokenizer_genes.txt").read_text().splitlines()
-    input_ids = np.load(GOLDEN / "tokenizer_input_ids.npy")
+def golden(golden_dir):
+    counts = np.load(golden_dir / "tokenizer_counts.npy")
+    genes = (golden_dir / "tokenizer_genes.txt").read_text().splitlines()
+    input_ids = np.load(golden_dir / "tokenizer_input_ids.npy")
     return counts, genes, input_ids
 
 
