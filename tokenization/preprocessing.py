@@ -257,8 +257,26 @@ def _linear(data: np.ndarray, log_base: float | None) -> np.ndarray:
     return np.expm1(values * np.log(log_base))
 
 
-def _whole_multiple_rows(rows: sp.csr_matrix, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per cell: are its values whole multiples of its smallest value; do they differ at all (can the test tell)."""
+def _storage_error(data: np.ndarray) -> np.ndarray:
+    """How far each stored value may be from the exact one: float rounding, or the rounding of values written with
+    a fixed number of decimals (scanpy's pbmc68k_reduced keeps 3), whichever is larger."""
+    error = np.abs(data) * (2.0 * np.finfo(data.dtype).eps if data.dtype.kind == "f" else 0.0)
+    probe = data[:10_000].astype(np.float64)
+    for decimals in range(1, 7):
+        scaled = probe * 10.0**decimals
+        if probe.size and np.all(np.abs(scaled - np.rint(scaled)) <= 1e-2):
+            return np.maximum(error, 0.5 * 10.0**-decimals)
+    return error
+
+
+def _whole_multiple_rows(
+    rows: sp.csr_matrix, values: np.ndarray, log_base: float | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per cell: are its values whole multiples of its smallest value; do they differ at all (can the test tell).
+
+    The tolerance follows the error of the stored values through the transform, so rounded exports still pass and a
+    wrong transform still fails.
+    """
     lengths = np.diff(rows.indptr)
     nonempty = lengths > 0
     starts = rows.indptr[:-1][nonempty]
@@ -268,8 +286,18 @@ def _whole_multiple_rows(rows: sp.csr_matrix, values: np.ndarray) -> tuple[np.nd
         row_min[nonempty] = np.minimum.reduceat(values, starts)
         row_max[nonempty] = np.maximum.reduceat(values, starts)
     ratio = values / np.repeat(row_min, lengths)
-    # float32 storage keeps ~7 significant digits; allow that, relative to the size of each multiple.
-    off = np.abs(ratio - np.rint(ratio)) > 1e-3 + 1e-5 * ratio
+    # Relative error of each linear value: d(b**x - 1) = (1 + v) ln(b) dx; for linear values, dv = dx.
+    error = _storage_error(rows.data)
+    if log_base is None:
+        relative = error / np.maximum(values, 1e-300)
+    else:
+        relative = (1 + values) * np.log(log_base) * error / np.maximum(values, 1e-300)
+    row_relative = np.zeros(rows.shape[0])
+    if values.size:
+        at_min = values == np.repeat(row_min, lengths)
+        np.maximum.at(row_relative, np.repeat(np.arange(rows.shape[0]), lengths)[at_min], relative[at_min])
+    allowed = 1e-3 + 1e-5 * ratio + 2 * ratio * (relative + np.repeat(row_relative, lengths))
+    off = np.abs(ratio - np.rint(ratio)) > allowed
     bad = np.zeros(rows.shape[0], dtype=bool)
     bad[np.repeat(np.arange(rows.shape[0]), lengths)[off]] = True
     varied = nonempty & (row_max > row_min * (1 + 1e-6))
@@ -298,7 +326,7 @@ def _check_transform(rows: sp.csr_matrix, log_base: float | None) -> tuple[bool,
             True,
             f"{name}row sums are constant at {middle:,.6g} ({low:,.6g} to {high:,.6g}) over {cells:,} sampled cells",
         )
-    bad, varied = _whole_multiple_rows(rows, values)
+    bad, varied = _whole_multiple_rows(rows, values, log_base)
     tested = int(varied.sum())
     failed = int((bad & varied).sum())
     if tested and failed <= _MAX_NON_MULTIPLE_FRACTION * tested:
@@ -460,7 +488,7 @@ def recover_counts(rows: sp.csr_matrix, *, log_base: float | None = math.e) -> n
     row_min[nonempty] = np.minimum.reduceat(values, rows.indptr[:-1][nonempty])
     ratio = values / np.repeat(row_min, lengths)
     counts = np.rint(ratio)
-    bad_rows, _ = _whole_multiple_rows(rows, values)
+    bad_rows, _ = _whole_multiple_rows(rows, values, log_base)
     if bad_rows.any():
         use_linear = np.repeat(bad_rows, lengths)
         counts[use_linear] = values[use_linear]
