@@ -126,3 +126,16 @@ def test_unmatched_data_genes_are_reported_at_warning_with_counts(caplog):
     with caplog.at_level(logging.WARNING, logger="tokenization"):
         ScBertTokenizer(GENES)(adata)
     assert "2 of 42 data genes are not in the panel and are dropped (e.g. MT-CO1, ERCC-00002)" in caplog.text
+
+
+def test_datasets_read_raw_too(tmp_path):
+    from tokenization.data import to_dataset
+
+    full = make_adata(GENES)
+    subset = full[:, :10].copy()
+    subset.raw = full
+    tokenizer = ScBertTokenizer(GENES)
+    dataset = to_dataset(subset, tokenizer=tokenizer, use_raw=True, cache_dir=tmp_path)
+    expected = tokenizer(full)["input_ids"]
+    for i, row in enumerate(dataset):
+        np.testing.assert_array_equal(np.flatnonzero(expected[i, :-1]), row["gene_indices"])
