@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from tokenization import ScBertTokenizer
 from tokenization.genes import SynonymTable
+from tokenization.preprocessing import default_min_genes
 
 from .modeling_scbert import (
     ScBertForSequenceClassification,
@@ -37,6 +38,8 @@ from .modeling_scbert import (
 logger = logging.getLogger(__name__)
 
 UNASSIGNED = "Unassigned"
+# Why a cell is labelled UNASSIGNED, in .obs[f"{key_added}_unassigned_reason"].
+UNASSIGNED_REASONS = ["no panel counts", "few panel genes", "low confidence"]
 # A fine-tuned classifier, or the folder or Hub id it was saved to.
 Annotator = ScBertForSequenceClassification | str | PathLike
 DEFAULT_BATCH_SIZE = 32
@@ -176,14 +179,22 @@ def _batches(
     progress: bool | None,
     desc: str,
     encode_kwargs: dict[str, Any],
+    detected_genes: np.ndarray | None = None,
 ) -> Iterator[tuple[int, int, torch.Tensor]]:
-    """Yield ``(start, end, input_ids)`` batches; alignment errors (overlap report) surface before any work."""
+    """Yield ``(start, end, input_ids)`` batches; alignment errors (overlap report) surface before any work.
+
+    ``detected_genes``, when given, receives each cell's number of detected panel genes.
+    """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1; got {batch_size}.")
-    chunks = tokenizer.iter_encoded(adata, batch_size=chunk_size, progress=False, **encode_kwargs)
+    chunks = tokenizer.iter_encoded(
+        adata, batch_size=chunk_size, progress=False, return_detected_genes=True, **encode_kwargs
+    )
     show = adata.n_obs > batch_size if progress is None else progress
     with tqdm(total=adata.n_obs, unit="cells", desc=desc, disable=not show) as bar:
-        for chunk_start, _, tokens in chunks:
+        for chunk_start, chunk_end, tokens, detected in chunks:
+            if detected_genes is not None:
+                detected_genes[chunk_start:chunk_end] = detected
             for start in range(0, tokens.shape[0], batch_size):
                 rows = tokens[start : start + batch_size]
                 input_ids = torch.from_numpy(tokenizer.input_ids_from_tokens(rows))
@@ -191,8 +202,11 @@ def _batches(
                 bar.update(rows.shape[0])
 
 
-def _encode_kwargs(layer, gene_key, input_kind, synonyms, min_gene_overlap) -> dict[str, Any]:
+def _encode_kwargs(
+    layer, gene_key, input_kind, synonyms, min_gene_overlap, use_raw=False, min_genes=None
+) -> dict[str, Any]:
     kwargs = {"layer": layer, "gene_key": gene_key, "input_kind": input_kind, "synonyms": synonyms}
+    kwargs.update(use_raw=use_raw, min_genes=min_genes)
     if min_gene_overlap is not None:
         kwargs["min_gene_overlap"] = min_gene_overlap
     return kwargs
@@ -210,12 +224,14 @@ def annotate(
     device: str | torch.device | None = None,
     layer: str | None = None,
     gene_key: str | None = None,
-    input_kind: Literal["auto", "counts", "log1p"] = "auto",
+    input_kind: str = "auto",
     synonyms: SynonymTable | str | PathLike | None = None,
     min_gene_overlap: float | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     progress: bool | None = None,
     copy: bool = False,
+    use_raw: bool = False,
+    min_genes: int | None = None,
 ) -> AnnData | None:
     """Predict a cell type for every cell, with a confidence and, optionally, novel-type detection.
 
@@ -242,7 +258,7 @@ def annotate(
         Cells per forward pass.
     device
         Where to run; the first of CUDA, MPS and CPU that is available when ``None``.
-    layer, gene_key, input_kind, synonyms, min_gene_overlap
+    layer, gene_key, input_kind, synonyms, min_gene_overlap, use_raw
         How to read the cells, as for :meth:`tokenization.ScBertTokenizer.__call__`.
     chunk_size
         Cells read and encoded at a time (memory stays bounded for backed data).
@@ -250,14 +266,22 @@ def annotate(
         Show a progress bar; by default when there is more than one batch.
     copy
         Return an annotated copy instead of writing into ``adata``.
+    min_genes
+        Cells with no counts in any panel gene, or fewer detected panel genes than this, are labelled
+        ``"Unassigned"`` whatever the model says (their tokens are nearly all zero). ``None``: the published 200,
+        scaled to the panel's size (:func:`tokenization.preprocessing.default_min_genes`); ``0`` flags only cells
+        with no panel counts.
 
     Returns
     -------
     ``None``, or the annotated copy with ``copy=True``. Written (with the default ``key_added="scbert"``):
 
     - ``.obs['scbert_cell_type']``: categorical, the predicted type (categories: the model's classes in
-      ``id2label`` order, then ``"Unassigned"`` when ``unassigned_threshold`` is set);
+      ``id2label`` order, then ``"Unassigned"`` when ``unassigned_threshold`` is set or a cell lacks signal);
     - ``.obs['scbert_confidence']``: float32, the highest class probability;
+    - ``.obs['scbert_unassigned_reason']``: categorical, why a cell is ``"Unassigned"``: ``"no panel counts"``,
+      ``"few panel genes"`` (below ``min_genes``) or ``"low confidence"`` (below ``unassigned_threshold``); missing
+      for assigned cells;
     - ``.obsm['scbert_probabilities']``: float32 ``(n_obs, num_labels)``, only with ``return_probabilities``; its
       columns are ``.uns['scbert']['class_names']``;
     - ``.uns['scbert']['params']``: the model (for an ensemble, the list of members), ``batch_size``, ``layer``,
@@ -276,13 +300,14 @@ def annotate(
     tokenizer = tokenizers[0]  # check_ensemble made sure that every member's is the same
     if unassigned_threshold is not None and UNASSIGNED in class_names:
         raise ValueError(f"The model has a class named {UNASSIGNED!r}, which novel-type detection would shadow.")
-    encode_kwargs = _encode_kwargs(layer, gene_key, input_kind, synonyms, min_gene_overlap)
+    encode_kwargs = _encode_kwargs(layer, gene_key, input_kind, synonyms, min_gene_overlap, use_raw, min_genes)
     # Alignment (and its overlap report or error) happens here, before anything is written.
-    tokenizer.align(adata, gene_key=gene_key, synonyms=synonyms)
+    tokenizer.align(adata, gene_key=gene_key, synonyms=synonyms, use_raw=use_raw)
 
     device = _device(device)
     models = [member.to(device).eval() for member in models]
     probabilities = np.empty((adata.n_obs, len(class_names)), dtype=np.float32)
+    detected_genes = np.zeros(adata.n_obs, dtype=np.int64)
     with torch.inference_mode():
         for start, end, input_ids in _batches(
             adata,
@@ -292,6 +317,7 @@ def annotate(
             progress=progress,
             desc="Annotating cells",
             encode_kwargs=encode_kwargs,
+            detected_genes=detected_genes,
         ):
             input_ids = input_ids.to(device)
             # Probabilities, not logits, are averaged: each member's vote is bounded, so one overconfident member
@@ -304,9 +330,9 @@ def annotate(
     confidence = probabilities[np.arange(adata.n_obs), best] if adata.n_obs else np.zeros(0, dtype=np.float32)
     labels = np.asarray(class_names, dtype=object)[best]
     categories = list(class_names)
+    reasons = np.full(adata.n_obs, None, dtype=object)
     if unassigned_threshold is not None:
-        labels = np.where(confidence < unassigned_threshold, UNASSIGNED, labels)
-        categories.append(UNASSIGNED)
+        reasons[confidence < unassigned_threshold] = "low confidence"
         logger.info(
             "%d of %d cells below confidence %.2f: labelled %r.",
             int((confidence < unassigned_threshold).sum()),
@@ -314,8 +340,13 @@ def annotate(
             unassigned_threshold,
             UNASSIGNED,
         )
+    _flag_low_signal(reasons, detected_genes, min_genes=min_genes, tokenizer=tokenizer)
+    labels = np.where(pd.isna(reasons), labels, UNASSIGNED)
+    if (unassigned_threshold is not None or not pd.isna(reasons).all()) and UNASSIGNED not in categories:
+        categories.append(UNASSIGNED)
     adata.obs[f"{key_added}_cell_type"] = pd.Categorical(labels, categories=categories)
     adata.obs[f"{key_added}_confidence"] = confidence.astype(np.float32)
+    adata.obs[f"{key_added}_unassigned_reason"] = pd.Categorical(reasons, categories=UNASSIGNED_REASONS)
     uns: dict[str, Any] = {
         "params": {
             "model": model_names[0] if len(model_names) == 1 else np.asarray(model_names, dtype=object),
@@ -323,6 +354,8 @@ def annotate(
             "layer": layer or "X",
             "gene_key": gene_key or "var_names",
             "input_kind": input_kind,
+            "use_raw": bool(use_raw),
+            "min_genes": int(default_min_genes(tokenizer.num_genes) if min_genes is None else min_genes),
         }
     }
     if unassigned_threshold is not None:
@@ -344,12 +377,14 @@ def embed(
     device: str | torch.device | None = None,
     layer: str | None = None,
     gene_key: str | None = None,
-    input_kind: Literal["auto", "counts", "log1p"] = "auto",
+    input_kind: str = "auto",
     synonyms: SynonymTable | str | PathLike | None = None,
     min_gene_overlap: float | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     progress: bool | None = None,
     copy: bool = False,
+    use_raw: bool = False,
+    min_genes: int | None = None,
 ) -> AnnData | None:
     """Cell embeddings: the mean of the encoder's final (LayerNorm-ed) encodings over all panel positions.
 
@@ -369,6 +404,9 @@ def embed(
         Writes ``.obsm[f"X_{key_added}"]`` and ``.uns[f"{key_added}_embedding"]``.
     batch_size, device, layer, gene_key, input_kind, synonyms, min_gene_overlap, chunk_size, progress, copy
         As for :func:`annotate`.
+    use_raw, min_genes
+        As for :func:`annotate`; cells with too little signal in the panel are embedded too, and counted in a
+        warning (their embeddings describe an almost empty cell).
 
     Returns
     -------
@@ -380,8 +418,8 @@ def embed(
     """
     model, tokenizer, model_name = _resolve(model, tokenizer, model_class=ScBertModel)
     encoder = model if isinstance(model, ScBertModel) else model.scbert
-    encode_kwargs = _encode_kwargs(layer, gene_key, input_kind, synonyms, min_gene_overlap)
-    tokenizer.align(adata, gene_key=gene_key, synonyms=synonyms)
+    encode_kwargs = _encode_kwargs(layer, gene_key, input_kind, synonyms, min_gene_overlap, use_raw, min_genes)
+    tokenizer.align(adata, gene_key=gene_key, synonyms=synonyms, use_raw=use_raw)
     device = _device(device)
     encoder = encoder.to(device).eval()
     embeddings = np.empty((adata.n_obs, encoder.config.hidden_size), dtype=np.float32)
@@ -410,6 +448,28 @@ def embed(
         }
     }
     return adata if copy else None
+
+
+def _flag_low_signal(
+    reasons: np.ndarray, detected_genes: np.ndarray, *, min_genes: int | None, tokenizer: ScBertTokenizer
+) -> None:
+    """Mark cells without signal in the panel (no counts, or fewer than ``min_genes`` panel genes) and warn."""
+    minimum = default_min_genes(tokenizer.num_genes) if min_genes is None else min_genes
+    empty = detected_genes == 0
+    few = ~empty & (detected_genes < minimum)
+    reasons[few] = "few panel genes"
+    reasons[empty] = "no panel counts"
+    if empty.any() or few.any():
+        logger.warning(
+            "%d of %d cells labelled %r for too little signal in the panel: %d with no panel counts, %d with fewer "
+            "than min_genes=%d detected panel genes (see .obs['..._unassigned_reason']).",
+            int(empty.sum() + few.sum()),
+            len(reasons),
+            UNASSIGNED,
+            int(empty.sum()),
+            int(few.sum()),
+            minimum,
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------------------

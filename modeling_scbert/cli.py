@@ -112,12 +112,13 @@ def _annotate(args: argparse.Namespace) -> int:
         args.input,
         output,
         adata,
-        obs_columns=[f"{key}_cell_type", f"{key}_confidence"],
+        obs_columns=[f"{key}_cell_type", f"{key}_confidence", f"{key}_unassigned_reason"],
         obsm_keys=obsm,
         uns_keys=[key],
     )
     if args.csv:
-        columns = [f"{key}_cell_type", f"{key}_confidence"] + ([args.label_key] if args.label_key else [])
+        columns = [f"{key}_cell_type", f"{key}_confidence", f"{key}_unassigned_reason"]
+        columns += [args.label_key] if args.label_key else []
         table = adata.obs[columns].copy()
         if args.probabilities:
             import pandas as pd

@@ -11,6 +11,7 @@ import scipy.sparse as sp
 from tokenization.preprocessing import (
     bin_expression,
     check_chunk,
+    check_input_kind,
     detect_input_kind,
     recover_counts,
     sample_rows,
@@ -101,12 +102,13 @@ def test_detect_counts_and_log1p():
     assert detect_input_kind(sp.csr_matrix(scanpy_log1p(counts))) == "log1p"
 
 
-def test_normalised_but_not_logged_is_refused():
+def test_normalised_but_not_logged_is_detected_and_verified():
+    # Issue 11 changed this on purpose: normalised (not logged) values are a verified kind now, not a refusal.
     rng = np.random.default_rng(0)
     adata = ad.AnnData(rng.poisson(2.0, size=(50, 30)).astype(np.float32))
     sc.pp.normalize_total(adata, target_sum=1e4)
-    with pytest.raises(ValueError, match="sc.pp.log1p"):
-        detect_input_kind(sp.csr_matrix(adata.X))
+    kind, evidence = check_input_kind(sp.csr_matrix(adata.X))
+    assert kind == "normalized" and "row sums are constant at 10,000" in evidence
 
 
 def test_check_chunk_messages():

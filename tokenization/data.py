@@ -24,7 +24,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -33,7 +33,7 @@ import torch
 from anndata import AnnData
 
 from .genes import SynonymTable
-from .tokenization_scbert import DEFAULT_BATCH_SIZE, ScBertTokenizer
+from .tokenization_scbert import DEFAULT_BATCH_SIZE, InputKindOption, ScBertTokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -120,11 +120,13 @@ def to_dataset(
     cache_dir: str | PathLike | None = None,
     layer: str | None = None,
     gene_key: str | None = None,
-    input_kind: Literal["auto", "counts", "log1p"] = "auto",
+    input_kind: InputKindOption = "auto",
     synonyms: SynonymTable | str | PathLike | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     min_gene_overlap: float | None = None,
     progress: bool | None = None,
+    use_raw: bool = False,
+    min_genes: int | None = None,
 ):
     """Encode an AnnData into a ``datasets.Dataset`` with one sparse row per cell.
 
@@ -146,7 +148,7 @@ def to_dataset(
         Write the dataset here in ``save_to_disk`` layout (reload with ``datasets.load_from_disk``).
     cache_dir
         Where the Arrow file goes when ``output_dir`` is ``None``; the ``datasets`` cache by default.
-    layer, gene_key, input_kind, synonyms, batch_size, min_gene_overlap, progress
+    layer, gene_key, input_kind, synonyms, batch_size, min_gene_overlap, progress, use_raw, min_genes
         As for :meth:`ScBertTokenizer.__call__`.
 
     Returns
@@ -166,6 +168,8 @@ def to_dataset(
         batch_size=batch_size,
         min_gene_overlap=min_gene_overlap,
         progress=progress,
+        use_raw=use_raw,
+        min_genes=min_genes,
     )
     if output_dir is not None:
         output_dir = Path(output_dir)
@@ -285,10 +289,12 @@ def to_iterable_dataset(
     num_shards: int | None = None,
     layer: str | None = None,
     gene_key: str | None = None,
-    input_kind: Literal["auto", "counts", "log1p"] = "auto",
+    input_kind: InputKindOption = "auto",
     synonyms: SynonymTable | str | PathLike | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     min_gene_overlap: float | None = None,
+    use_raw: bool = False,
+    min_genes: int | None = None,
 ):
     """Stream an AnnData as a ``datasets.IterableDataset``, encoding cells as they are read (nothing written).
 
@@ -307,7 +313,7 @@ def to_iterable_dataset(
         As for :func:`to_dataset`.
     num_shards
         Contiguous row ranges to split the cells into; one per ``batch_size`` cells by default.
-    layer, gene_key, input_kind, synonyms, batch_size, min_gene_overlap
+    layer, gene_key, input_kind, synonyms, batch_size, min_gene_overlap, use_raw, min_genes
         As for :meth:`ScBertTokenizer.__call__`.
 
     Returns
@@ -325,6 +331,8 @@ def to_iterable_dataset(
         input_kind=input_kind,
         synonyms=synonyms,
         min_gene_overlap=min_gene_overlap,
+        use_raw=use_raw,
+        min_genes=min_genes,
     )
     n_obs = adata.n_obs
     num_shards = max(1, math.ceil(n_obs / batch_size)) if num_shards is None else num_shards

