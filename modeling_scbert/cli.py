@@ -326,6 +326,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def command_parser(command: str) -> argparse.ArgumentParser:
+    """The parser of one ``scbert`` command (for pretrain / finetune, their ``HfArgumentParser``)."""
+    if command in TRAINING_COMMANDS:
+        from .training import argument_parser
+
+        return argument_parser(command)
+    subparsers = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    if command not in subparsers.choices:
+        raise ValueError(f"scbert has no command {command!r}; the commands are {sorted(subparsers.choices)}.")
+    return subparsers.choices[command]
+
+
+COMMANDS = ("convert", "push", *TRAINING_COMMANDS, "annotate", "embed")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)

@@ -28,7 +28,11 @@ def describe_data(adata: AnnData, *, role: str, argument: str) -> str:
     filename = getattr(adata, "filename", None) if adata.isbacked else None
     if filename is not None:
         return f"the {role} file {str(filename)!r}"
-    return f"the {role} cells ({argument})"
+    return f"the {role} data ({argument})"
+
+
+def _capitalized(text: str) -> str:
+    return text[:1].upper() + text[1:]
 
 
 def _labels(adata: AnnData, *, label_key: str, what: str) -> pd.Series:
@@ -41,7 +45,7 @@ def _labels(adata: AnnData, *, label_key: str, what: str) -> pd.Series:
     missing = values.isna()
     if missing.any():
         raise ValueError(
-            f"{what} has {int(missing.sum()):,} of {len(values):,} cells without a label (NaN) in "
+            f"{_capitalized(what)} has {int(missing.sum()):,} of {len(values):,} cells without a label (NaN) in "
             f".obs[{label_key!r}]. Fill them (e.g. with 'Unknown', which then becomes a class of its own) or drop "
             f"those cells (adata[adata.obs[{label_key!r}].notna()]) and save the data again."
         )

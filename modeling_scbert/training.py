@@ -898,8 +898,26 @@ def _given(args: Sequence[str], *names: str) -> bool:
     return any(arg.split("=", 1)[0] in spellings for arg in args)
 
 
-def _parse(dataclass_types: tuple, argv: Sequence[str] | None, *, prog: str, defaults: dict[str, Any] | None = None):
-    parser = HfArgumentParser(dataclass_types, prog=prog)
+# The options of each training command, in the order parse_args_into_dataclasses returns them.
+COMMAND_ARGUMENTS = {
+    "pretrain": (ScBertModelArguments, ScBertDataArguments, ScBertReadingArguments, TrainingArguments),
+    "finetune": (
+        ScBertModelArguments,
+        ScBertDataArguments,
+        ScBertReadingArguments,
+        ScBertFinetuningArguments,
+        TrainingArguments,
+    ),
+}
+
+
+def argument_parser(command: Literal["pretrain", "finetune"], *, prog: str | None = None) -> HfArgumentParser:
+    """The ``HfArgumentParser`` of ``scbert pretrain`` / ``scbert finetune`` (every option in both spellings)."""
+    return HfArgumentParser(COMMAND_ARGUMENTS[command], prog=prog or f"scbert {command}")
+
+
+def _parse(command: str, argv: Sequence[str] | None, *, prog: str, defaults: dict[str, Any] | None = None):
+    parser = argument_parser(command, prog=prog)
     if defaults:
         parser.set_defaults(**defaults)
     args = list(sys.argv[1:] if argv is None else argv)
@@ -911,9 +929,7 @@ def _parse(dataclass_types: tuple, argv: Sequence[str] | None, *, prog: str, def
 
 def pretrain_main(argv: Sequence[str] | None = None, *, prog: str = "scbert pretrain") -> Trainer:
     """Masked-expression pretraining from the command line (also takes one ``.json`` / ``.yaml`` file of options)."""
-    model_args, data_args, reading, training_args = _parse(
-        (ScBertModelArguments, ScBertDataArguments, ScBertReadingArguments, TrainingArguments), argv, prog=prog
-    )
+    model_args, data_args, reading, training_args = _parse("pretrain", argv, prog=prog)
     train = _read_data(data_args.train_file, split="train")
     no_panel = model_args.tokenizer_name_or_path is None and model_args.model_name_or_path is None
     if no_panel and not isinstance(train, AnnData):
@@ -951,16 +967,7 @@ def finetune_main(argv: Sequence[str] | None = None, *, prog: str = "scbert fine
     if not has_eval:
         defaults.update(eval_strategy="no", load_best_model_at_end=False, metric_for_best_model=None)
     model_args, data_args, reading, finetune_args, training_args = _parse(
-        (
-            ScBertModelArguments,
-            ScBertDataArguments,
-            ScBertReadingArguments,
-            ScBertFinetuningArguments,
-            TrainingArguments,
-        ),
-        args,
-        prog=prog,
-        defaults=defaults,
+        "finetune", args, prog=prog, defaults=defaults
     )
     if data_args.label_key is None and not os.path.isdir(data_args.train_file):
         raise ValueError("--label_key is required with a .h5ad train_file: the .obs column holding the cell types.")
@@ -1008,6 +1015,7 @@ def finetune_main(argv: Sequence[str] | None = None, *, prog: str = "scbert fine
 
 
 __all__ = [
+    "COMMAND_ARGUMENTS",
     "ScBertDataArguments",
     "ScBertFeatureRedrawCallback",
     "ScBertFinetuningArguments",
@@ -1015,6 +1023,7 @@ __all__ = [
     "ScBertReadingArguments",
     "ScBertWeightedLoss",
     "apply_finetuning_preset",
+    "argument_parser",
     "balanced_class_weights",
     "classification_report",
     "compute_classification_metrics",
