@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import logging
 import sys
@@ -39,17 +40,10 @@ def _add_dataclass_options(command: argparse.ArgumentParser, dataclass_type: typ
     group = command.add_argument_group(getattr(dataclass_type, "_argument_group_name", None))
     hints = typing.get_type_hints(dataclass_type)
     for field in dataclasses.fields(dataclass_type):
-        field = _resolved(field, hints[field.name])
+        # HfArgumentParser reads (and rewrites) field.type: give it a copy with the resolved annotation.
+        field = copy.copy(field)
+        field.type = hints[field.name]
         HfArgumentParser._parse_dataclass_field(group, field)
-
-
-def _resolved(field: dataclasses.Field, annotation: type) -> dataclasses.Field:
-    # HfArgumentParser reads (and rewrites) field.type; work on a copy so the dataclass itself is left alone.
-    import copy
-
-    field = copy.copy(field)
-    field.type = annotation
-    return field
 
 
 def _reading_options(args: argparse.Namespace) -> dict:

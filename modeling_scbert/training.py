@@ -629,6 +629,15 @@ def finetune(
             "with to_dataset(..., label_key=...)."
         )
     label_names = list(train_dataset.features[LABEL_COLUMN].names)
+    if not isinstance(train_data, AnnData):
+        counts = np.bincount(np.asarray(train_dataset[LABEL_COLUMN]), minlength=len(label_names))
+        if not counts.all():
+            logger.warning(
+                "Classes of the training dataset without a training cell: %s. The model gets an output for each, "
+                "which can only take probability from the others; build the dataset with to_dataset(..., "
+                "label_names=...) listing the classes that have cells.",
+                [name for name, count in zip(label_names, counts) if not count],
+            )
     if unseen is None:  # a dataset of training cells: its class list is known only now
         unseen = check_evaluation_labels(label_names)
     eval_dataset = _encode(

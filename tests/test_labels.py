@@ -129,3 +129,15 @@ def test_command_line_names_the_evaluation_file_and_drops_on_request(tmp_path, c
     assert cli_main([*argv, "--drop-unseen-labels"]) == 0
     report = json.loads((tmp_path / "out" / "classification_report.json").read_text())
     assert report["macro avg"]["support"] == 6
+
+
+def test_to_dataset_by_default_leaves_unused_categories_out_of_the_class_list(tmp_path):
+    from tokenization import ScBertTokenizer
+    from tokenization.data import to_dataset
+
+    adata = cells(pd.Categorical(["T", "B", "T"], categories=["NK", "T", "Platelet", "B"]))
+    dataset = to_dataset(
+        adata, tokenizer=ScBertTokenizer(list(adata.var_names)), label_key="cell_type", cache_dir=tmp_path
+    )
+    assert dataset.features["label"].names == ["T", "B"]
+    assert dataset["label"] == [0, 1, 0]
