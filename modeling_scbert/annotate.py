@@ -25,7 +25,6 @@ from anndata import AnnData
 from tqdm.auto import tqdm
 
 from tokenization import ScBertTokenizer
-from tokenization.genes import SynonymTable
 from tokenization.preprocessing import default_min_genes
 
 from .modeling_scbert import (
@@ -34,6 +33,7 @@ from .modeling_scbert import (
     ScBertPreTrainedModel,
     pool_cell_embeddings,
 )
+from .reading import ScBertReadingArguments, takes_reading_options
 
 logger = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ def check_ensemble(members: Sequence[tuple[ScBertPreTrainedModel, ScBertTokenize
         if names != class_names:
             raise ValueError(
                 f"The ensemble's models have different classes: {name!r} has {names}, {first_name!r} has "
-                f"{class_names}. Fine-tune every member on the same label set (the same label_names, in order)."
+                f"{class_names}. Fine-tune every member on the same classes, in the same order."
             )
         if tokenizer != first_tokenizer:
             raise ValueError(
@@ -202,16 +202,7 @@ def _batches(
                 bar.update(rows.shape[0])
 
 
-def _encode_kwargs(
-    layer, gene_key, input_kind, synonyms, min_gene_overlap, use_raw=False, min_genes=None
-) -> dict[str, Any]:
-    kwargs = {"layer": layer, "gene_key": gene_key, "input_kind": input_kind, "synonyms": synonyms}
-    kwargs.update(use_raw=use_raw, min_genes=min_genes)
-    if min_gene_overlap is not None:
-        kwargs["min_gene_overlap"] = min_gene_overlap
-    return kwargs
-
-
+@takes_reading_options
 def annotate(
     adata: AnnData,
     model: Annotator | Sequence[Annotator],
@@ -222,16 +213,10 @@ def annotate(
     return_probabilities: bool = False,
     batch_size: int = DEFAULT_BATCH_SIZE,
     device: str | torch.device | None = None,
-    layer: str | None = None,
-    gene_key: str | None = None,
-    input_kind: str = "auto",
-    synonyms: SynonymTable | str | PathLike | None = None,
-    min_gene_overlap: float | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     progress: bool | None = None,
     copy: bool = False,
-    use_raw: bool = False,
-    min_genes: int | None = None,
+    **read_options: Any,
 ) -> AnnData | None:
     """Predict a cell type for every cell, with a confidence and, optionally, novel-type detection.
 
@@ -258,37 +243,41 @@ def annotate(
         Cells per forward pass.
     device
         Where to run; the first of CUDA, MPS and CPU that is available when ``None``.
-    layer, gene_key, input_kind, synonyms, min_gene_overlap, use_raw
-        How to read the cells, as for :meth:`tokenization.ScBertTokenizer.__call__`.
     chunk_size
         Cells read and encoded at a time (memory stays bounded for backed data).
     progress
         Show a progress bar; by default when there is more than one batch.
     copy
         Return an annotated copy instead of writing into ``adata``.
-    min_genes
-        Cells with no counts in any panel gene, or fewer detected panel genes than this, are labelled
-        ``"Unassigned"`` whatever the model says (their tokens are nearly all zero). ``None``: the published 200,
-        scaled to the panel's size (:func:`tokenization.preprocessing.default_min_genes`); ``0`` flags only cells
-        with no panel counts.
+    **read_options
+        How to read the cells, by name: every field of :class:`~modeling_scbert.reading.ScBertReadingArguments`
+        (``layer``, ``gene_key``, ``input_kind``, ``synonyms``, ``min_gene_overlap``, ...), as for
+        :meth:`tokenization.ScBertTokenizer.__call__`; the same options as ``scbert annotate``'s.
 
     Returns
     -------
     ``None``, or the annotated copy with ``copy=True``. Written (with the default ``key_added="scbert"``):
 
     - ``.obs['scbert_cell_type']``: categorical, the predicted type (categories: the model's classes in
-      ``id2label`` order, then ``"Unassigned"`` when ``unassigned_threshold`` is set or a cell lacks signal);
+      ``id2label`` order, then ``"Unassigned"`` when ``unassigned_threshold`` is set);
     - ``.obs['scbert_confidence']``: float32, the highest class probability;
-    - ``.obs['scbert_unassigned_reason']``: categorical, why a cell is ``"Unassigned"``: ``"no panel counts"``,
-      ``"few panel genes"`` (below ``min_genes``) or ``"low confidence"`` (below ``unassigned_threshold``); missing
-      for assigned cells;
     - ``.obsm['scbert_probabilities']``: float32 ``(n_obs, num_labels)``, only with ``return_probabilities``; its
       columns are ``.uns['scbert']['class_names']``;
     - ``.uns['scbert']['params']``: the model (for an ensemble, the list of members), ``batch_size``, ``layer``,
-      ``gene_key``, ``input_kind`` and (when set) ``unassigned_threshold``.
+      ``gene_key``, ``input_kind``, the other reading options that were set, and (when set) ``unassigned_threshold``.
 
     Nothing else is changed.
+
+    Raises
+    ------
+    TypeError
+        For a keyword that is not an option, or a model that is not a classifier.
+    ValueError
+        For a threshold outside [0, 1], members that disagree, a model object without ``tokenizer=``, and cells
+        that cannot be read (too few panel genes, an input kind that does not fit the values, ...); all before the
+        model runs.
     """
+    reading = ScBertReadingArguments.from_kwargs(read_options, caller="annotate")
     if unassigned_threshold is not None and not 0 <= unassigned_threshold <= 1:
         raise ValueError(f"unassigned_threshold must lie in [0, 1] (a probability); got {unassigned_threshold}.")
     candidates = list(model) if isinstance(model, (list, tuple)) else [model]
@@ -300,9 +289,9 @@ def annotate(
     tokenizer = tokenizers[0]  # check_ensemble made sure that every member's is the same
     if unassigned_threshold is not None and UNASSIGNED in class_names:
         raise ValueError(f"The model has a class named {UNASSIGNED!r}, which novel-type detection would shadow.")
-    encode_kwargs = _encode_kwargs(layer, gene_key, input_kind, synonyms, min_gene_overlap, use_raw, min_genes)
+    encode_kwargs = reading.tokenizer_kwargs()
     # Alignment (and its overlap report or error) happens here, before anything is written.
-    tokenizer.align(adata, gene_key=gene_key, synonyms=synonyms, use_raw=use_raw)
+    tokenizer.align(adata, gene_key=reading.gene_key, synonyms=reading.synonyms, use_raw=reading.use_raw)
 
     device = _device(device)
     models = [member.to(device).eval() for member in models]
@@ -340,7 +329,8 @@ def annotate(
             unassigned_threshold,
             UNASSIGNED,
         )
-    _flag_low_signal(reasons, detected_genes, min_genes=min_genes, tokenizer=tokenizer)
+    min_genes = default_min_genes(tokenizer.num_genes) if reading.min_genes is None else reading.min_genes
+    _flag_low_signal(reasons, detected_genes, min_genes=min_genes)
     labels = np.where(pd.isna(reasons), labels, UNASSIGNED)
     if (unassigned_threshold is not None or not pd.isna(reasons).all()) and UNASSIGNED not in categories:
         categories.append(UNASSIGNED)
@@ -351,11 +341,8 @@ def annotate(
         "params": {
             "model": model_names[0] if len(model_names) == 1 else np.asarray(model_names, dtype=object),
             "batch_size": int(batch_size),
-            "layer": layer or "X",
-            "gene_key": gene_key or "var_names",
-            "input_kind": input_kind,
-            "use_raw": bool(use_raw),
-            "min_genes": int(default_min_genes(tokenizer.num_genes) if min_genes is None else min_genes),
+            **reading.params(),
+            "min_genes": int(min_genes),
         }
     }
     if unassigned_threshold is not None:
@@ -367,6 +354,7 @@ def annotate(
     return adata if copy else None
 
 
+@takes_reading_options
 def embed(
     adata: AnnData,
     model: ScBertPreTrainedModel | str | PathLike,
@@ -375,16 +363,10 @@ def embed(
     key_added: str = "scbert",
     batch_size: int = DEFAULT_BATCH_SIZE,
     device: str | torch.device | None = None,
-    layer: str | None = None,
-    gene_key: str | None = None,
-    input_kind: str = "auto",
-    synonyms: SynonymTable | str | PathLike | None = None,
-    min_gene_overlap: float | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     progress: bool | None = None,
     copy: bool = False,
-    use_raw: bool = False,
-    min_genes: int | None = None,
+    **read_options: Any,
 ) -> AnnData | None:
     """Cell embeddings: the mean of the encoder's final (LayerNorm-ed) encodings over all panel positions.
 
@@ -402,11 +384,8 @@ def embed(
         The model's tokenizer; needed with a model object.
     key_added
         Writes ``.obsm[f"X_{key_added}"]`` and ``.uns[f"{key_added}_embedding"]``.
-    batch_size, device, layer, gene_key, input_kind, synonyms, min_gene_overlap, chunk_size, progress, copy
-        As for :func:`annotate`.
-    use_raw, min_genes
-        As for :func:`annotate`; cells with too little signal in the panel are embedded too, and counted in a
-        warning (their embeddings describe an almost empty cell).
+    batch_size, device, chunk_size, progress, copy, **read_options
+        As for :func:`annotate` (the reading options are the same as ``scbert embed``'s).
 
     Returns
     -------
@@ -414,12 +393,18 @@ def embed(
 
     - ``.obsm['X_scbert']``: float32 ``(n_obs, hidden_size)``;
     - ``.uns['scbert_embedding']['params']``: the model, ``pooling``, ``batch_size``, ``layer``, ``gene_key``,
-      ``input_kind``.
+      ``input_kind`` and the other reading options that were set.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As for :func:`annotate`.
     """
+    reading = ScBertReadingArguments.from_kwargs(read_options, caller="embed")
     model, tokenizer, model_name = _resolve(model, tokenizer, model_class=ScBertModel)
     encoder = model if isinstance(model, ScBertModel) else model.scbert
-    encode_kwargs = _encode_kwargs(layer, gene_key, input_kind, synonyms, min_gene_overlap, use_raw, min_genes)
-    tokenizer.align(adata, gene_key=gene_key, synonyms=synonyms, use_raw=use_raw)
+    encode_kwargs = reading.tokenizer_kwargs()
+    tokenizer.align(adata, gene_key=reading.gene_key, synonyms=reading.synonyms, use_raw=reading.use_raw)
     device = _device(device)
     encoder = encoder.to(device).eval()
     embeddings = np.empty((adata.n_obs, encoder.config.hidden_size), dtype=np.float32)
@@ -442,21 +427,16 @@ def embed(
             "model": model_name,
             "pooling": "mean over all positions of the final encodings",
             "batch_size": int(batch_size),
-            "layer": layer or "X",
-            "gene_key": gene_key or "var_names",
-            "input_kind": input_kind,
+            **reading.params(),
         }
     }
     return adata if copy else None
 
 
-def _flag_low_signal(
-    reasons: np.ndarray, detected_genes: np.ndarray, *, min_genes: int | None, tokenizer: ScBertTokenizer
-) -> None:
+def _flag_low_signal(reasons: np.ndarray, detected_genes: np.ndarray, *, min_genes: int) -> None:
     """Mark cells without signal in the panel (no counts, or fewer than ``min_genes`` panel genes) and warn."""
-    minimum = default_min_genes(tokenizer.num_genes) if min_genes is None else min_genes
     empty = detected_genes == 0
-    few = ~empty & (detected_genes < minimum)
+    few = ~empty & (detected_genes < min_genes)
     reasons[few] = "few panel genes"
     reasons[empty] = "no panel counts"
     if empty.any() or few.any():
@@ -468,7 +448,7 @@ def _flag_low_signal(
             UNASSIGNED,
             int(empty.sum()),
             int(few.sum()),
-            minimum,
+            min_genes,
         )
 
 
@@ -510,6 +490,47 @@ def check_output_path(path: str | PathLike, *, overwrite: bool, inputs: tuple[st
     return path
 
 
+COPY_LAYOUT, REWRITE_LAYOUT = "copy", "rewrite"
+
+
+def plan_h5ad_output(source: str | PathLike) -> Literal["copy", "rewrite"]:
+    """Decide how :func:`write_h5ad_with_slots` will write a copy of ``source`` with new slots, and check that it can.
+
+    ``"copy"``: the file is copied byte for byte and the new slots are written into the copy (``.X`` is never
+    loaded). This needs the layout of anndata 0.7 and later, where ``obs`` is a dataframe group and ``obsm`` and
+    ``uns`` are groups (or absent). ``"rewrite"``: older layouts (anndata < 0.7: ``obs`` as a compound, structured
+    dataset, categories in ``uns``) are read whole with ``anndata.read_h5ad`` and written with anndata's own writer,
+    in the current layout; this needs the file in memory. Call it before the model runs, so that a file that cannot
+    be written is refused before any work.
+
+    Raises
+    ------
+    ValueError
+        When ``source`` is not an HDF5 file, or its ``obs`` cannot be read.
+    """
+    import h5py
+    from anndata.io import read_elem
+
+    try:
+        with h5py.File(source, "r") as file:
+            obs = file.get("obs")
+            groups = all(file.get(key) is None or isinstance(file[key], h5py.Group) for key in ("obsm", "uns"))
+            if isinstance(obs, h5py.Group) and obs.attrs.get("encoding-type") == "dataframe" and groups:
+                read_elem(obs)  # the copy path rewrites .obs from this; a failure here costs no model run
+                return COPY_LAYOUT
+    except Exception as error:  # h5py and anndata raise many types for a damaged or foreign file
+        raise ValueError(
+            f"Could not read the .obs of {str(source)!r} to write a copy with new columns ({type(error).__name__}: "
+            f"{error}); the file needs to be an .h5ad that anndata.read_h5ad reads."
+        ) from error
+    logger.info(
+        "%s has the layout of anndata < 0.7 (obs is not a dataframe group): the output is written with anndata's "
+        "own writer, in the current layout, from a copy read into memory.",
+        source,
+    )
+    return REWRITE_LAYOUT
+
+
 def write_h5ad_with_slots(
     source: str | PathLike,
     destination: str | PathLike,
@@ -518,45 +539,81 @@ def write_h5ad_with_slots(
     obs_columns: list[str] = (),
     obsm_keys: list[str] = (),
     uns_keys: list[str] = (),
+    layout: Literal["copy", "rewrite"] | None = None,
 ) -> None:
-    """Write ``source`` plus the given slots of ``adata`` to ``destination``, atomically, in bounded memory.
+    """Write ``source`` plus the given slots of ``adata`` to ``destination``, atomically.
 
-    The input file is copied byte for byte to a temporary file in the destination's folder; the new ``.obs``
-    columns, ``.obsm`` and ``.uns`` entries are written into that copy; the copy is then renamed over
-    ``destination`` (``os.replace``). ``.X`` is never loaded, so this works for files larger than memory, and a
-    failure leaves no partial output.
+    With the ``"copy"`` layout (files of anndata 0.7 and later) the input file is copied byte for byte to a
+    temporary file in the destination's folder and the new ``.obs`` columns, ``.obsm`` and ``.uns`` entries are
+    written into that copy, in bounded memory (``.X`` is never loaded). With ``"rewrite"`` (older layouts, which
+    cannot be patched in place) the input is read with ``anndata.read_h5ad``, given the new slots and written with
+    anndata's own writer. Either way the temporary file is then renamed over ``destination`` (``os.replace``), so
+    a failure leaves no partial output; the input is never modified. ``layout=None`` asks
+    :func:`plan_h5ad_output`.
+
+    Raises
+    ------
+    ValueError
+        When the input cannot be read (see :func:`plan_h5ad_output`).
     """
-    import h5py
-    from anndata.io import read_elem, write_elem
-
+    layout = plan_h5ad_output(source) if layout is None else layout
+    if layout not in (COPY_LAYOUT, REWRITE_LAYOUT):
+        raise ValueError(f"layout must be {COPY_LAYOUT!r} or {REWRITE_LAYOUT!r}; got {layout!r}.")
     destination = Path(destination)
     handle, temporary = tempfile.mkstemp(dir=destination.parent, prefix=f".{destination.name}.", suffix=".tmp")
     os.close(handle)
     try:
-        shutil.copyfile(source, temporary)
-        with h5py.File(temporary, "r+") as file:
-            if obs_columns:
-                obs = read_elem(file["obs"])
-                for column in obs_columns:
-                    obs[column] = adata.obs[column].values
-                del file["obs"]
-                write_elem(file, "obs", obs)
+        if layout == COPY_LAYOUT:
+            _patch_copy(source, temporary, adata, obs_columns=obs_columns, obsm_keys=obsm_keys, uns_keys=uns_keys)
+        else:
+            import anndata
+
+            full = anndata.read_h5ad(source)
+            for column in obs_columns:
+                full.obs[column] = adata.obs[column].values
             for key in obsm_keys:
-                if "obsm" not in file:
-                    file.create_group("obsm")
-                if key in file["obsm"]:
-                    del file["obsm"][key]
-                write_elem(file["obsm"], key, adata.obsm[key])
+                full.obsm[key] = adata.obsm[key]
             for key in uns_keys:
-                if "uns" not in file:
-                    file.create_group("uns")
-                if key in file["uns"]:
-                    del file["uns"][key]
-                write_elem(file["uns"], key, adata.uns[key])
+                full.uns[key] = adata.uns[key]
+            full.write_h5ad(temporary)
         os.replace(temporary, destination)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def _patch_copy(
+    source: str | PathLike,
+    temporary: str,
+    adata: AnnData,
+    *,
+    obs_columns: Sequence[str],
+    obsm_keys: Sequence[str],
+    uns_keys: Sequence[str],
+) -> None:
+    import h5py
+    from anndata.io import read_elem, write_elem
+
+    shutil.copyfile(source, temporary)
+    with h5py.File(temporary, "r+") as file:
+        if obs_columns:
+            obs = read_elem(file["obs"])
+            for column in obs_columns:
+                obs[column] = adata.obs[column].values
+            del file["obs"]
+            write_elem(file, "obs", obs)
+        for key in obsm_keys:
+            if "obsm" not in file:
+                file.create_group("obsm")
+            if key in file["obsm"]:
+                del file["obsm"][key]
+            write_elem(file["obsm"], key, adata.obsm[key])
+        for key in uns_keys:
+            if "uns" not in file:
+                file.create_group("uns")
+            if key in file["uns"]:
+                del file["uns"][key]
+            write_elem(file["uns"], key, adata.uns[key])
 
 
 def write_text_atomically(path: str | PathLike, write: Any) -> None:

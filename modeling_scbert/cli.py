@@ -3,13 +3,52 @@
 from __future__ import annotations
 
 import argparse
+import copy
+import dataclasses
 import logging
 import sys
+import typing
 from pathlib import Path
 
 from tokenization import ScBertTokenizer
 
 from .convert_scbert_original_checkpoint import convert_checkpoint
+from .reading import ScBertReadingArguments
+
+
+def _spellings(*names: str) -> list[str]:
+    """Every long option in both spellings: ``--batch-size`` also as ``--batch_size`` (and the other way round)."""
+    result = []
+    for name in names:
+        variants = [name]
+        if name.startswith("--"):
+            stem = name[2:]
+            variants += [f"--{stem.replace('_', '-')}", f"--{stem.replace('-', '_')}"]
+        for variant in variants:
+            if variant not in result:
+                result.append(variant)
+    return result
+
+
+def _add_dataclass_options(command: argparse.ArgumentParser, dataclass_type: type) -> None:
+    """Add a dataclass's fields as options, by the rules of ``HfArgumentParser`` (which parses pretrain/finetune).
+
+    So the reading options have the same names, spellings, types, defaults and help in all four commands.
+    """
+    from transformers import HfArgumentParser
+
+    group = command.add_argument_group(getattr(dataclass_type, "_argument_group_name", None))
+    hints = typing.get_type_hints(dataclass_type)
+    for field in dataclasses.fields(dataclass_type):
+        # HfArgumentParser reads (and rewrites) field.type: give it a copy with the resolved annotation.
+        field = copy.copy(field)
+        field.type = hints[field.name]
+        HfArgumentParser._parse_dataclass_field(group, field)
+
+
+def _reading_options(args: argparse.Namespace) -> dict:
+    """The reading options parsed by :func:`_add_dataclass_options`, as keyword arguments."""
+    return {name: getattr(args, name) for name in ScBertReadingArguments.names()}
 
 
 def _read_lines(path: str) -> list[str]:
@@ -81,6 +120,7 @@ def _annotate(args: argparse.Namespace) -> int:
         check_ensemble,
         check_output_path,
         load_annotator,
+        plan_h5ad_output,
         read_h5ad,
         write_h5ad_with_slots,
         write_text_atomically,
@@ -90,13 +130,16 @@ def _annotate(args: argparse.Namespace) -> int:
     output = check_output_path(args.output, overwrite=args.overwrite, inputs=(args.input,))
     if args.csv:
         check_output_path(args.csv, overwrite=args.overwrite, inputs=(args.input, args.output))
-    members = [(*load_annotator(name), name) for name in args.model]
-    check_ensemble(members)
+    if args.threshold is not None and not 0 <= args.threshold <= 1:
+        raise ValueError(f"--threshold must lie in [0, 1] (a probability); got {args.threshold}.")
     adata = read_h5ad(args.input, backed="r")
     if args.label_key is not None and args.label_key not in adata.obs.columns:
         raise ValueError(
             f"--label-key {args.label_key!r} is not a column of .obs; the columns are {list(adata.obs.columns)}."
         )
+    layout = plan_h5ad_output(args.input)
+    members = [(*load_annotator(name), name) for name in args.model]
+    check_ensemble(members)
     annotate(
         adata,
         [model for model, _, _ in members],
@@ -115,6 +158,7 @@ def _annotate(args: argparse.Namespace) -> int:
         obs_columns=[f"{key}_cell_type", f"{key}_confidence", f"{key}_unassigned_reason"],
         obsm_keys=obsm,
         uns_keys=[key],
+        layout=layout,
     )
     if args.csv:
         columns = [f"{key}_cell_type", f"{key}_confidence", f"{key}_unassigned_reason"]
@@ -134,12 +178,13 @@ def _annotate(args: argparse.Namespace) -> int:
 
 
 def _embed(args: argparse.Namespace) -> int:
-    from .annotate import check_output_path, embed, load_annotator, read_h5ad, write_h5ad_with_slots
+    from .annotate import check_output_path, embed, load_annotator, plan_h5ad_output, read_h5ad, write_h5ad_with_slots
     from .modeling_scbert import ScBertModel
 
     output = check_output_path(args.output, overwrite=args.overwrite, inputs=(args.input,))
-    model, tokenizer = load_annotator(args.model, model_class=ScBertModel)
     adata = read_h5ad(args.input, backed="r")
+    layout = plan_h5ad_output(args.input)
+    model, tokenizer = load_annotator(args.model, model_class=ScBertModel)
     embed(
         adata,
         model,
@@ -148,7 +193,9 @@ def _embed(args: argparse.Namespace) -> int:
         **_inference_options(args),
     )
     key = args.key_added
-    write_h5ad_with_slots(args.input, output, adata, obsm_keys=[f"X_{key}"], uns_keys=[f"{key}_embedding"])
+    write_h5ad_with_slots(
+        args.input, output, adata, obsm_keys=[f"X_{key}"], uns_keys=[f"{key}_embedding"], layout=layout
+    )
     print(f"embedded {adata.n_obs:,} cells into .obsm['X_{key}'] {adata.obsm[f'X_{key}'].shape}")
     print(f"written: {args.output}")
     return 0
@@ -156,13 +203,7 @@ def _embed(args: argparse.Namespace) -> int:
 
 def _inference_options(args: argparse.Namespace) -> dict:
     """The keyword arguments of ``annotate`` / ``embed`` that :func:`_add_inference_options` defines."""
-    return {
-        "batch_size": args.batch_size,
-        "device": args.device,
-        "layer": args.layer,
-        "gene_key": args.gene_key,
-        "progress": True,
-    }
+    return {"batch_size": args.batch_size, "device": args.device, "progress": True, **_reading_options(args)}
 
 
 def _add_inference_options(command: argparse.ArgumentParser, *, ensemble: bool = False) -> None:
@@ -179,10 +220,11 @@ def _add_inference_options(command: argparse.ArgumentParser, *, ensemble: bool =
     command.add_argument("--input", required=True, help="the cells (.h5ad; read backed, never modified)")
     command.add_argument("--output", required=True, help="the .h5ad to write (written atomically)")
     command.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    command.add_argument("--batch-size", type=int, default=32, help="cells per forward pass (default: 32)")
+    command.add_argument(
+        *_spellings("--batch-size"), type=int, default=32, help="cells per forward pass (default: 32)"
+    )
     command.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: the first available accelerator)")
-    command.add_argument("--layer", help="read this layer instead of .X")
-    command.add_argument("--gene-key", help="a .var column holding the gene identifiers (default: var_names)")
+    _add_dataclass_options(command, ScBertReadingArguments)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -204,17 +246,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--genes", help="the model's gene panel, one name per line in panel order; writes the tokenizer"
     )
     panel.add_argument(
-        "--reference-h5ad", help="the published reference .h5ad, whose var_names are the panel; writes the tokenizer"
+        *_spellings("--reference-h5ad"),
+        help="the published reference .h5ad, whose var_names are the panel; writes the tokenizer",
     )
     convert.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     convert.add_argument(
-        "--trust-checkpoint",
+        *_spellings("--trust-checkpoint"),
         action="store_true",
         help="allow full unpickling (only for files you trust; by default only tensors are read)",
     )
-    convert.add_argument("--gene-embedding-type", choices=["frozen", "learned"], help="default: frozen (gene2vec)")
-    convert.add_argument("--layer-norm-eps", type=float, help="default: 1e-5 (published)")
-    convert.add_argument("--hidden-act", help="default: gelu (exact, published)")
+    convert.add_argument(
+        *_spellings("--gene-embedding-type"), choices=["frozen", "learned"], help="default: frozen (gene2vec)"
+    )
+    convert.add_argument(*_spellings("--layer-norm-eps"), type=float, help="default: 1e-5 (published)")
+    convert.add_argument(*_spellings("--hidden-act"), help="default: gelu (exact, published)")
     convert.set_defaults(handler=_convert)
 
     push = commands.add_parser(
@@ -224,12 +269,12 @@ def build_parser() -> argparse.ArgumentParser:
         "tokenizer and card in one commit. Needs a token: `hf auth login` or HF_TOKEN.",
     )
     push.add_argument("--model", required=True, help="a save_pretrained folder that also holds the tokenizer")
-    push.add_argument("--repo-id", required=True, help="ORG/NAME on the Hub (created if missing)")
+    push.add_argument(*_spellings("--repo-id"), required=True, help="ORG/NAME on the Hub (created if missing)")
     push.add_argument("--private", action="store_true", help="create the repository as private")
     push.add_argument("--revision", help="branch to commit to (created from main if missing); default: main")
     push.add_argument("--license", help="license of the weights for the card, e.g. apache-2.0 (else scbert_card.json)")
     push.add_argument("--token", help="Hub token (default: from `hf auth login` or HF_TOKEN)")
-    push.add_argument("--commit-message", default="Upload scBERT model, tokenizer and model card")
+    push.add_argument(*_spellings("--commit-message"), default="Upload scBERT model, tokenizer and model card")
     push.set_defaults(handler=_push)
 
     for name in TRAINING_COMMANDS:
@@ -248,12 +293,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_inference_options(annotate, ensemble=True)
     annotate.add_argument(
-        "--threshold", type=float, help="label cells below this confidence 'Unassigned' (paper: 0.5)"
+        *_spellings("--threshold", "--unassigned-threshold"),
+        type=float,
+        help="label cells below this confidence 'Unassigned' (paper: 0.5)",
     )
     annotate.add_argument("--csv", help="also write the predictions as CSV (cell_id, type, confidence)")
-    annotate.add_argument("--probabilities", action="store_true", help="also write every class probability")
-    annotate.add_argument("--label-key", help="an .obs column of known labels to copy into the CSV")
-    annotate.add_argument("--key-added", default="scbert", help="prefix of the slots written (default: scbert)")
+    annotate.add_argument(
+        *_spellings("--probabilities", "--return-probabilities"),
+        action="store_true",
+        help="also write every class probability",
+    )
+    annotate.add_argument(*_spellings("--label-key"), help="an .obs column of known labels to copy into the CSV")
+    annotate.add_argument(
+        *_spellings("--key-added"), default="scbert", help="prefix of the slots written (default: scbert)"
+    )
     annotate.set_defaults(handler=_annotate)
 
     embed = commands.add_parser(
@@ -263,9 +316,24 @@ def build_parser() -> argparse.ArgumentParser:
         ".obsm['X_scbert'] added.",
     )
     _add_inference_options(embed)
-    embed.add_argument("--key-added", default="scbert", help="writes .obsm['X_<key>'] (default: scbert)")
+    embed.add_argument(*_spellings("--key-added"), default="scbert", help="writes .obsm['X_<key>'] (default: scbert)")
     embed.set_defaults(handler=_embed)
     return parser
+
+
+def command_parser(command: str) -> argparse.ArgumentParser:
+    """The parser of one ``scbert`` command (for pretrain / finetune, their ``HfArgumentParser``)."""
+    if command in TRAINING_COMMANDS:
+        from .training import argument_parser
+
+        return argument_parser(command)
+    subparsers = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    if command not in subparsers.choices:
+        raise ValueError(f"scbert has no command {command!r}; the commands are {sorted(subparsers.choices)}.")
+    return subparsers.choices[command]
+
+
+COMMANDS = ("convert", "push", *TRAINING_COMMANDS, "annotate", "embed")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -49,7 +49,9 @@ from tokenization.data import (
 
 from .configuration_scbert import ScBertConfig
 from .hub import ScBertModelCardCallback, push_trainer_to_hub
+from .labels import class_names_from_labels, describe_data, unseen_labels
 from .modeling_scbert import ScBertForMaskedLM, ScBertForSequenceClassification
+from .reading import ScBertReadingArguments, takes_reading_options
 
 logger = logging.getLogger(__name__)
 
@@ -353,6 +355,18 @@ def _encode(
     return to_dataset(data, tokenizer=tokenizer, label_key=label_key, label_names=label_names, **encode_kwargs)
 
 
+def _encode_options(encode_kwargs: dict[str, Any] | None, read_options: dict[str, Any], *, caller: str) -> dict:
+    """The keyword arguments of ``to_dataset``: the reading options (given by name, or, as before, inside
+    ``encode_kwargs``) plus the other ``encode_kwargs`` (``cache_dir``, ``batch_size``, ...)."""
+    encode_kwargs = dict(encode_kwargs or {})
+    both = sorted(set(encode_kwargs) & set(read_options))
+    if both:
+        raise ValueError(f"{both} given both as keywords of {caller}() and in encode_kwargs; pass them once.")
+    reading = {name: encode_kwargs.pop(name) for name in ScBertReadingArguments.names() if name in encode_kwargs}
+    reading = ScBertReadingArguments.from_kwargs({**reading, **read_options}, caller=caller)
+    return {**encode_kwargs, **reading.tokenizer_kwargs()}
+
+
 def _prepare_args(training_args: TrainingArguments) -> None:
     # The collators read the sparse columns (gene_indices, bins) that forward() does not name; the Trainer would drop
     # them otherwise.
@@ -387,6 +401,7 @@ def _finish(trainer: Trainer, tokenizer: ScBertTokenizer) -> None:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+@takes_reading_options
 def pretrain(
     train_data: AnnData | Any,
     *,
@@ -400,6 +415,7 @@ def pretrain(
     callbacks: Sequence[TrainerCallback] = (),
     resume_from_checkpoint: str | bool | None = None,
     encode_kwargs: dict[str, Any] | None = None,
+    **read_options: Any,
 ) -> Trainer:
     """Masked-expression pretraining with the stock ``Trainer``, masking as published.
 
@@ -426,14 +442,26 @@ def pretrain(
         A checkpoint folder, or ``True`` for the last one in ``output_dir``; ``training_args.resume_from_checkpoint``
         when ``None``.
     encode_kwargs
-        Passed to ``to_dataset`` for AnnData inputs (``layer``, ``gene_key``, ``input_kind``, ``cache_dir``, ...).
+        Other keyword arguments of ``to_dataset`` for AnnData inputs (``cache_dir``, ``batch_size``, ...).
+    **read_options
+        How to read the cells, by name: every field of :class:`~modeling_scbert.reading.ScBertReadingArguments`
+        (``layer``, ``gene_key``, ``input_kind``, ``synonyms``, ``min_gene_overlap``, ...); the same options as
+        ``scbert pretrain``'s.
 
     Returns
     -------
     The ``Trainer`` after training; the model and tokenizer are saved in ``training_args.output_dir``.
+
+    Raises
+    ------
+    TypeError
+        For a keyword that is not an option.
+    ValueError
+        For cells that cannot be read (too few panel genes, an input kind that does not fit the values, ...) and
+        bad ``config_overrides``, before training starts.
     """
+    encode_kwargs = _encode_options(encode_kwargs, read_options, caller="pretrain")
     tokenizer = _resolve_tokenizer(tokenizer, model, train_data)
-    encode_kwargs = dict(encode_kwargs or {})
     train_dataset = _encode(
         train_data, tokenizer=tokenizer, label_key=None, label_names=None, encode_kwargs=encode_kwargs
     )
@@ -467,6 +495,7 @@ def pretrain(
     return trainer
 
 
+@takes_reading_options
 def finetune(
     train_data: AnnData | Any,
     *,
@@ -485,10 +514,15 @@ def finetune(
     resume_from_checkpoint: str | bool | None = None,
     encode_kwargs: dict[str, Any] | None = None,
     card_facts: dict[str, Any] | None = None,
+    drop_unseen_labels: bool = False,
+    **read_options: Any,
 ) -> Trainer:
     """Fine-tune a cell-type classifier with the stock ``Trainer``.
 
-    The class names are stored in the saved config (``id2label`` / ``label2id``). With evaluation data, every
+    The classes are the labels present in the training cells, in natural order (see :mod:`modeling_scbert.labels`:
+    categories no training cell has are dropped with a WARNING; cells without a label are refused; evaluation cells
+    of types absent from the training cells are refused unless ``drop_unseen_labels``). They are stored in the saved
+    config (``id2label`` / ``label2id``). With evaluation data, every
     evaluation reports accuracy, macro-F1 and weighted F1; at the end the per-class report (precision, recall, F1,
     support) is logged and written to ``output_dir/classification_report.json``. When
     ``training_args.metric_for_best_model`` is unset or ``"loss"`` (what ``TrainingArguments`` fills in by itself
@@ -532,18 +566,33 @@ def finetune(
         A checkpoint folder, or ``True`` for the last one in ``output_dir``; ``training_args.resume_from_checkpoint``
         when ``None``.
     encode_kwargs
-        Passed to ``to_dataset`` for AnnData inputs (``layer``, ``gene_key``, ``input_kind``, ``cache_dir``, ...).
+        Other keyword arguments of ``to_dataset`` for AnnData inputs (``cache_dir``, ``batch_size``, ...).
     card_facts
         Facts for the model card written into ``output_dir`` (``README.md``) and pushed with the model: at least
         ``license`` (the weights' license, your choice: nothing is assumed); optionally ``base_model``,
         ``training_data`` (``name``, ``description``), ``species``, ``description``. The label counts, the
         hyperparameters and the evaluation are filled in from the run. Without a license no card is written, and
         ``push_to_hub=True`` is refused before training starts.
+    drop_unseen_labels
+        Leave out evaluation cells whose type no training cell has (logged at WARNING with the count of each type),
+        instead of refusing them.
+    **read_options
+        How to read the cells, by name: every field of :class:`~modeling_scbert.reading.ScBertReadingArguments`
+        (``layer``, ``gene_key``, ``input_kind``, ``synonyms``, ``min_gene_overlap``, ...); the same options as
+        ``scbert finetune``'s.
 
     Returns
     -------
     The ``Trainer`` after training; the model (with ``id2label``) and tokenizer are saved in
     ``training_args.output_dir``.
+
+    Raises
+    ------
+    TypeError
+        For a keyword that is not an option.
+    ValueError
+        Before training starts: for a missing label column, cells without a label, evaluation cells of types
+        absent from the training cells (without ``drop_unseen_labels``), cells that cannot be read, bad options.
     """
     if class_weighting not in (None, *CLASS_WEIGHTINGS):
         raise ValueError(f"class_weighting must be one of {CLASS_WEIGHTINGS}; got {class_weighting!r}.")
@@ -554,10 +603,25 @@ def finetune(
             f"label_key= is needed to fine-tune on an AnnData: the .obs column holding the cell types (columns: "
             f"{list(train_data.obs.columns)})."
         )
+    encode_kwargs = _encode_options(encode_kwargs, read_options, caller="finetune")
+    # The class list and the evaluation labels are checked before anything is encoded or trained.
+    label_names = None
+    if isinstance(train_data, AnnData):
+        what = describe_data(train_data, role="training", argument="train_data")
+        label_names = class_names_from_labels(train_data, label_key=label_key, what=what)
+
+    def check_evaluation_labels(class_names: list[str]) -> list[str]:
+        if not isinstance(eval_data, AnnData):
+            return []
+        what = describe_data(eval_data, role="evaluation", argument="eval_data")
+        return unseen_labels(
+            eval_data, label_key=label_key, class_names=class_names, what=what, drop=drop_unseen_labels
+        )
+
+    unseen = None if label_names is None else check_evaluation_labels(label_names)
     tokenizer = _resolve_tokenizer(tokenizer, model, train_data)
-    encode_kwargs = dict(encode_kwargs or {})
     train_dataset = _encode(
-        train_data, tokenizer=tokenizer, label_key=label_key, label_names=None, encode_kwargs=encode_kwargs
+        train_data, tokenizer=tokenizer, label_key=label_key, label_names=label_names, encode_kwargs=encode_kwargs
     )
     if LABEL_COLUMN not in train_dataset.column_names:
         raise ValueError(
@@ -565,9 +629,26 @@ def finetune(
             "with to_dataset(..., label_key=...)."
         )
     label_names = list(train_dataset.features[LABEL_COLUMN].names)
+    if not isinstance(train_data, AnnData):
+        counts = np.bincount(np.asarray(train_dataset[LABEL_COLUMN]), minlength=len(label_names))
+        if not counts.all():
+            logger.warning(
+                "Classes of the training dataset without a training cell: %s. The model gets an output for each, "
+                "which can only take probability from the others; build the dataset with to_dataset(..., "
+                "label_names=...) listing the classes that have cells.",
+                [name for name, count in zip(label_names, counts) if not count],
+            )
+    if unseen is None:  # a dataset of training cells: its class list is known only now
+        unseen = check_evaluation_labels(label_names)
     eval_dataset = _encode(
-        eval_data, tokenizer=tokenizer, label_key=label_key, label_names=label_names, encode_kwargs=encode_kwargs
+        eval_data,
+        tokenizer=tokenizer,
+        label_key=label_key,
+        label_names=[*label_names, *unseen],
+        encode_kwargs=encode_kwargs,
     )
+    if unseen:
+        eval_dataset = _drop_classes_from(eval_dataset, label_names)
     if eval_dataset is None and eval_fraction:
         splits = stratified_split(train_dataset, eval_fraction=eval_fraction, seed=split_seed)
         train_dataset, eval_dataset = splits["train"], splits["eval"]
@@ -575,8 +656,8 @@ def finetune(
         eval_names = list(eval_dataset.features[LABEL_COLUMN].names)
         if eval_names != label_names:
             raise ValueError(
-                f"The evaluation data's classes {eval_names} differ from the training data's {label_names}; build "
-                "both with the same label_names."
+                f"The evaluation dataset's classes {eval_names} differ from the training data's {label_names}; "
+                f"build it with to_dataset(..., label_names=...) given the training classes."
             )
 
     set_seed(training_args.seed)
@@ -603,10 +684,11 @@ def finetune(
         training_args.greater_is_better = True
     trainer_callbacks = [ScBertFeatureRedrawCallback(), *callbacks]
     if early_stopping_patience:
-        if eval_dataset is None or not training_args.load_best_model_at_end:
+        if eval_dataset is None:
+            raise ValueError("early_stopping_patience needs evaluation cells: pass eval_data= or eval_fraction=.")
+        if not training_args.load_best_model_at_end:
             raise ValueError(
-                "early_stopping_patience needs evaluation data (eval_data= or eval_fraction=) and "
-                "load_best_model_at_end=True with matching eval and save strategies."
+                "early_stopping_patience needs load_best_model_at_end=True, with matching eval and save strategies."
             )
         trainer_callbacks.append(EarlyStoppingCallback(early_stopping_patience=early_stopping_patience))
     facts = _card_facts(card_facts, train_dataset, eval_dataset, label_names, model=model, preset=preset)
@@ -614,8 +696,8 @@ def finetune(
         trainer_callbacks.append(ScBertModelCardCallback(tokenizer=tokenizer, facts=facts))
     elif training_args.push_to_hub:
         raise ValueError(
-            "push_to_hub=True pushes a model card, which needs the weights' license: pass card_facts={'license': ...} "
-            "(--license on the command line), e.g. 'apache-2.0', 'cc-by-4.0' or 'other'."
+            "push_to_hub=True pushes a model card, which needs the weights' license: pass card_facts={'license': ...}, "
+            "e.g. 'apache-2.0', 'cc-by-4.0' or 'other'."
         )
     loss = None
     if class_weighting == "balanced":
@@ -660,6 +742,17 @@ def finetune(
             trainer.save_metrics("eval", metrics)
         logger.info("No license given (card_facts={'license': ...}): no model card written.")
     return trainer
+
+
+def _drop_classes_from(dataset: Any, label_names: Sequence[str]) -> Any:
+    """Keep the rows whose class id is one of the first ``len(label_names)``, with a ``ClassLabel`` of those names."""
+    import datasets
+
+    keep = len(label_names)
+    dataset = dataset.filter(
+        lambda labels: [label < keep for label in labels], input_columns=LABEL_COLUMN, batched=True
+    )
+    return dataset.cast_column(LABEL_COLUMN, datasets.ClassLabel(names=list(label_names)))
 
 
 def _card_facts(
@@ -729,7 +822,7 @@ class ScBertModelArguments:
 
 @dataclass
 class ScBertDataArguments:
-    """Where the cells are and how to read them."""
+    """Where the cells are (how to read them: :class:`~modeling_scbert.reading.ScBertReadingArguments`)."""
 
     train_file: str = field(metadata={"help": "Training cells: a .h5ad file, or a folder written by to_dataset."})
     validation_file: str | None = field(default=None, metadata={"help": "Evaluation cells (.h5ad or dataset)."})
@@ -738,12 +831,6 @@ class ScBertDataArguments:
     )
     split_seed: int = field(default=0, metadata={"help": "Seed of the validation split."})
     label_key: str | None = field(default=None, metadata={"help": "The .obs column with the cell types."})
-    layer: str | None = field(default=None, metadata={"help": "Read this layer instead of .X."})
-    gene_key: str | None = field(default=None, metadata={"help": "A .var column holding the gene identifiers."})
-    input_kind: str = field(default="auto", metadata={"help": "auto, counts or log1p."})
-    min_gene_overlap: float | None = field(
-        default=None, metadata={"help": "Minimum fraction of panel genes present (default: the tokenizer's)."}
-    )
     dataset_cache_dir: str | None = field(
         default=None, metadata={"help": "Where encoded cells are written (default: the datasets cache)."}
     )
@@ -760,8 +847,9 @@ class ScBertFinetuningArguments:
     finetuning_preset: str = field(
         default="published",
         metadata={
-            "help": "published (train layer -2, final LayerNorm and head) or full.",
+            "help": "published (train layer -2, final LayerNorm and head) or full (also --preset, as in Python).",
             "choices": FINETUNING_PRESETS,
+            "aliases": ["--preset"],
         },
     )
     class_weighting: str = field(
@@ -775,6 +863,10 @@ class ScBertFinetuningArguments:
         metadata={"help": "License of the fine-tuned weights, for the model card (needed with --push_to_hub)."},
     )
     base_model: str | None = field(default=None, metadata={"help": "Hub id of the pretrained model, for the card."})
+    drop_unseen_labels: bool = field(
+        default=False,
+        metadata={"help": "Leave out evaluation cells whose type no training cell has, instead of refusing them."},
+    )
 
 
 # Defaults that differ from TrainingArguments' for fine-tuning: evaluate and save every epoch, keep the best model by
@@ -802,17 +894,39 @@ def _read_data(path: str | None, *, split: str):
     return read_h5ad(path, backed="r", what=f"{split} file")
 
 
-def _encode_kwargs(data_args: ScBertDataArguments) -> dict[str, Any]:
-    kwargs = {"layer": data_args.layer, "gene_key": data_args.gene_key, "input_kind": data_args.input_kind}
-    if data_args.min_gene_overlap is not None:
-        kwargs["min_gene_overlap"] = data_args.min_gene_overlap
+def _encode_kwargs(data_args: ScBertDataArguments, reading: ScBertReadingArguments) -> dict[str, Any]:
+    kwargs = reading.tokenizer_kwargs()
     if data_args.dataset_cache_dir is not None:
         kwargs["cache_dir"] = data_args.dataset_cache_dir
     return kwargs
 
 
-def _parse(dataclass_types: tuple, argv: Sequence[str] | None, *, prog: str, defaults: dict[str, Any] | None = None):
-    parser = HfArgumentParser(dataclass_types, prog=prog)
+def _given(args: Sequence[str], *names: str) -> bool:
+    """Whether any of the options ``names`` (written with underscores) is on the command line, in either spelling."""
+    spellings = {f"--{name}" for name in names} | {f"--{name.replace('_', '-')}" for name in names}
+    return any(arg.split("=", 1)[0] in spellings for arg in args)
+
+
+# The options of each training command, in the order parse_args_into_dataclasses returns them.
+COMMAND_ARGUMENTS = {
+    "pretrain": (ScBertModelArguments, ScBertDataArguments, ScBertReadingArguments, TrainingArguments),
+    "finetune": (
+        ScBertModelArguments,
+        ScBertDataArguments,
+        ScBertReadingArguments,
+        ScBertFinetuningArguments,
+        TrainingArguments,
+    ),
+}
+
+
+def argument_parser(command: Literal["pretrain", "finetune"], *, prog: str | None = None) -> HfArgumentParser:
+    """The ``HfArgumentParser`` of ``scbert pretrain`` / ``scbert finetune`` (every option in both spellings)."""
+    return HfArgumentParser(COMMAND_ARGUMENTS[command], prog=prog or f"scbert {command}")
+
+
+def _parse(command: str, argv: Sequence[str] | None, *, prog: str, defaults: dict[str, Any] | None = None):
+    parser = argument_parser(command, prog=prog)
     if defaults:
         parser.set_defaults(**defaults)
     args = list(sys.argv[1:] if argv is None else argv)
@@ -824,9 +938,7 @@ def _parse(dataclass_types: tuple, argv: Sequence[str] | None, *, prog: str, def
 
 def pretrain_main(argv: Sequence[str] | None = None, *, prog: str = "scbert pretrain") -> Trainer:
     """Masked-expression pretraining from the command line (also takes one ``.json`` / ``.yaml`` file of options)."""
-    model_args, data_args, training_args = _parse(
-        (ScBertModelArguments, ScBertDataArguments, TrainingArguments), argv, prog=prog
-    )
+    model_args, data_args, reading, training_args = _parse("pretrain", argv, prog=prog)
     train = _read_data(data_args.train_file, split="train")
     no_panel = model_args.tokenizer_name_or_path is None and model_args.model_name_or_path is None
     if no_panel and not isinstance(train, AnnData):
@@ -835,7 +947,7 @@ def pretrain_main(argv: Sequence[str] | None = None, *, prog: str = "scbert pret
     evaluation = _read_data(data_args.validation_file, split="validation")
     if evaluation is None and data_args.validation_fraction:
         if isinstance(train, AnnData):
-            train = to_dataset(train, tokenizer=tokenizer, **_encode_kwargs(data_args))
+            train = to_dataset(train, tokenizer=tokenizer, **_encode_kwargs(data_args, reading))
         splits = train.train_test_split(test_size=data_args.validation_fraction, seed=data_args.split_seed)
         train, evaluation = splits["train"], splits["test"]
     return pretrain(
@@ -847,7 +959,7 @@ def pretrain_main(argv: Sequence[str] | None = None, *, prog: str = "scbert pret
         config_overrides=model_args.config_overrides,
         mask_probability=data_args.mask_probability,
         replace_probability=data_args.replace_probability,
-        encode_kwargs=_encode_kwargs(data_args),
+        encode_kwargs=_encode_kwargs(data_args, reading),
     )
 
 
@@ -859,18 +971,26 @@ def finetune_main(argv: Sequence[str] | None = None, *, prog: str = "scbert fine
     off.
     """
     args = list(sys.argv[1:] if argv is None else argv)
-    has_eval = any(a.startswith(("--validation_file", "--validation_fraction")) for a in args)
+    has_eval = _given(args, "validation_file", "validation_fraction")
     defaults = dict(_FINETUNE_DEFAULTS)
     if not has_eval:
         defaults.update(eval_strategy="no", load_best_model_at_end=False, metric_for_best_model=None)
-    model_args, data_args, finetune_args, training_args = _parse(
-        (ScBertModelArguments, ScBertDataArguments, ScBertFinetuningArguments, TrainingArguments),
-        args,
-        prog=prog,
-        defaults=defaults,
+    model_args, data_args, reading, finetune_args, training_args = _parse(
+        "finetune", args, prog=prog, defaults=defaults
     )
     if data_args.label_key is None and not os.path.isdir(data_args.train_file):
         raise ValueError("--label_key is required with a .h5ad train_file: the .obs column holding the cell types.")
+    # Checks whose advice differs on the command line from finetune()'s (which names its Python arguments).
+    evaluation = data_args.validation_file or data_args.validation_fraction
+    if finetune_args.early_stopping_patience and not evaluation:
+        raise ValueError(
+            "--early_stopping_patience needs evaluation cells: pass --validation_file or --validation_fraction."
+        )
+    if training_args.push_to_hub and not finetune_args.license:
+        raise ValueError(
+            "--push_to_hub pushes a model card, which needs the weights' license: pass --license, e.g. 'apache-2.0', "
+            "'cc-by-4.0' or 'other'."
+        )
     train = _read_data(data_args.train_file, split="train")
     if isinstance(train, AnnData) and data_args.label_key not in train.obs.columns:
         raise ValueError(
@@ -893,7 +1013,8 @@ def finetune_main(argv: Sequence[str] | None = None, *, prog: str = "scbert fine
         class_weighting=finetune_args.class_weighting,
         early_stopping_patience=finetune_args.early_stopping_patience,
         config_overrides=model_args.config_overrides,
-        encode_kwargs=_encode_kwargs(data_args),
+        encode_kwargs=_encode_kwargs(data_args, reading),
+        drop_unseen_labels=finetune_args.drop_unseen_labels,
         card_facts={
             key: value
             for key, value in {"license": finetune_args.license, "base_model": finetune_args.base_model}.items()
@@ -903,12 +1024,15 @@ def finetune_main(argv: Sequence[str] | None = None, *, prog: str = "scbert fine
 
 
 __all__ = [
+    "COMMAND_ARGUMENTS",
     "ScBertDataArguments",
     "ScBertFeatureRedrawCallback",
     "ScBertFinetuningArguments",
     "ScBertModelArguments",
+    "ScBertReadingArguments",
     "ScBertWeightedLoss",
     "apply_finetuning_preset",
+    "argument_parser",
     "balanced_class_weights",
     "classification_report",
     "compute_classification_metrics",

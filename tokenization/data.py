@@ -84,7 +84,8 @@ def _labels(
         )
     if label_names is None:
         if isinstance(values.dtype, pd.CategoricalDtype):
-            label_names = [str(c) for c in values.cat.categories]
+            # The categories that some cell has, in category order: an unused category is not a class.
+            label_names = [str(c) for c in values.cat.remove_unused_categories().cat.categories]
         else:
             label_names = sorted({str(v) for v in values})
     label_names = [str(n) for n in label_names]
@@ -142,8 +143,8 @@ def to_dataset(
     label_key
         ``.obs`` column with the cell labels, stored as a ``ClassLabel`` column ``label``.
     label_names
-        Class names in id order (e.g. a fine-tuned model's ``id2label``); by default the column's categories,
-        or its sorted unique values.
+        Class names in id order (e.g. a fine-tuned model's ``id2label``); by default the column's categories that
+        some cell has (in category order), or its sorted unique values.
     output_dir
         Write the dataset here in ``save_to_disk`` layout (reload with ``datasets.load_from_disk``).
     cache_dir

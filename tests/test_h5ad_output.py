@@ -1,0 +1,174 @@
+"""Every .h5ad that anndata reads can be annotated and embedded (issue 11, kind 6): the input is copied and patched
+where its layout allows, written with anndata's own writer where it does not (anndata < 0.7), and a failure leaves
+no file behind."""
+
+import hashlib
+
+import anndata as ad
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+import torch
+
+from modeling_scbert import ScBertConfig, ScBertForSequenceClassification
+from modeling_scbert import annotate as annotate_module
+from modeling_scbert.annotate import plan_h5ad_output, write_h5ad_with_slots
+from modeling_scbert.cli import main as cli_main
+from tokenization import ScBertTokenizer
+
+pytestmark = pytest.mark.filterwarnings("ignore:Element .* was written without encoding metadata")
+
+GENES = [f"GENE{j}" for j in range(12)]
+N_CELLS = 9
+CLUSTERS = np.arange(N_CELLS) % 3
+
+
+def counts() -> np.ndarray:
+    return np.random.default_rng(0).poisson(3.0, size=(N_CELLS, len(GENES))).astype(np.float32)
+
+
+def write_current(path):
+    obs = pd.DataFrame({"louvain": pd.Categorical(CLUSTERS.astype(str))}, index=[f"cell_{i}" for i in range(N_CELLS)])
+    ad.AnnData(X=sp.csr_matrix(counts()), obs=obs, var=pd.DataFrame(index=GENES)).write_h5ad(path)
+
+
+def write_anndata_06(path):
+    """The layout before anndata 0.7: .obs / .var as compound (structured) datasets, categories in .uns."""
+    with h5py.File(path, "w") as file:
+        file.create_dataset("X", data=counts())
+        obs = np.array(
+            [(f"cell_{i}".encode(), c) for i, c in enumerate(CLUSTERS)], dtype=[("index", "S16"), ("louvain", "i1")]
+        )
+        file.create_dataset("obs", data=obs)
+        file.create_dataset("var", data=np.array([(g.encode(),) for g in GENES], dtype=[("index", "S16")]))
+        file.create_group("uns").create_dataset("louvain_categories", data=np.array([b"0", b"1", b"2"]))
+
+
+def write_anndata_07(path):
+    """The anndata 0.7 layout: dataframes as groups (encoding 0.1.0), categories under __categories."""
+    csr = sp.csr_matrix(counts())
+    text = h5py.special_dtype(vlen=str)
+    with h5py.File(path, "w") as file:
+        x = file.create_group("X")
+        x.attrs.update({"encoding-type": "csr_matrix", "encoding-version": "0.1.0", "shape": np.array(csr.shape)})
+        for name in ("data", "indices", "indptr"):
+            x.create_dataset(name, data=getattr(csr, name))
+        for name, index, columns in (("obs", [f"cell_{i}" for i in range(N_CELLS)], ["louvain"]), ("var", GENES, [])):
+            group = file.create_group(name)
+            group.attrs.update(
+                {
+                    "encoding-type": "dataframe",
+                    "encoding-version": "0.1.0",
+                    "_index": "_index",
+                    "column-order": np.array(columns, dtype=object).astype(text),
+                }
+            )
+            group.create_dataset("_index", data=np.array(index, dtype=object), dtype=text)
+        categories = file["obs"].create_group("__categories")
+        categories.create_dataset("louvain", data=np.array(["0", "1", "2"], dtype=object), dtype=text)
+        codes = file["obs"].create_dataset("louvain", data=CLUSTERS.astype(np.int8))
+        codes.attrs["categories"] = categories["louvain"].ref
+        file.create_group("uns")
+
+
+LAYOUTS = {"current": (write_current, "copy"), "0.7": (write_anndata_07, "copy"), "0.6": (write_anndata_06, "rewrite")}
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("annotator")
+    torch.manual_seed(0)
+    config = ScBertConfig(
+        num_genes=len(GENES),
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        head_dim=8,
+        intermediate_size=32,
+        num_random_features=8,
+        gene_embedding_type="learned",
+        classifier_type="pooled",
+        classifier_hidden_sizes=[16],
+        id2label={0: "B", 1: "T"},
+        label2id={"B": 0, "T": 1},
+    )
+    ScBertForSequenceClassification(config).save_pretrained(path)
+    ScBertTokenizer(GENES).save_pretrained(path)
+    return str(path)
+
+
+def digest(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_case_14_every_layout_anndata_reads_is_annotated_and_embedded(layout, model_dir, tmp_path):
+    """Case 14: a file of anndata < 0.7 was annotated in full, then failed at the write ("no field of name
+    scbert_cell_type"); now it is written with anndata's writer, and the 0.7 and current layouts are patched."""
+    writer, plan = LAYOUTS[layout]
+    path = tmp_path / "cells.h5ad"
+    writer(path)
+    before, original = digest(path), ad.read_h5ad(path)
+    assert plan_h5ad_output(path) == plan
+
+    out = tmp_path / "annotated.h5ad"
+    assert (
+        cli_main(
+            ["annotate", "--model", model_dir, "--input", str(path), "--output", str(out), "--label-key", "louvain"]
+        )
+        == 0
+    )
+    result = ad.read_h5ad(out)
+    assert result.n_obs == N_CELLS and list(result.obs_names) == list(original.obs_names)
+    assert set(result.obs["scbert_cell_type"].astype(str)) <= {"B", "T"}
+    assert list(result.obs["louvain"].astype(str)) == list(original.obs["louvain"].astype(str))
+    np.testing.assert_array_equal(np.asarray(result.X.todense() if sp.issparse(result.X) else result.X), counts())
+
+    embedded = tmp_path / "embedded.h5ad"
+    assert cli_main(["embed", "--model", model_dir, "--input", str(path), "--output", str(embedded)]) == 0
+    assert ad.read_h5ad(embedded).obsm["X_scbert"].shape == (N_CELLS, 16)
+    assert digest(path) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["annotated.h5ad", "cells.h5ad", "embedded.h5ad"]
+
+
+def test_a_file_that_cannot_be_written_is_refused_before_the_model_loads(model_dir, tmp_path, monkeypatch, capsys):
+    path = tmp_path / "cells.h5ad"
+    write_current(path)
+    loaded = []
+    monkeypatch.setattr(annotate_module, "load_annotator", lambda *args, **kwargs: loaded.append(args))
+
+    def unwritable(source):
+        raise ValueError(f"Could not read the .obs of {str(source)!r}")
+
+    monkeypatch.setattr(annotate_module, "plan_h5ad_output", unwritable)
+    for command in ("annotate", "embed"):
+        out = tmp_path / "out.h5ad"
+        assert cli_main([command, "--model", model_dir, "--input", str(path), "--output", str(out)]) == 2
+        assert "Could not read the .obs" in capsys.readouterr().err
+        assert loaded == [] and not out.exists()
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_a_failed_write_leaves_no_file(layout, tmp_path, monkeypatch):
+    writer, plan = LAYOUTS[layout]
+    path = tmp_path / "cells.h5ad"
+    writer(path)
+    before = digest(path)
+    adata = ad.read_h5ad(path, backed="r")
+    adata.obs["scbert_cell_type"] = "B"
+
+    def fail(*args, **kwargs):
+        raise OSError("disk full")
+
+    if plan == "copy":
+        import anndata.io
+
+        monkeypatch.setattr(anndata.io, "write_elem", fail)
+    else:
+        monkeypatch.setattr(ad.AnnData, "write_h5ad", fail)
+    with pytest.raises(OSError, match="disk full"):
+        write_h5ad_with_slots(path, tmp_path / "out.h5ad", adata, obs_columns=["scbert_cell_type"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cells.h5ad"]
+    assert digest(path) == before

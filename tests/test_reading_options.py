@@ -1,0 +1,232 @@
+"""The reading options are defined once and reach the tokenizer from every entry point; every option of every
+command is accepted in both spellings (issue 11, kind 3)."""
+
+import dataclasses
+import inspect
+import typing
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+import torch
+from transformers import TrainingArguments
+
+from modeling_scbert import ScBertConfig, ScBertForSequenceClassification
+from modeling_scbert import annotate as annotate_module
+from modeling_scbert import training as training_module
+from modeling_scbert.annotate import annotate, embed
+from modeling_scbert.cli import COMMANDS, command_parser
+from modeling_scbert.cli import main as cli_main
+from modeling_scbert.reading import ScBertReadingArguments
+from modeling_scbert.training import finetune, pretrain
+from tokenization import ScBertTokenizer
+
+GENES = [f"GENE{j}" for j in range(12)]
+READING_COMMANDS = {"annotate": annotate, "embed": embed, "pretrain": pretrain, "finetune": finetune}
+
+
+class Reached(Exception):
+    """Raised by a stand-in to stop a run once the value under test has been seen."""
+
+
+def sample_values() -> dict[str, typing.Any]:
+    """A distinctive value for every reading option, by its type (so options added later are covered too)."""
+    hints = typing.get_type_hints(ScBertReadingArguments)
+    values = {}
+    for field in dataclasses.fields(ScBertReadingArguments):
+        kinds = set(typing.get_args(hints[field.name])) or {hints[field.name]}
+        if bool in kinds:
+            values[field.name] = True
+        elif int in kinds:
+            values[field.name] = 7
+        elif float in kinds:
+            values[field.name] = 0.25
+        else:
+            values[field.name] = f"{field.name}-value"
+    return values
+
+
+def as_argv(values: dict[str, typing.Any], *, hyphens: bool) -> list[str]:
+    argv = []
+    for name, value in values.items():
+        argv += [
+            "--" + (name.replace("_", "-") if hyphens else name),
+            str(value).lower() if value is True else str(value),
+        ]
+    return argv
+
+
+def make_adata(n_cells: int = 12) -> ad.AnnData:
+    rng = np.random.default_rng(0)
+    return ad.AnnData(
+        X=sp.csr_matrix(rng.poisson(3.0, size=(n_cells, len(GENES))).astype(np.float32)),
+        obs=pd.DataFrame({"cell_type": rng.choice(["B", "T"], n_cells)}, index=[f"c{i}" for i in range(n_cells)]),
+        var=pd.DataFrame(index=GENES),
+    )
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("annotator")
+    torch.manual_seed(0)
+    config = ScBertConfig(
+        num_genes=len(GENES),
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        head_dim=8,
+        intermediate_size=32,
+        num_random_features=8,
+        gene_embedding_type="learned",
+        classifier_type="pooled",
+        classifier_hidden_sizes=[16],
+        id2label={0: "B", 1: "T"},
+        label2id={"B": 0, "T": 1},
+    )
+    ScBertForSequenceClassification(config).save_pretrained(path)
+    ScBertTokenizer(GENES).save_pretrained(path)
+    return path
+
+
+def option_names(parser) -> dict[str, str]:
+    """Every long option string of a parser (normalised to underscores) -> the dest it sets."""
+    names = {}
+    for action in parser._actions:
+        for option in action.option_strings:
+            if option.startswith("--"):
+                names[option[2:].replace("-", "_")] = action.dest
+    return names
+
+
+@pytest.mark.parametrize("command", sorted(READING_COMMANDS))
+def test_every_reading_option_is_a_keyword_and_an_option_with_the_same_default(command):
+    parameters = inspect.signature(READING_COMMANDS[command]).parameters
+    parser = command_parser(command)
+    defaults = {action.dest: action.default for action in parser._actions}
+    for field in dataclasses.fields(ScBertReadingArguments):
+        assert parameters[field.name].kind is inspect.Parameter.KEYWORD_ONLY, (command, field.name)
+        assert parameters[field.name].default == field.default, (command, field.name)
+        assert option_names(parser).get(field.name) == field.name, f"scbert {command} lacks --{field.name}"
+        assert defaults[field.name] == field.default, (command, field.name)
+
+
+def test_a_misspelt_reading_option_is_refused_by_name(model_dir):
+    with pytest.raises(TypeError, match=r"input_kidn.*input_kind"):
+        annotate(make_adata(), str(model_dir), input_kidn="counts")
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        ScBertReadingArguments.from_kwargs({"layers": "counts"}, caller="embed")
+
+
+@pytest.fixture
+def stop_at_the_tokenizer(monkeypatch):
+    """Record the keyword arguments the tokenizer's chunked encoder receives, then stop the run."""
+    seen = {}
+
+    def iter_encoded(self, data, **kwargs):
+        seen.update(kwargs)
+        raise Reached
+
+    monkeypatch.setattr(ScBertTokenizer, "iter_encoded", iter_encoded)
+    monkeypatch.setattr(ScBertTokenizer, "align", lambda self, *args, **kwargs: None)
+    return seen
+
+
+@pytest.mark.parametrize("command", sorted(READING_COMMANDS))
+def test_python_functions_hand_every_reading_option_to_the_tokenizer(
+    command, model_dir, tmp_path, stop_at_the_tokenizer
+):
+    values = sample_values()
+    adata = make_adata()
+    if command in ("annotate", "embed"):
+        call = lambda: READING_COMMANDS[command](adata, str(model_dir), progress=False, **values)  # noqa: E731
+    else:
+        arguments = TrainingArguments(str(tmp_path / "run"), report_to=[], use_cpu=True)
+        labels = {"label_key": "cell_type"} if command == "finetune" else {}
+        call = lambda: READING_COMMANDS[command](  # noqa: E731
+            adata, training_args=arguments, encode_kwargs={"cache_dir": str(tmp_path / "c")}, **labels, **values
+        )
+    with pytest.raises(Reached):
+        call()
+    assert {name: stop_at_the_tokenizer[name] for name in values} == values
+
+
+def test_reading_options_in_encode_kwargs_still_work_but_not_twice(tmp_path, stop_at_the_tokenizer):
+    arguments = TrainingArguments(str(tmp_path / "run"), report_to=[], use_cpu=True)
+    with pytest.raises(Reached):
+        pretrain(make_adata(), training_args=arguments, encode_kwargs={"layer": "L", "cache_dir": str(tmp_path)})
+    assert stop_at_the_tokenizer["layer"] == "L"
+    with pytest.raises(ValueError, match="once"):
+        pretrain(make_adata(), training_args=arguments, encode_kwargs={"layer": "L"}, layer="M")
+
+
+@pytest.mark.parametrize("hyphens", [False, True])
+@pytest.mark.parametrize("command", sorted(READING_COMMANDS))
+def test_commands_hand_every_reading_option_on(command, hyphens, model_dir, tmp_path, monkeypatch):
+    """`scbert annotate|embed|pretrain|finetune --<option> VALUE` reaches the Python function, in both spellings."""
+    values = sample_values()
+    seen = {}
+
+    def stand_in(*args, **kwargs):
+        seen.update(kwargs.pop("encode_kwargs", None) or {})
+        seen.update(kwargs)
+        raise Reached
+
+    path = tmp_path / "cells.h5ad"
+    make_adata().write_h5ad(path)
+    if command in ("annotate", "embed"):
+        monkeypatch.setattr(annotate_module, command, stand_in)
+        argv = [command, "--model", str(model_dir), "--input", str(path), "--output", str(tmp_path / "out.h5ad")]
+    else:
+        monkeypatch.setattr(training_module, command, stand_in)
+        argv = [command, "--train_file", str(path), "--output_dir", str(tmp_path / "run")]
+        argv += ["--model_name_or_path", str(model_dir), "--use_cpu", "--report_to", "none"]
+        argv += ["--label_key", "cell_type"] if command == "finetune" else []
+    with pytest.raises(Reached):
+        cli_main([*argv, *as_argv(values, hyphens=hyphens)])
+    assert {name: seen[name] for name in values} == values
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_option_of_every_command_has_both_spellings(command):
+    parser = command_parser(command)
+    checked = 0
+    for action in parser._actions:
+        for option in action.option_strings:
+            if not option.startswith("--"):
+                continue
+            stem = option[2:]
+            for spelling in (f"--{stem.replace('-', '_')}", f"--{stem.replace('_', '-')}"):
+                assert spelling in action.option_strings, f"scbert {command}: {option} lacks the spelling {spelling}"
+            checked += "_" in stem or "-" in stem
+    assert checked  # every command has options of more than one word
+
+
+@pytest.mark.parametrize(
+    ("argv", "dest", "value"),
+    [
+        (["convert", "--checkpoint", "c.pth", "--output", "o", "--layer_norm_eps", "1e-6"], "layer_norm_eps", 1e-6),
+        (["convert", "--checkpoint", "c.pth", "--output", "o", "--trust_checkpoint"], "trust_checkpoint", True),
+        (["push", "--model", "m", "--repo_id", "a/b", "--commit_message", "hi"], "commit_message", "hi"),
+        (["annotate", "--model", "m", "--input", "i", "--output", "o", "--key_added", "k"], "key_added", "k"),
+        (
+            ["annotate", "--model", "m", "--input", "i", "--output", "o", "--unassigned-threshold", "0.4"],
+            "threshold",
+            0.4,
+        ),
+        (["embed", "--model", "m", "--input", "i", "--output", "o", "--batch_size", "4"], "batch_size", 4),
+    ],
+)
+def test_underscore_and_hyphen_spellings_parse_alike(argv, dest, value):
+    from modeling_scbert.cli import build_parser
+
+    def respell(token: str, old: str, new: str) -> str:
+        return "--" + token[2:].replace(old, new) if token.startswith("--") else token
+
+    other = [respell(token, "_", "-") for token in argv]
+    if other == argv:
+        other = [respell(token, "-", "_") for token in argv]
+    assert other != argv
+    first, second = build_parser().parse_args(argv), build_parser().parse_args(other)
+    assert getattr(first, dest) == getattr(second, dest) == value
