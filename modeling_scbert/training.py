@@ -740,7 +740,13 @@ class ScBertDataArguments:
     label_key: str | None = field(default=None, metadata={"help": "The .obs column with the cell types."})
     layer: str | None = field(default=None, metadata={"help": "Read this layer instead of .X."})
     gene_key: str | None = field(default=None, metadata={"help": "A .var column holding the gene identifiers."})
-    input_kind: str = field(default="auto", metadata={"help": "auto, counts or log1p."})
+    input_kind: str = field(
+        default="auto",
+        metadata={
+            "help": "auto (detect and verify), or one of counts, corrected_counts, normalized, proportions, log1p, "
+            "log1p_base2, log1p_base10 (verified)."
+        },
+    )
     min_gene_overlap: float | None = field(
         default=None, metadata={"help": "Minimum fraction of panel genes present (default: the tokenizer's)."}
     )
