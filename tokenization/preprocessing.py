@@ -292,10 +292,11 @@ def _whole_multiple_rows(
         relative = error / np.maximum(values, 1e-300)
     else:
         relative = (1 + values) * np.log(log_base) * error / np.maximum(values, 1e-300)
+    # ... and of each cell's smallest value, the divisor of its ratios
     row_relative = np.zeros(rows.shape[0])
     if values.size:
         at_min = values == np.repeat(row_min, lengths)
-        np.maximum.at(row_relative, np.repeat(np.arange(rows.shape[0]), lengths)[at_min], relative[at_min])
+        row_relative[nonempty] = np.maximum.reduceat(np.where(at_min, relative, 0.0), starts)
     allowed = 1e-3 + 1e-5 * ratio + 2 * ratio * (relative + np.repeat(row_relative, lengths))
     off = np.abs(ratio - np.rint(ratio)) > allowed
     bad = np.zeros(rows.shape[0], dtype=bool)
