@@ -139,3 +139,42 @@ def test_datasets_read_raw_too(tmp_path):
     expected = tokenizer(full)["input_ids"]
     for i, row in enumerate(dataset):
         np.testing.assert_array_equal(np.flatnonzero(expected[i, :-1]), row["gene_indices"])
+
+
+def test_every_option_these_errors_name_exists_in_the_tokenizer_annotate_and_embed():
+    import inspect
+    import re
+
+    from modeling_scbert.annotate import annotate, embed
+
+    messages = []
+    tokenizer = ScBertTokenizer(GENES)
+    full = make_adata(GENES)
+    wrong = make_adata([f"OTHER{i}" for i in range(40)])
+    wrong.var["symbol"] = GENES
+    raw_only = full[:, :10].copy()
+    raw_only.raw = full
+    mouse = make_adata([g.lower() for g in GENES])
+    logged = full.copy()
+    logged.X = logged.X.astype(np.float32)
+    logged.X.data = np.log2(1 + logged.X.data).astype(np.float32)
+    logged.layers["counts"] = full.X.copy()
+    scaled = logged.copy()
+    dense = full.X.toarray()
+    scaled.X = (dense - dense.mean(0)) / (dense.std(0) + 1e-6)
+    scaled.raw = full
+    for call in (
+        lambda: tokenizer(wrong),
+        lambda: tokenizer(raw_only),
+        lambda: tokenizer(mouse, min_gene_overlap=0.0),
+        lambda: tokenizer(logged, input_kind="log1p"),
+        lambda: tokenizer(scaled),
+        lambda: tokenizer(full, input_kind="log1p"),
+    ):
+        with pytest.raises(ValueError) as error:
+            call()
+        messages.append(str(error.value))
+    named = {name for message in messages for name in re.findall(r"\b([a-z_]+)=", message)}
+    assert {"gene_key", "use_raw", "min_gene_overlap", "input_kind", "layer"} <= named
+    for function in (ScBertTokenizer.__call__, annotate, embed):
+        assert named <= set(inspect.signature(function).parameters), function

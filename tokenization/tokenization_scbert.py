@@ -498,6 +498,7 @@ class ScBertTokenizer:
             )
         _warn_lost_genes(report)
 
+        matrix = row_sliceable(matrix)  # COO and the like become CSR once, here (a new matrix)
         sample = sample_rows(matrix)
         kind, evidence = check_input_kind(sample, input_kind, source=source, hint=hint)
         if input_kind == "auto":
@@ -505,7 +506,7 @@ class ScBertTokenizer:
         else:
             logger.info("Reading %s as %s (input_kind=%r), verified: %s.", source, INPUT_KINDS[kind], kind, evidence)
         return _EncodingPlan(
-            matrix=row_sliceable(matrix),
+            matrix=matrix,
             alignment=alignment,
             input_kind=kind,
             source=source,
