@@ -14,6 +14,7 @@ from .modeling_scbert import (
     ScBertForSequenceClassification,
     ScBertModel,
     ScBertPreTrainedModel,
+    gene_attention,
 )
 
 AutoConfig.register("scbert", ScBertConfig, exist_ok=True)
@@ -34,4 +35,5 @@ __all__ = [
     "ScBertModel",
     "ScBertPreTrainedModel",
     "ScBertTokenizer",
+    "gene_attention",
 ]
