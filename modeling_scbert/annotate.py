@@ -458,11 +458,12 @@ def write_h5ad_with_slots(
     obs_columns: list[str] = (),
     obsm_keys: list[str] = (),
     uns_keys: list[str] = (),
+    varm_keys: list[str] = (),
 ) -> None:
     """Write ``source`` plus the given slots of ``adata`` to ``destination``, atomically, in bounded memory.
 
     The input file is copied byte for byte to a temporary file in the destination's folder; the new ``.obs``
-    columns, ``.obsm`` and ``.uns`` entries are written into that copy; the copy is then renamed over
+    columns, ``.obsm``, ``.varm`` and ``.uns`` entries are written into that copy; the copy is then renamed over
     ``destination`` (``os.replace``). ``.X`` is never loaded, so this works for files larger than memory, and a
     failure leaves no partial output.
     """
@@ -487,6 +488,12 @@ def write_h5ad_with_slots(
                 if key in file["obsm"]:
                     del file["obsm"][key]
                 write_elem(file["obsm"], key, adata.obsm[key])
+            for key in varm_keys:
+                if "varm" not in file:
+                    file.create_group("varm")
+                if key in file["varm"]:
+                    del file["varm"][key]
+                write_elem(file["varm"], key, adata.varm[key])
             for key in uns_keys:
                 if "uns" not in file:
                     file.create_group("uns")

@@ -153,6 +153,38 @@ def _embed(args: argparse.Namespace) -> int:
     return 0
 
 
+def _attention(args: argparse.Namespace) -> int:
+    from .annotate import check_output_path, load_annotator, read_h5ad, write_h5ad_with_slots, write_text_atomically
+    from .attention import _saved_class, gene_attention_scores, top_attention_genes
+
+    output = check_output_path(args.output, overwrite=args.overwrite, inputs=(args.input,))
+    if args.csv:
+        check_output_path(args.csv, overwrite=args.overwrite, inputs=(args.input, args.output))
+    if args.top < 1:
+        raise ValueError(f"--top must be at least 1; got {args.top}.")
+    model, tokenizer = load_annotator(args.model, model_class=_saved_class(args.model))
+    adata = read_h5ad(args.input, backed="r")
+    gene_attention_scores(
+        adata,
+        model,
+        tokenizer=tokenizer,
+        groupby=args.groupby,
+        attention_layer=args.attention_layer,
+        key_added=args.key_added,
+        **_inference_options(args),
+    )
+    key = args.key_added
+    write_h5ad_with_slots(args.input, output, adata, varm_keys=[key], uns_keys=[key])
+    table = top_attention_genes(adata, key=key, n_genes=args.top, gene_key=args.gene_key)
+    if args.csv:
+        write_text_atomically(args.csv, lambda path: table.to_csv(path, index=False))
+        print(f"written: {args.csv}")
+    for cell_type, rows in table.groupby("cell_type", sort=False):
+        print(f"{cell_type} ({rows['n_cells'].iloc[0]:,} cells): " + ", ".join(rows["gene"].head(10)))
+    print(f"written: {args.output}")
+    return 0
+
+
 def _inference_options(args: argparse.Namespace) -> dict:
     """The keyword arguments of ``annotate`` / ``embed`` that :func:`_add_inference_options` defines."""
     return {
@@ -264,6 +296,25 @@ def build_parser() -> argparse.ArgumentParser:
     _add_inference_options(embed)
     embed.add_argument("--key-added", default="scbert", help="writes .obsm['X_<key>'] (default: scbert)")
     embed.set_defaults(handler=_embed)
+
+    attention = commands.add_parser(
+        "attention",
+        help="which genes the model attends to, per cell type: .varm['scbert_attention'] and a top-genes CSV",
+        description="Compute the attention every gene receives in a layer (FAVOR+ column means, linear time) for "
+        "every cell of --input, average it per cell type (predicted, or --groupby), and write --output with "
+        ".varm['scbert_attention'] (genes x types) and .uns['scbert_attention'] added.",
+    )
+    _add_inference_options(attention)
+    attention.add_argument("--groupby", help="an .obs column of cell types (default: the model's predicted type)")
+    attention.add_argument(
+        "--attention-layer", type=int, default=-1, help="which layer's attention, 0-based (default: -1, the last)"
+    )
+    attention.add_argument("--csv", help="also write the top genes per type as CSV")
+    attention.add_argument("--top", type=int, default=20, help="genes per type in the table (default: 20)")
+    attention.add_argument(
+        "--key-added", default="scbert_attention", help="the .varm / .uns key (default: scbert_attention)"
+    )
+    attention.set_defaults(handler=_attention)
     return parser
 
 

@@ -7,6 +7,7 @@ This file is a Hub file: it imports only torch, transformers and ``configuration
 model folder can be loaded with ``trust_remote_code=True`` where this package is not installed.
 """
 
+import contextlib
 import math
 
 import torch
@@ -936,14 +937,12 @@ def gene_attention(
         # One cell at a time: the hook stops the forward pass at the chosen layer.
         for cell in range(input_ids.shape[0]):
             rows = slice(cell, cell + 1)
-            try:
+            with contextlib.suppress(_LayerInputCaptured):
                 base(
                     input_ids[rows],
                     attention_mask=None if attention_mask is None else attention_mask[rows],
                     gene_ids=None if gene_ids is None else gene_ids[rows],
                 )
-            except _LayerInputCaptured:
-                pass
             hidden, mask = captured.pop()
             mask = None if mask is None else mask[0].to(torch.bool)
             with torch.autocast(device_type=hidden.device.type, enabled=False):
