@@ -809,14 +809,13 @@ def _attention_module(model: ScBertPreTrainedModel, layer: int) -> "ScBertSelfAt
     return encoder_layers[index].attention
 
 
-def _key_projected(attention: "ScBertSelfAttention", rows: torch.Tensor, projection: torch.Tensor):
-    """Keys of a chunk of tokens (heads, tokens, head_dim) -> ``d^-1/4 k . w`` (heads, tokens, features) and the
-    per-token offset ``|k|^2 d^-1/2 / 2`` (heads, tokens, 1)."""
-    key = attention.key(rows).unflatten(-1, (attention.num_heads, attention.head_dim)).transpose(0, 1)
-    key = key.to(projection.dtype)
+def _projected(layer: nn.Linear, rows: torch.Tensor, attention: "ScBertSelfAttention", projection: torch.Tensor):
+    """Queries or keys of a chunk of tokens -> ``d^-1/4 x . w`` (heads, tokens, features) and the per-token offset
+    ``|x|^2 d^-1/2 / 2`` (heads, tokens, 1), in the projection's dtype."""
+    x = layer(rows).unflatten(-1, (attention.num_heads, attention.head_dim)).transpose(0, 1).to(projection.dtype)
     data_normalizer = attention.head_dim**-0.25
-    offset = (key * key).sum(dim=-1, keepdim=True) * (0.5 * data_normalizer**2)
-    return torch.matmul(data_normalizer * key, projection.transpose(0, 1)), offset
+    offset = (x * x).sum(dim=-1, keepdim=True).mul_(0.5 * data_normalizer**2)
+    return torch.matmul(x, projection.transpose(0, 1) * data_normalizer), offset
 
 
 @torch.no_grad()
@@ -824,58 +823,55 @@ def _token_attention(
     attention: "ScBertSelfAttention", hidden: torch.Tensor, mask: torch.Tensor | None, chunk_size: int
 ) -> torch.Tensor:
     """Attention received by each token of one cell, ``hidden`` being the attention's input (tokens, hidden_size):
-    mean over the (unmasked) queries and over the heads, float32 (tokens,)."""
+    mean over the (unmasked) queries and over the heads, float32 (tokens,). Feature maps are built in place, chunk by
+    chunk, exactly as `softmax_kernel_features` builds them (tested against it)."""
     compute_dtype = torch.promote_types(hidden.dtype, torch.float32)
     projection = attention.random_features.to(compute_dtype)
     epsilon = attention.config.kernel_epsilon
     tokens = hidden.shape[0]
     chunks = [slice(start, start + chunk_size) for start in range(0, tokens, chunk_size)]
+    lowest = torch.finfo(compute_dtype).min
 
-    def key_exponent(chunk: slice):
-        projected, offset = _key_projected(attention, hidden[chunk], projection)
+    def keys(chunk: slice):
+        projected, offset = _projected(attention.key, hidden[chunk], attention, projection)
         if mask is not None:
             projected.masked_fill_(~mask[chunk][None, :, None], float("-inf"))  # masked keys: exp(-inf) = 0
         return projected, offset
 
     # Pass 1, keys: sum_l exp(. - M) with the sample's maximum M found on the way (running rescale, as online softmax).
-    lowest = torch.finfo(compute_dtype).min
     maximum = torch.full((), float("-inf"), dtype=compute_dtype, device=hidden.device)
     exp_sum = torch.zeros(attention.num_heads, projection.shape[0], dtype=compute_dtype, device=hidden.device)
     for chunk in chunks:
-        projected, offset = key_exponent(chunk)
+        projected, offset = keys(chunk)
         new_maximum = torch.maximum(maximum, projected.amax())
         exp_sum.mul_(torch.exp(maximum.clamp_min(lowest) - new_maximum.clamp_min(lowest)))
         maximum = new_maximum
-        exp_sum += torch.exp(projected - offset - maximum.clamp_min(lowest)).sum(dim=1)
+        exp_sum += projected.sub_(offset.add_(maximum.clamp_min(lowest))).exp_().sum(dim=1)
     num_keys = tokens if mask is None else int(mask.sum())
-    key_sum = exp_sum + epsilon * num_keys  # sum_l phi(k_l) / ratio, (heads, features)
+    key_sum = exp_sum.add_(epsilon * num_keys)  # sum_l phi(k_l) without the ratio m^-1/2, (heads, features)
 
-    # Pass 2, queries: u = (1/n) sum_i phi(q_i) / D_i over the queries that take part.
+    # Pass 2, queries: u = (1/n) sum_i phi(q_i) / D_i over the queries that take part. The per-token stabiliser is
+    # the query's maximum over its features; the ratio m^-1/2 cancels in phi(q_i) / D_i and is left out.
     weighted = torch.zeros_like(key_sum)
     for chunk in chunks:
-        query = attention.query(hidden[chunk]).unflatten(-1, (attention.num_heads, attention.head_dim))
-        query_features = softmax_kernel_features(
-            query.transpose(0, 1)[None].to(compute_dtype), projection, is_query=True, epsilon=epsilon
-        )[0]  # (heads, tokens, features); its ratio m^-1/2 cancels in the division below
-        normaliser = torch.matmul(query_features, key_sum.unsqueeze(-1))  # (heads, tokens, 1)
-        share = query_features / normaliser
-        if mask is not None:
-            share = share * mask[chunk][None, :, None].to(share.dtype)
-        weighted += share.sum(dim=1)
+        rows = hidden[chunk] if mask is None else hidden[chunk][mask[chunk]]
+        projected, offset = _projected(attention.query, rows, attention, projection)
+        offset.add_(projected.amax(dim=-1, keepdim=True))
+        features = projected.sub_(offset).exp_().add_(epsilon)
+        weighted += features.div_(torch.matmul(features, key_sum.unsqueeze(-1))).sum(dim=1)
     num_queries = tokens if mask is None else int(mask.sum())
     weighted /= max(num_queries, 1)
 
-    # Pass 3, keys again: phi(k_j) . u, averaged over the heads.
+    # Pass 3, keys again: phi(k_j) . u, averaged over the heads; masked keys get exactly 0.
     scores = torch.empty(tokens, dtype=torch.float32, device=hidden.device)
     for chunk in chunks:
-        projected, offset = key_exponent(chunk)
-        key_features = torch.exp(projected - offset - maximum.clamp_min(lowest))
-        if mask is not None:
-            key_features.add_(epsilon * mask[chunk][None, :, None].to(compute_dtype))
+        projected, offset = keys(chunk)
+        features = projected.sub_(offset.add_(maximum.clamp_min(lowest))).exp_()
+        if mask is None:
+            features.add_(epsilon)
         else:
-            key_features.add_(epsilon)
-        received = torch.matmul(key_features, weighted.unsqueeze(-1)).squeeze(-1)  # (heads, tokens)
-        scores[chunk] = received.mean(dim=0).float()
+            features.add_(mask[chunk][None, :, None].to(compute_dtype), alpha=epsilon)
+        scores[chunk] = torch.matmul(features, weighted.unsqueeze(-1)).squeeze(-1).mean(dim=0).float()
     return scores
 
 
