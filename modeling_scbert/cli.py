@@ -104,20 +104,23 @@ def _annotate(args: argparse.Namespace) -> int:
         unassigned_threshold=args.threshold,
         key_added=args.key_added,
         return_probabilities=args.probabilities,
+        majority_voting=args.majority_voting or args.over_clustering is not None,
+        over_clustering=args.over_clustering,
         **_inference_options(args),
     )
     key = args.key_added
     obsm = [f"{key}_probabilities"] if args.probabilities else []
+    voting = [column for column in (f"{key}_majority_voting", f"{key}_over_clustering") if column in adata.obs]
     write_h5ad_with_slots(
         args.input,
         output,
         adata,
-        obs_columns=[f"{key}_cell_type", f"{key}_confidence"],
+        obs_columns=[f"{key}_cell_type", f"{key}_confidence", *voting],
         obsm_keys=obsm,
         uns_keys=[key],
     )
     if args.csv:
-        columns = [f"{key}_cell_type", f"{key}_confidence"] + ([args.label_key] if args.label_key else [])
+        columns = [f"{key}_cell_type", f"{key}_confidence", *voting] + ([args.label_key] if args.label_key else [])
         table = adata.obs[columns].copy()
         if args.probabilities:
             import pandas as pd
@@ -285,6 +288,15 @@ def build_parser() -> argparse.ArgumentParser:
     annotate.add_argument("--probabilities", action="store_true", help="also write every class probability")
     annotate.add_argument("--label-key", help="an .obs column of known labels to copy into the CSV")
     annotate.add_argument("--key-added", default="scbert", help="prefix of the slots written (default: scbert)")
+    annotate.add_argument(
+        "--majority-voting",
+        action="store_true",
+        help="also write <key>_majority_voting: each over-cluster's most frequent label (as CellTypist)",
+    )
+    annotate.add_argument(
+        "--over-clustering",
+        help="an .obs column of clusters to vote in (implies --majority-voting; default: Leiden over-clusters)",
+    )
     annotate.set_defaults(handler=_annotate)
 
     embed = commands.add_parser(
