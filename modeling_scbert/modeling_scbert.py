@@ -798,8 +798,15 @@ class _LayerInputCaptured(Exception):
     forward pass is not needed."""
 
 
+def _bare_encoder(model: ScBertPreTrainedModel) -> "ScBertModel":
+    """The `ScBertModel` inside a model with a head, or inside a peft wrapper of one."""
+    if hasattr(model, "get_base_model"):  # peft's PeftModel
+        model = model.get_base_model()
+    return model.base_model
+
+
 def _attention_module(model: ScBertPreTrainedModel, layer: int) -> "ScBertSelfAttention":
-    encoder_layers = model.base_model.encoder.layers
+    encoder_layers = _bare_encoder(model).encoder.layers
     index = layer + len(encoder_layers) if layer < 0 else layer
     if not 0 <= index < len(encoder_layers):
         raise ValueError(
@@ -909,7 +916,7 @@ def gene_attention(
         ValueError: If ``layer`` does not exist or the inputs have the wrong shape.
     """
     attention = _attention_module(model, layer)
-    base = model.base_model
+    base = _bare_encoder(model)
     _validate_inputs(base.config, input_ids, gene_ids)
     if attention_mask is not None and attention_mask.shape != input_ids.shape:
         raise ValueError(

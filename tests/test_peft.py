@@ -4,7 +4,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import Trainer
 
-from modeling_scbert import ScBertConfig, ScBertForSequenceClassification, ScBertTokenizer
+from modeling_scbert import ScBertConfig, ScBertForSequenceClassification, ScBertTokenizer, gene_attention
 from tests.test_training_workflows import CELL_TYPES, TINY, args, make_cells
 from tokenization.data import DataCollatorForCellClassification, to_dataset
 
@@ -61,6 +61,7 @@ def test_lora_round_trip_gives_the_same_logits_before_and_after_merging(tmp_path
     with torch.no_grad():
         reloaded = loaded(input_ids=ids).logits
     torch.testing.assert_close(reloaded, trained, atol=1e-5, rtol=1e-5)
+    adapted = gene_attention(loaded, ids)  # before merging: through the LoRA-wrapped query and key
 
     merged = loaded.merge_and_unload()
     assert type(merged) is ScBertForSequenceClassification
@@ -68,6 +69,10 @@ def test_lora_round_trip_gives_the_same_logits_before_and_after_merging(tmp_path
     with torch.no_grad():
         merged_logits = merged.eval()(ids).logits
     torch.testing.assert_close(merged_logits, trained, atol=1e-5, rtol=1e-5)
+    # Gene attention reads the adapted projections: wrapped and merged models agree, and differ from the base.
+    torch.testing.assert_close(adapted, gene_attention(merged, ids), atol=1e-6, rtol=1e-5)
+    base_again = ScBertForSequenceClassification.from_pretrained(tmp_path / "base")
+    assert not torch.allclose(adapted, gene_attention(base_again, ids), atol=1e-6)
 
     merged.save_pretrained(tmp_path / "merged")
     again = ScBertForSequenceClassification.from_pretrained(tmp_path / "merged").eval()
