@@ -135,3 +135,33 @@ def test_cli_writes_varm_and_the_top_genes_csv_and_keeps_the_input(model_dir, tm
     assert cli_main([*argv[:-1], str(tmp_path / "new.h5ad"), "--groupby", "nope"]) == 2
     assert "is not a column of .obs" in capsys.readouterr().err
     assert not (tmp_path / "new.h5ad").exists()
+
+
+def test_attention_markers_script_counts_markers_among_the_top_genes(model_dir, tmp_path):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "attention_markers.py"
+    spec = importlib.util.spec_from_file_location("attention_markers", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.markers_for("CD14+ Monocytes")[:2] == ["LYZ", "CD14"]
+    assert module.markers_for("FCGR3A+ Monocytes")[0] == "FCGR3A" and module.markers_for("B cells")[0] == "MS4A1"
+    assert module.markers_for("CD8 T cells")[0] == "CD8A" and module.markers_for("NK cells")[0] == "GNLY"
+
+    source = tmp_path / "cells.h5ad"
+    make_adata(seed=2).write_h5ad(source)
+    markers = tmp_path / "markers.json"
+    markers.write_text(json.dumps({"B": ["GENE0", "GENE1", "GENE2"], "T": ["GENE3", "NOT_IN_PANEL"], "NK": []}))
+    out = tmp_path / "out"
+    argv = ["--model", str(model_dir), "--input", str(source), "--label-key", "truth", "--top", "3"]
+    result = module.main([*argv, "--markers", str(markers), "--output-dir", str(out)])
+    top = pd.read_csv(out / "top_genes.csv")
+    expected = json.loads(markers.read_text())
+    for _, row in result.iterrows():
+        in_panel = [m for m in expected[row["cell_type"]] if m in GENES]
+        hits = [m for m in in_panel if m in set(top.loc[top["cell_type"] == row["cell_type"], "gene"])]
+        assert row["attention_hits"].split(" ")[0] == f"{len(hits)}/{len(in_panel)}"
+        assert row["chance_hits"] == round(3 * len(in_panel) / len(GENES), 2)
+    assert (out / "marker_hits.md").read_text().strip()
