@@ -147,21 +147,24 @@ def _annotate(args: argparse.Namespace) -> int:
         unassigned_threshold=args.threshold,
         key_added=args.key_added,
         return_probabilities=args.probabilities,
+        majority_voting=args.majority_voting or args.over_clustering is not None,
+        over_clustering=args.over_clustering,
         **_inference_options(args),
     )
     key = args.key_added
     obsm = [f"{key}_probabilities"] if args.probabilities else []
+    voting = [column for column in (f"{key}_majority_voting", f"{key}_over_clustering") if column in adata.obs]
     write_h5ad_with_slots(
         args.input,
         output,
         adata,
-        obs_columns=[f"{key}_cell_type", f"{key}_confidence", f"{key}_unassigned_reason"],
+        obs_columns=[f"{key}_cell_type", f"{key}_confidence", f"{key}_unassigned_reason", *voting],
         obsm_keys=obsm,
         uns_keys=[key],
         layout=layout,
     )
     if args.csv:
-        columns = [f"{key}_cell_type", f"{key}_confidence", f"{key}_unassigned_reason"]
+        columns = [f"{key}_cell_type", f"{key}_confidence", f"{key}_unassigned_reason", *voting]
         columns += [args.label_key] if args.label_key else []
         table = adata.obs[columns].copy()
         if args.probabilities:
@@ -197,6 +200,46 @@ def _embed(args: argparse.Namespace) -> int:
         args.input, output, adata, obsm_keys=[f"X_{key}"], uns_keys=[f"{key}_embedding"], layout=layout
     )
     print(f"embedded {adata.n_obs:,} cells into .obsm['X_{key}'] {adata.obsm[f'X_{key}'].shape}")
+    print(f"written: {args.output}")
+    return 0
+
+
+def _attention(args: argparse.Namespace) -> int:
+    from .annotate import (
+        check_output_path,
+        load_annotator,
+        plan_h5ad_output,
+        read_h5ad,
+        write_h5ad_with_slots,
+        write_text_atomically,
+    )
+    from .attention import _saved_class, gene_attention_scores, top_attention_genes
+
+    output = check_output_path(args.output, overwrite=args.overwrite, inputs=(args.input,))
+    if args.csv:
+        check_output_path(args.csv, overwrite=args.overwrite, inputs=(args.input, args.output))
+    if args.top < 1:
+        raise ValueError(f"--top must be at least 1; got {args.top}.")
+    layout = plan_h5ad_output(args.input)
+    model, tokenizer = load_annotator(args.model, model_class=_saved_class(args.model))
+    adata = read_h5ad(args.input, backed="r")
+    gene_attention_scores(
+        adata,
+        model,
+        tokenizer=tokenizer,
+        groupby=args.groupby,
+        attention_layer=args.attention_layer,
+        key_added=args.key_added,
+        **_inference_options(args),
+    )
+    key = args.key_added
+    write_h5ad_with_slots(args.input, output, adata, varm_keys=[key], uns_keys=[key], layout=layout)
+    table = top_attention_genes(adata, key=key, n_genes=args.top, gene_key=args.gene_key)
+    if args.csv:
+        write_text_atomically(args.csv, lambda path: table.to_csv(path, index=False))
+        print(f"written: {args.csv}")
+    for cell_type, rows in table.groupby("cell_type", sort=False):
+        print(f"{cell_type} ({rows['n_cells'].iloc[0]:,} cells): " + ", ".join(rows["gene"].head(10)))
     print(f"written: {args.output}")
     return 0
 
@@ -307,6 +350,15 @@ def build_parser() -> argparse.ArgumentParser:
     annotate.add_argument(
         *_spellings("--key-added"), default="scbert", help="prefix of the slots written (default: scbert)"
     )
+    annotate.add_argument(
+        *_spellings("--majority-voting"),
+        action="store_true",
+        help="also write <key>_majority_voting: each over-cluster's most frequent label (as CellTypist)",
+    )
+    annotate.add_argument(
+        *_spellings("--over-clustering"),
+        help="an .obs column of clusters to vote in (implies --majority-voting; default: Leiden over-clusters)",
+    )
     annotate.set_defaults(handler=_annotate)
 
     embed = commands.add_parser(
@@ -318,6 +370,32 @@ def build_parser() -> argparse.ArgumentParser:
     _add_inference_options(embed)
     embed.add_argument(*_spellings("--key-added"), default="scbert", help="writes .obsm['X_<key>'] (default: scbert)")
     embed.set_defaults(handler=_embed)
+
+    attention = commands.add_parser(
+        "attention",
+        help="which genes the model attends to, per cell type: .varm['scbert_attention'] and a top-genes CSV",
+        description="Compute the attention every gene receives in a layer (FAVOR+ column means, linear time) for "
+        "every cell of --input, average it per cell type (predicted, or --groupby), and write --output with "
+        ".varm['scbert_attention'] (genes x types) and .uns['scbert_attention'] added.",
+    )
+    _add_inference_options(attention)
+    attention.add_argument(
+        *_spellings("--groupby"), help="an .obs column of cell types (default: the model's predicted type)"
+    )
+    attention.add_argument(
+        *_spellings("--attention-layer"),
+        type=int,
+        default=-1,
+        help="which layer's attention, 0-based (default: -1, the last)",
+    )
+    attention.add_argument(*_spellings("--csv"), help="also write the top genes per type as CSV")
+    attention.add_argument(
+        *_spellings("--top"), type=int, default=20, help="genes per type in the table (default: 20)"
+    )
+    attention.add_argument(
+        *_spellings("--key-added"), default="scbert_attention", help="the .varm / .uns key (default: scbert_attention)"
+    )
+    attention.set_defaults(handler=_attention)
     return parser
 
 
@@ -333,7 +411,7 @@ def command_parser(command: str) -> argparse.ArgumentParser:
     return subparsers.choices[command]
 
 
-COMMANDS = ("convert", "push", *TRAINING_COMMANDS, "annotate", "embed")
+COMMANDS = ("convert", "push", *TRAINING_COMMANDS, "annotate", "embed", "attention")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -997,6 +997,10 @@ def push_trainer_to_hub(
             f"processing_class= (got {type(tokenizer).__name__})."
         )
     tokenizer.save_pretrained(output_dir)
+    if "ScBertForSequenceClassification" in type(getattr(trainer.model, "module", trainer.model)).__name__:
+        from tokenization.pipeline_scbert import save_pipeline_code
+
+        save_pipeline_code(output_dir)  # pipeline("cell-type-annotation", ...) as remote code
     trainer.state.save_to_json(str(output_dir / "trainer_state.json"))
     if metrics:
         (output_dir / "eval_results.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")

@@ -7,6 +7,7 @@ This file is a Hub file: it imports only torch, transformers and ``configuration
 model folder can be loaded with ``trust_remote_code=True`` where this package is not installed.
 """
 
+import contextlib
 import math
 
 import torch
@@ -777,12 +778,191 @@ class ScBertForSequenceClassification(ScBertPreTrainedModel):
         return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
 
 
+# ---------------------------------------------------------------------------------------------------------------------
+# Gene attention: how much attention each token receives in a layer, read off FAVOR+ in linear time.
+#
+# With A_ij = phi(q_i) . phi(k_j) / D_i and D_i = phi(q_i) . sum_l phi(k_l) (the rows of the attention matrix sum to
+# one), the attention token j receives, averaged over the queries i, is
+#     (1/n) sum_i A_ij = phi(k_j) . u,   u = (1/n) sum_i phi(q_i) / D_i,
+# so one pass over the keys (sum_l phi(k_l)), one over the queries (u) and one more over the keys give every token's
+# score in O(n m) per head; the n x n matrix is never formed. The features are the layer's own: its query and key
+# projections, its random features, its epsilon and the same stabilisers as `softmax_kernel_features` (per token for
+# queries, per sample for keys; a stabiliser does not cancel, because epsilon is added after the exponential). The
+# ratio m^-1/2 appears in both numerator and D_i and is left out. Masked tokens receive nothing and, as queries, are
+# left out of the mean.
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class _LayerInputCaptured(Exception):
+    """Raised by :func:`gene_attention`'s hook once the chosen layer's attention input is seen: the rest of the
+    forward pass is not needed."""
+
+
+def _bare_encoder(model: ScBertPreTrainedModel) -> "ScBertModel":
+    """The `ScBertModel` inside a model with a head, or inside a peft wrapper of one."""
+    if hasattr(model, "get_base_model"):  # peft's PeftModel
+        model = model.get_base_model()
+    return model.base_model
+
+
+def _attention_module(model: ScBertPreTrainedModel, layer: int) -> "ScBertSelfAttention":
+    encoder_layers = _bare_encoder(model).encoder.layers
+    index = layer + len(encoder_layers) if layer < 0 else layer
+    if not 0 <= index < len(encoder_layers):
+        raise ValueError(
+            f"layer={layer} does not exist: the model has {len(encoder_layers)} layers (0 to "
+            f"{len(encoder_layers) - 1}, or -1 for the last)."
+        )
+    return encoder_layers[index].attention
+
+
+def _projected(layer: nn.Linear, rows: torch.Tensor, attention: "ScBertSelfAttention", projection: torch.Tensor):
+    """Queries or keys of a chunk of tokens -> ``d^-1/4 x . w`` (heads, tokens, features) and the per-token offset
+    ``|x|^2 d^-1/2 / 2`` (heads, tokens, 1), in the projection's dtype."""
+    x = layer(rows).unflatten(-1, (attention.num_heads, attention.head_dim)).transpose(0, 1).to(projection.dtype)
+    data_normalizer = attention.head_dim**-0.25
+    offset = (x * x).sum(dim=-1, keepdim=True).mul_(0.5 * data_normalizer**2)
+    return torch.matmul(x, projection.transpose(0, 1) * data_normalizer), offset
+
+
+@torch.no_grad()
+def _token_attention(
+    attention: "ScBertSelfAttention", hidden: torch.Tensor, mask: torch.Tensor | None, chunk_size: int
+) -> torch.Tensor:
+    """Attention received by each token of one cell, ``hidden`` being the attention's input (tokens, hidden_size):
+    mean over the (unmasked) queries and over the heads, float32 (tokens,). Feature maps are built in place, chunk by
+    chunk, exactly as `softmax_kernel_features` builds them (tested against it)."""
+    compute_dtype = torch.promote_types(hidden.dtype, torch.float32)
+    projection = attention.random_features.to(compute_dtype)
+    epsilon = attention.config.kernel_epsilon
+    tokens = hidden.shape[0]
+    chunks = [slice(start, start + chunk_size) for start in range(0, tokens, chunk_size)]
+    lowest = torch.finfo(compute_dtype).min
+
+    def keys(chunk: slice):
+        projected, offset = _projected(attention.key, hidden[chunk], attention, projection)
+        if mask is not None:
+            projected.masked_fill_(~mask[chunk][None, :, None], float("-inf"))  # masked keys: exp(-inf) = 0
+        return projected, offset
+
+    # Pass 1, keys: sum_l exp(. - M) with the sample's maximum M found on the way (running rescale, as online softmax).
+    maximum = torch.full((), float("-inf"), dtype=compute_dtype, device=hidden.device)
+    exp_sum = torch.zeros(attention.num_heads, projection.shape[0], dtype=compute_dtype, device=hidden.device)
+    for chunk in chunks:
+        projected, offset = keys(chunk)
+        new_maximum = torch.maximum(maximum, projected.amax())
+        exp_sum.mul_(torch.exp(maximum.clamp_min(lowest) - new_maximum.clamp_min(lowest)))
+        maximum = new_maximum
+        exp_sum += projected.sub_(offset.add_(maximum.clamp_min(lowest))).exp_().sum(dim=1)
+    num_keys = tokens if mask is None else int(mask.sum())
+    key_sum = exp_sum.add_(epsilon * num_keys)  # sum_l phi(k_l) without the ratio m^-1/2, (heads, features)
+
+    # Pass 2, queries: u = (1/n) sum_i phi(q_i) / D_i over the queries that take part. The per-token stabiliser is
+    # the query's maximum over its features; the ratio m^-1/2 cancels in phi(q_i) / D_i and is left out.
+    weighted = torch.zeros_like(key_sum)
+    for chunk in chunks:
+        rows = hidden[chunk] if mask is None else hidden[chunk][mask[chunk]]
+        projected, offset = _projected(attention.query, rows, attention, projection)
+        offset.add_(projected.amax(dim=-1, keepdim=True))
+        features = projected.sub_(offset).exp_().add_(epsilon)
+        weighted += features.div_(torch.matmul(features, key_sum.unsqueeze(-1))).sum(dim=1)
+    num_queries = tokens if mask is None else int(mask.sum())
+    weighted /= max(num_queries, 1)
+
+    # Pass 3, keys again: phi(k_j) . u, averaged over the heads; masked keys get exactly 0.
+    scores = torch.empty(tokens, dtype=torch.float32, device=hidden.device)
+    for chunk in chunks:
+        projected, offset = keys(chunk)
+        features = projected.sub_(offset.add_(maximum.clamp_min(lowest))).exp_()
+        if mask is None:
+            features.add_(epsilon)
+        else:
+            features.add_(mask[chunk][None, :, None].to(compute_dtype), alpha=epsilon)
+        scores[chunk] = torch.matmul(features, weighted.unsqueeze(-1)).squeeze(-1).mean(dim=0).float()
+    return scores
+
+
+@torch.no_grad()
+def gene_attention(
+    model: ScBertPreTrainedModel,
+    input_ids: torch.Tensor,
+    *,
+    layer: int = -1,
+    attention_mask: torch.Tensor | None = None,
+    gene_ids: torch.Tensor | None = None,
+    chunk_size: int | None = None,
+) -> torch.Tensor:
+    """The attention each token receives in one layer, averaged over the queries and over the heads.
+
+    This is the column mean of the layer's FAVOR+ attention matrix (rows normalised to one), computed from the
+    model's own projections, random features and stabilisers in ``O(tokens x num_random_features)`` per head and
+    cell, chunk by chunk, so a full-length cell (16,907 tokens) never needs its ``tokens x tokens`` matrix. The model
+    runs in evaluation mode (no dropout) up to the chosen layer only; its training mode is restored afterwards.
+
+    Args:
+        model: Any scBERT model (`ScBertModel` or a model with a head).
+        input_ids: Expression tokens, ``(batch, tokens)``.
+        layer: Which layer's attention (0-based; negative counts from the end, ``-1`` is the last).
+        attention_mask: ``(batch, tokens)``, 1 for positions that take part. Masked positions receive 0 and are left
+            out of the mean over queries.
+        gene_ids: As for the model's ``forward``.
+        chunk_size: Tokens per chunk; changes memory and speed, not the result. The layer's
+            ``config.attention_chunk_size`` (or 512) by default.
+
+    Returns:
+        float32 tensor ``(batch, tokens)``; each cell's row sums to 1 (over its unmasked tokens).
+
+    Raises:
+        ValueError: If ``layer`` does not exist or the inputs have the wrong shape.
+    """
+    attention = _attention_module(model, layer)
+    base = _bare_encoder(model)
+    _validate_inputs(base.config, input_ids, gene_ids)
+    if attention_mask is not None and attention_mask.shape != input_ids.shape:
+        raise ValueError(
+            f"`attention_mask` shape {tuple(attention_mask.shape)} must equal `input_ids` shape "
+            f"{tuple(input_ids.shape)}."
+        )
+    chunk_size = chunk_size or base.config.attention_chunk_size or DEFAULT_CHUNK_SIZE
+    captured: list[tuple[torch.Tensor, torch.Tensor | None]] = []
+
+    def capture(module, args, kwargs):
+        hidden = args[0]
+        mask = args[1] if len(args) > 1 else kwargs.get("attention_mask")
+        captured.append((hidden, mask))
+        raise _LayerInputCaptured
+
+    was_training = model.training
+    model.eval()
+    handle = attention.register_forward_pre_hook(capture, with_kwargs=True)
+    scores = torch.empty(input_ids.shape, dtype=torch.float32, device=input_ids.device)
+    try:
+        # One cell at a time: the hook stops the forward pass at the chosen layer.
+        for cell in range(input_ids.shape[0]):
+            rows = slice(cell, cell + 1)
+            with contextlib.suppress(_LayerInputCaptured):
+                base(
+                    input_ids[rows],
+                    attention_mask=None if attention_mask is None else attention_mask[rows],
+                    gene_ids=None if gene_ids is None else gene_ids[rows],
+                )
+            hidden, mask = captured.pop()
+            mask = None if mask is None else mask[0].to(torch.bool)
+            with torch.autocast(device_type=hidden.device.type, enabled=False):
+                scores[cell] = _token_attention(attention, hidden[0], mask, chunk_size)
+    finally:
+        handle.remove()
+        model.train(was_training)
+    return scores
+
+
 __all__ = [
     "ScBertForMaskedLM",
     "ScBertForSequenceClassification",
     "ScBertModel",
     "ScBertPreTrainedModel",
     "draw_orthogonal_random_features",
+    "gene_attention",
     "linear_attention",
     "pool_cell_embeddings",
     "softmax_kernel_features",

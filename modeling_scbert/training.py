@@ -46,6 +46,7 @@ from tokenization.data import (
     stratified_split,
     to_dataset,
 )
+from tokenization.pipeline_scbert import save_pipeline_code
 
 from .configuration_scbert import ScBertConfig
 from .hub import ScBertModelCardCallback, push_trainer_to_hub
@@ -394,6 +395,8 @@ def _finish(trainer: Trainer, tokenizer: ScBertTokenizer) -> None:
     trainer.save_state()
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(trainer.args.output_dir)
+        if isinstance(getattr(trainer.model, "module", trainer.model), ScBertForSequenceClassification):
+            save_pipeline_code(trainer.args.output_dir)  # pipeline("cell-type-annotation", ...) as remote code
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -1,0 +1,140 @@
+"""The `cell-type-annotation` pipeline: in this process, and as remote code where the package is not installed."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from transformers import pipeline
+
+from modeling_scbert.annotate import UNASSIGNED, annotate
+from tests.test_annotate import CLASSES, make_adata, save_annotator
+from tokenization.pipeline_scbert import TASK, ScBertCellTypeAnnotationPipeline, save_pipeline_code
+
+PIPELINE_FILES = {"pipeline_scbert.py", "tokenization_scbert.py", "genes.py", "preprocessing.py"}
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    folder = save_annotator(tmp_path_factory.mktemp("annotator"))
+    save_pipeline_code(folder)
+    return folder
+
+
+def annotated(adata, model_dir, **kwargs):
+    annotate(adata, str(model_dir), return_probabilities=True, progress=False, **kwargs)
+    return list(adata.obs["scbert_cell_type"].astype(str)), adata.obs["scbert_confidence"].to_numpy()
+
+
+def test_save_pipeline_code_records_the_task_and_copies_the_tokenizer_modules(model_dir):
+    assert set(os.listdir(model_dir)) >= PIPELINE_FILES
+    config = json.loads((model_dir / "config.json").read_text())
+    assert config["custom_pipelines"][TASK] == {
+        "impl": "pipeline_scbert.ScBertCellTypeAnnotationPipeline",
+        "pt": ["AutoModelForSequenceClassification"],
+    }
+    assert config["auto_map"]["AutoModelForSequenceClassification"].startswith("modeling_scbert.")
+
+
+def test_pipeline_labels_equal_annotate(model_dir):
+    adata = make_adata(40)
+    labels, confidence = annotated(adata.copy(), model_dir)
+    # A folder that carries the pipeline's code asks for trust_remote_code=True; with the package installed, naming the
+    # class runs the installed code instead.
+    with pytest.raises(ValueError, match="trust_remote_code=True"):
+        pipeline(TASK, model=str(model_dir))
+    annotator = pipeline(TASK, model=str(model_dir), pipeline_class=ScBertCellTypeAnnotationPipeline, batch_size=7)
+    assert type(annotator) is ScBertCellTypeAnnotationPipeline
+    results = annotator(adata)
+    assert len(results) == adata.n_obs
+    assert [r["label"] for r in results] == labels
+    np.testing.assert_allclose([r["score"] for r in results], confidence, rtol=1e-6)
+    assert all(isinstance(r["score"], float) for r in results)
+
+    threshold = float(np.median(confidence))
+    labels_t, _ = annotated(adata.copy(), model_dir, unassigned_threshold=threshold)
+    assert UNASSIGNED in labels_t and set(labels_t) - {UNASSIGNED}
+    assert [r["label"] for r in annotator(adata, unassigned_threshold=threshold)] == labels_t
+
+
+def test_top_k_lists_the_most_likely_classes_in_order(model_dir):
+    adata = make_adata(10)
+    annotate(adata, str(model_dir), return_probabilities=True, progress=False)
+    probabilities = adata.obsm["scbert_probabilities"]
+    annotator = pipeline(TASK, model=str(model_dir), pipeline_class=ScBertCellTypeAnnotationPipeline)
+    ranked = annotator(adata, top_k=2)
+    everything = annotator(adata, top_k=None)
+    for cell, (two, every) in enumerate(zip(ranked, everything)):
+        order = np.argsort(-probabilities[cell], kind="stable")
+        assert [r["label"] for r in two] == [CLASSES[i] for i in order[:2]]
+        assert [r["label"] for r in every] == [CLASSES[i] for i in order]
+        np.testing.assert_allclose([r["score"] for r in every], probabilities[cell][order], rtol=1e-6)
+    with pytest.raises(ValueError, match="top_k must be a positive integer"):
+        annotator(adata, top_k=0)
+    with pytest.raises(ValueError, match=r"unassigned_threshold must lie in \[0, 1\]"):
+        annotator(adata, unassigned_threshold=2)
+    with pytest.raises(TypeError, match="takes an AnnData or the path"):
+        annotator(np.zeros((2, 12)))
+    with pytest.raises(TypeError, match="Unknown option"):
+        annotator(adata, threshold=0.5)
+
+
+REMOTE = r"""
+import importlib.abc, json, sys
+
+class Block(importlib.abc.MetaPathFinder):
+    '''This project's packages are not importable here, as where only torch, transformers and anndata are installed.'''
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("modeling_scbert", "tokenization", "tests"):
+            raise ImportError(f"blocked: {name}")
+
+sys.meta_path.insert(0, Block())
+from transformers import pipeline
+results = {}
+for folder in sys.argv[2:]:
+    annotator = pipeline("cell-type-annotation", model=folder, trust_remote_code=True)
+    assert type(annotator).__module__.startswith("transformers_modules"), type(annotator).__module__
+    assert type(annotator.model).__module__.startswith("transformers_modules"), type(annotator.model).__module__
+    results[folder] = annotator(sys.argv[1], unassigned_threshold=0.4)
+try:
+    import tokenization
+except ImportError:
+    pass
+else:
+    raise SystemExit("tokenization is importable")
+print(json.dumps(results))
+"""
+
+
+def test_pipeline_runs_as_remote_code_without_the_package(model_dir, tmp_path):
+    adata = make_adata(25, seed=3)
+    path = tmp_path / "cells.h5ad"
+    adata.write_h5ad(path)
+    labels, confidence = annotated(adata, model_dir, unassigned_threshold=0.4)
+    # The other way to save it: Pipeline.save_pretrained, from a folder that has no pipeline code yet.
+    plain = save_annotator(tmp_path / "plain")
+    assert not (plain / "pipeline_scbert.py").exists()
+    pipeline(TASK, model=str(plain)).save_pretrained(tmp_path / "resaved")
+    assert set(os.listdir(tmp_path / "resaved")) >= PIPELINE_FILES
+    assert (tmp_path / "resaved" / "genes.txt").exists()
+
+    script = tmp_path / "remote.py"
+    script.write_text(textwrap.dedent(REMOTE))
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"), PYTHONPATH="")
+    folders = [str(model_dir), str(tmp_path / "resaved")]
+    result = subprocess.run(
+        [sys.executable, str(script), str(path), *folders],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    outputs = json.loads(result.stdout.strip().splitlines()[-1])
+    for folder in folders:
+        assert [r["label"] for r in outputs[folder]] == labels
+        np.testing.assert_allclose([r["score"] for r in outputs[folder]], confidence, rtol=1e-6)

@@ -1,0 +1,221 @@
+"""The ``cell-type-annotation`` pipeline: an AnnData (or an ``.h5ad`` path) in, one ``{"label", "score"}`` per cell out.
+
+It is a standard ``transformers`` custom pipeline. Saved with a fine-tuned model (``pipe.save_pretrained(folder)``, or
+:func:`save_pipeline_code` for a folder that already holds the model and its tokenizer), it travels as remote code::
+
+    from transformers import pipeline
+
+    annotator = pipeline("cell-type-annotation", model="FOLDER_OR_REPO", trust_remote_code=True)
+    annotator(adata)  # [{"label": "B cell", "score": 0.97}, ...], one per cell, in order
+
+and works where this package is not installed (torch, transformers and anndata are enough). The file lives in
+``tokenization`` and imports the tokenizer relatively because remote code can import only the files saved beside it:
+this way the files that are saved are the package's own, and the tokenizer's logic exists once. It never imports
+``modeling_scbert``: the model it runs is the one the pipeline factory loads (``AutoModelForSequenceClassification``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import Pipeline
+
+from .tokenization_scbert import ScBertTokenizer, _atomic_write_text
+
+TASK = "cell-type-annotation"
+UNASSIGNED = "Unassigned"
+DEFAULT_BATCH_SIZE = 32
+# Cells read and encoded at a time: memory stays bounded for backed files larger than memory.
+ENCODING_CHUNK_SIZE = 2048
+
+
+class ScBertCellTypeAnnotationPipeline(Pipeline):
+    """Annotate every cell of an AnnData with a fine-tuned scBERT classifier.
+
+    The cells are read with the model's own :class:`ScBertTokenizer` (saved with the model), so the preprocessing is
+    exactly that of ``modeling_scbert.annotate.annotate``, and so are the labels: the most likely class, with
+    ``"Unassigned"`` where its probability is below ``unassigned_threshold``.
+
+    Call options (also accepted by the ``pipeline(...)`` factory):
+
+    - ``top_k`` (default 1): with 1, one ``{"label", "score"}`` dict per cell; with ``k > 1`` (or ``None`` for all
+      classes) a list of the ``k`` most likely classes per cell, most likely first.
+    - ``unassigned_threshold`` (default ``None``): the top label becomes ``"Unassigned"`` when its probability (the
+      ``score``, which is kept) is below this.
+    - ``batch_size`` (default 32): cells per forward pass.
+    - ``layer``, ``gene_key``, ``input_kind``: how to read the cells, as for :meth:`ScBertTokenizer.__call__`.
+    """
+
+    _load_tokenizer = False  # the scBERT tokenizer is not a transformers tokenizer; __init__ loads it
+    _load_processor = False
+    _load_image_processor = False
+    _load_video_processor = False
+    _load_feature_extractor = False
+
+    def __init__(self, model: Any, tokenizer: ScBertTokenizer | None = None, **kwargs: Any) -> None:
+        if tokenizer is None:
+            # The model's own panel and binning contract, from the same folder or repository (and commit).
+            tokenizer = ScBertTokenizer.from_pretrained(
+                model.name_or_path, revision=getattr(model.config, "_commit_hash", None)
+            )
+        super().__init__(model, tokenizer=tokenizer, **kwargs)
+        if model.config.num_genes != tokenizer.num_genes:
+            raise ValueError(
+                f"The model's panel has {model.config.num_genes:,} genes but the tokenizer's has "
+                f"{tokenizer.num_genes:,}; use the tokenizer saved with the model."
+            )
+        self.class_names = [str(model.config.id2label[i]) for i in range(model.config.num_labels)]
+
+    def _sanitize_parameters(
+        self,
+        top_k: int | None | str = "unset",
+        unassigned_threshold: float | None = None,
+        layer: str | None = None,
+        gene_key: str | None = None,
+        input_kind: str | None = None,
+        **unknown: Any,
+    ) -> tuple[dict, dict, dict]:
+        if unknown:
+            raise TypeError(
+                f"Unknown option(s) {sorted(unknown)} for the {TASK} pipeline; the options are top_k, "
+                "unassigned_threshold, batch_size, layer, gene_key and input_kind."
+            )
+        preprocess = {
+            key: value
+            for key, value in {"layer": layer, "gene_key": gene_key, "input_kind": input_kind}.items()
+            if value is not None
+        }
+        postprocess: dict[str, Any] = {}
+        if top_k != "unset":
+            if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
+                raise ValueError(f"top_k must be a positive integer or None (all classes); got {top_k!r}.")
+            postprocess["top_k"] = top_k
+        if unassigned_threshold is not None:
+            if not 0 <= unassigned_threshold <= 1:
+                raise ValueError(
+                    f"unassigned_threshold must lie in [0, 1] (a probability); got {unassigned_threshold}."
+                )
+            if UNASSIGNED in self.model.config.id2label.values():
+                raise ValueError(f"The model has a class named {UNASSIGNED!r}, which the threshold would shadow.")
+            postprocess["unassigned_threshold"] = unassigned_threshold
+        return preprocess, {}, postprocess
+
+    def __call__(self, inputs: Any, **kwargs: Any) -> list:
+        """Annotate the cells of ``inputs`` (an AnnData or an ``.h5ad`` path; a list of them gives a list of
+        results). Returns one result per cell, in order (see the class docstring)."""
+        if isinstance(inputs, (list, tuple)):
+            return [self(item, **kwargs) for item in inputs]
+        batch_size = kwargs.pop("batch_size", None) or self._batch_size or DEFAULT_BATCH_SIZE
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1; got {batch_size}.")
+        preprocess, forward, postprocess = self._sanitize_parameters(**kwargs)
+        preprocess = {**self._preprocess_params, **preprocess}
+        postprocess = {**self._postprocess_params, **postprocess}
+        # Stream: encode a chunk of cells, run it in batches, keep only the probabilities.
+        probabilities = [
+            self.forward(model_inputs, **forward)["probabilities"]
+            for model_inputs in self.preprocess(inputs, batch_size=batch_size, **preprocess)
+        ]
+        stacked = (
+            torch.cat(probabilities).numpy() if probabilities else np.zeros((0, len(self.class_names)), np.float32)
+        )
+        return self.postprocess({"probabilities": stacked}, **postprocess)
+
+    def preprocess(
+        self,
+        inputs: Any,
+        *,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        layer: str | None = None,
+        gene_key: str | None = None,
+        input_kind: str = "auto",
+    ) -> Iterator[dict[str, torch.Tensor]]:
+        adata = _read(inputs)
+        chunks = self.tokenizer.iter_encoded(
+            adata,
+            layer=layer,
+            gene_key=gene_key,
+            input_kind=input_kind,
+            batch_size=ENCODING_CHUNK_SIZE,
+            progress=False,
+        )
+        for _, _, tokens in chunks:
+            for start in range(0, tokens.shape[0], batch_size):
+                rows = tokens[start : start + batch_size]
+                yield {"input_ids": torch.from_numpy(self.tokenizer.input_ids_from_tokens(rows))}
+
+    def _forward(self, model_inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        logits = self.model(**model_inputs).logits
+        return {"probabilities": torch.softmax(logits.float(), dim=-1)}
+
+    def postprocess(
+        self, model_outputs: dict[str, np.ndarray], top_k: int | None = 1, unassigned_threshold: float | None = None
+    ) -> list:
+        probabilities = model_outputs["probabilities"]
+        k = len(self.class_names) if top_k is None else min(top_k, len(self.class_names))
+        order = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
+        results = []
+        for cell, classes in zip(probabilities, order):
+            ranked = [{"label": self.class_names[c], "score": float(cell[c])} for c in classes]
+            if unassigned_threshold is not None and ranked[0]["score"] < unassigned_threshold:
+                ranked[0]["label"] = UNASSIGNED
+            results.append(ranked[0] if top_k == 1 else ranked)
+        return results
+
+
+def _read(inputs: Any) -> Any:
+    import anndata
+
+    if isinstance(inputs, anndata.AnnData):
+        return inputs
+    if isinstance(inputs, (str, os.PathLike)):
+        path = Path(inputs)
+        if not path.is_file():
+            raise FileNotFoundError(f"The input {str(path)!r} does not exist or is not a file.")
+        return anndata.read_h5ad(path, backed="r")  # read chunk by chunk; the file is never modified
+    raise TypeError(f"The {TASK} pipeline takes an AnnData or the path of an .h5ad file; got {type(inputs).__name__}.")
+
+
+def save_pipeline_code(save_directory: str | os.PathLike) -> list[str]:
+    """Add the pipeline to a folder that holds a fine-tuned model and its tokenizer.
+
+    Copies this file and the tokenizer's modules (which it imports relatively) into the folder and records the task in
+    its ``config.json`` under ``custom_pipelines``, as ``Pipeline.save_pretrained`` does, so that
+    ``pipeline("cell-type-annotation", model=folder, trust_remote_code=True)`` finds it. Files are written atomically.
+
+    Returns
+    -------
+    The files written.
+
+    Raises
+    ------
+    FileNotFoundError
+        When the folder has no ``config.json``.
+    """
+    from transformers.dynamic_module_utils import get_relative_import_files
+
+    directory = Path(save_directory)
+    config_path = directory / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{str(directory)!r} has no config.json; save the model there first.")
+    written = []
+    for source in [__file__, *get_relative_import_files(__file__)]:
+        target = directory / Path(source).name
+        _atomic_write_text(target, Path(source).read_text(encoding="utf-8"))
+        written.append(str(target))
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config["custom_pipelines"] = {
+        TASK: {
+            "impl": f"{Path(__file__).stem}.{ScBertCellTypeAnnotationPipeline.__name__}",
+            "pt": ["AutoModelForSequenceClassification"],
+        }
+    }
+    _atomic_write_text(config_path, json.dumps(config, indent=2, sort_keys=True) + "\n")
+    written.append(str(config_path))
+    return written
