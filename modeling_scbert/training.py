@@ -54,7 +54,7 @@ from .modeling_scbert import ScBertForMaskedLM, ScBertForSequenceClassification
 logger = logging.getLogger(__name__)
 
 FINETUNING_PRESETS = ("published", "full")
-# "auto": "full" for a model built here without pretrained weights (nothing to keep frozen), else "published".
+# "auto": "full" for a model without pretrained weights or with one layer (nothing to keep frozen), else "published".
 FINETUNING_PRESET_CHOICES = ("auto", *FINETUNING_PRESETS)
 # The config of a model built from scratch over a tokenizer's panel, where the config's defaults (the published
 # model's) do not fit: no gene2vec table exists for an arbitrary panel, so the gene embedding is learned; the head is
@@ -523,7 +523,8 @@ def finetune(
     preset
         Which parameters train: ``"published"`` (see :func:`apply_finetuning_preset`) or ``"full"``. ``"auto"``
         (the default) is ``"full"`` for a model built from scratch (``model=None`` or a config: it has no pretrained
-        layers to keep frozen) and ``"published"`` for a pretrained folder, Hub id or model object.
+        layers to keep frozen) or with one layer, and ``"published"`` for a pretrained folder, Hub id or model
+        object with two or more.
     class_weighting
         ``"balanced"`` weighs each class's loss by ``n / (k * n_class)`` (see :class:`ScBertWeightedLoss`), which
         helps macro-F1 on imbalanced references; ``"none"`` / ``None`` is plain cross-entropy.
@@ -555,9 +556,6 @@ def finetune(
         raise ValueError(f"class_weighting must be one of {CLASS_WEIGHTINGS}; got {class_weighting!r}.")
     if preset not in FINETUNING_PRESET_CHOICES:
         raise ValueError(f"preset must be one of {FINETUNING_PRESET_CHOICES}; got {preset!r}.")
-    if preset == "auto":
-        preset = "full" if model is None or isinstance(model, ScBertConfig) else "published"
-        logger.info("Fine-tuning preset 'auto': %r (the model is %s).", preset, _describe_start(model))
     if isinstance(train_data, AnnData) and label_key is None:
         raise ValueError(
             f"label_key= is needed to fine-tune on an AnnData: the .obs column holding the cell types (columns: "
@@ -589,6 +587,7 @@ def finetune(
             )
 
     set_seed(training_args.seed)
+    start = model
     model = _build_model(
         ScBertForSequenceClassification,
         model,
@@ -602,6 +601,8 @@ def finetune(
     )
     if model.config.num_labels != len(label_names):
         raise ValueError(f"The model has {model.config.num_labels} classes but the data has {len(label_names)}.")
+    if preset == "auto":
+        preset = _auto_preset(model, start)
     apply_finetuning_preset(model, preset)
 
     _prepare_args(training_args)
@@ -676,12 +677,17 @@ def finetune(
     return trainer
 
 
-def _describe_start(model: Any) -> str:
-    if model is None:
-        return "new, built over the tokenizer's panel"
-    if isinstance(model, ScBertConfig):
-        return "new, built from a config"
-    return f"pretrained: {model!r}" if isinstance(model, (str, PathLike)) else "a model object"
+def _auto_preset(model: ScBertForSequenceClassification, start: Any) -> str:
+    """``"full"`` for a model without pretrained weights (built here from ``None`` or a config) or with fewer than two
+    layers (the published recipe trains the second-to-last), else ``"published"``."""
+    if start is None or isinstance(start, ScBertConfig):
+        preset, why = "full", "a new model has no pretrained layers to keep frozen"
+    elif model.config.num_hidden_layers < 2:
+        preset, why = "full", "the published recipe trains the second-to-last layer, and this model has one"
+    else:
+        preset, why = "published", "the model is pretrained"
+    logger.info("Fine-tuning preset 'auto': %r (%s).", preset, why)
+    return preset
 
 
 def majority_class_baseline(
@@ -832,7 +838,7 @@ class ScBertFinetuningArguments:
         default="auto",
         metadata={
             "help": "published (train layer -2, final LayerNorm and head), full, or auto (default): full for a new "
-            "model (no --model_name_or_path), published for a pretrained one.",
+            "model (no --model_name_or_path) or a one-layer one, published for a pretrained one.",
             "choices": FINETUNING_PRESET_CHOICES,
         },
     )
