@@ -6,7 +6,7 @@ Each configuration is one run of ``examples/demo_kang.py`` (its ``main``) with s
 
     python benchmarks/bench_kang.py                                   # control -> stimulated and back, seeds 0-2
     python benchmarks/bench_kang.py --configs forward --seeds 0      # one configuration, one seed
-    python benchmarks/bench_kang.py --configs forward-unweighted forward-pooled   # the ablations
+    python benchmarks/bench_kang.py --configs forward-weighted forward-pretrained   # the ablations
 
 Each run trains one model per seed (side by side in worker processes); at 4 epochs on the 2-core CPU a seed takes
 about 3-4 minutes when the machine is quiet, several times that when it is shared.
@@ -26,8 +26,8 @@ CONFIGS = {
     # What `make demo` runs.
     "forward": [],
     "reverse": ["--reverse"],
-    # Ablations: plain cross-entropy; masked pretraining on every cell first.
-    "forward-unweighted": ["--class-weighting", "none"],
+    # Ablations: the class-weighted loss; masked pretraining on every cell first.
+    "forward-weighted": ["--class-weighting", "balanced"],
     "forward-pretrained": ["--pretrain-epochs", "2"],
 }
 
