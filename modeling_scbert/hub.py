@@ -75,7 +75,16 @@ _METRIC_PREFIXES = ("eval_", "test_", "predict_")
 # The keys each structured fact may have; a template sees every key (``None`` when unknown), never a missing one.
 _FACT_KEYS = {
     "training_data": ("name", "hub_id", "description", "num_cells"),
-    "evaluation": ("dataset_name", "dataset_id", "split", "num_cells", "accuracy", "macro_f1", "per_class"),
+    "evaluation": (
+        "dataset_name",
+        "dataset_id",
+        "split",
+        "num_cells",
+        "accuracy",
+        "macro_f1",
+        "per_class",
+        "majority_class",
+    ),
     "provenance": ("source_file", "sha256", "layout"),
 }
 _PER_CLASS_METRICS = ("precision", "recall", "f1", "support")
@@ -113,7 +122,9 @@ class ScBertCardData:
         Training settings, ``{name: value}``.
     evaluation
         ``{"dataset_name", "dataset_id", "split", "num_cells", "accuracy", "macro_f1",
-        "per_class": {label: {"precision", "recall", "f1", "support"}}}``; any key may be missing.
+        "per_class": {label: {"precision", "recall", "f1", "support"}},
+        "majority_class": {"label", "accuracy", "macro_f1"}}``; any key may be missing. ``majority_class`` holds the
+        scores of always predicting the most frequent training label; the card warns when the model is no better.
     provenance
         For converted published checkpoints: ``{"source_file", "sha256", "layout"}``.
     description

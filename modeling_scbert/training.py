@@ -57,6 +57,13 @@ from .reading import ScBertReadingArguments, takes_reading_options
 logger = logging.getLogger(__name__)
 
 FINETUNING_PRESETS = ("published", "full")
+# "auto": "full" for a model without pretrained weights or with one layer (nothing to keep frozen), else "published".
+FINETUNING_PRESET_CHOICES = ("auto", *FINETUNING_PRESETS)
+# The config of a model built from scratch over a tokenizer's panel, where the config's defaults (the published
+# model's) do not fit: no gene2vec table exists for an arbitrary panel, so the gene embedding is learned; the head is
+# the published per-gene ("conv") head, which learns on real 10x data where a mean over the genes ("pooled") did not
+# (docs/training.md, "Kang 2018"), with dropout on its per-gene scores so that it cannot rest on a few genes.
+NEW_MODEL_DEFAULTS = {"gene_embedding_type": "learned", "classifier_type": "conv", "classifier_input_dropout": 0.3}
 CLASS_WEIGHTINGS = ("none", "balanced")
 LABEL_COLUMN = "label"
 
@@ -305,10 +312,7 @@ def _build_model(
         return model
     if model is None or isinstance(model, ScBertConfig):
         if model is None:
-            # A new model over the tokenizer's panel: no gene2vec table exists for an arbitrary panel, so the gene
-            # embedding is learned; the pooled head does not grow with the panel.
-            defaults = {"gene_embedding_type": "learned", "classifier_type": "pooled"}
-            config = ScBertConfig(num_genes=tokenizer.num_genes, **{**defaults, **config_overrides})
+            config = ScBertConfig(num_genes=tokenizer.num_genes, **{**NEW_MODEL_DEFAULTS, **config_overrides})
         else:
             config = ScBertConfig.from_dict({**model.to_dict(), **config_overrides})
         for key, value in label_kwargs.items():
@@ -509,7 +513,7 @@ def finetune(
     eval_data: AnnData | Any | None = None,
     eval_fraction: float | None = None,
     split_seed: int = 0,
-    preset: Literal["published", "full"] = "published",
+    preset: Literal["auto", "published", "full"] = "auto",
     class_weighting: Literal["none", "balanced"] | None = None,
     early_stopping_patience: int | None = None,
     config_overrides: str | dict[str, Any] | None = None,
@@ -554,7 +558,10 @@ def finetune(
     split_seed
         Seed of that split.
     preset
-        Which parameters train: ``"published"`` (see :func:`apply_finetuning_preset`) or ``"full"``.
+        Which parameters train: ``"published"`` (see :func:`apply_finetuning_preset`) or ``"full"``. ``"auto"``
+        (the default) is ``"full"`` for a model built from scratch (``model=None`` or a config: it has no pretrained
+        layers to keep frozen) or with one layer, and ``"published"`` for a pretrained folder, Hub id or model
+        object with two or more.
     class_weighting
         ``"balanced"`` weighs each class's loss by ``n / (k * n_class)`` (see :class:`ScBertWeightedLoss`), which
         helps macro-F1 on imbalanced references; ``"none"`` / ``None`` is plain cross-entropy.
@@ -599,8 +606,8 @@ def finetune(
     """
     if class_weighting not in (None, *CLASS_WEIGHTINGS):
         raise ValueError(f"class_weighting must be one of {CLASS_WEIGHTINGS}; got {class_weighting!r}.")
-    if preset not in FINETUNING_PRESETS:
-        raise ValueError(f"preset must be one of {FINETUNING_PRESETS}; got {preset!r}.")
+    if preset not in FINETUNING_PRESET_CHOICES:
+        raise ValueError(f"preset must be one of {FINETUNING_PRESET_CHOICES}; got {preset!r}.")
     if isinstance(train_data, AnnData) and label_key is None:
         raise ValueError(
             f"label_key= is needed to fine-tune on an AnnData: the .obs column holding the cell types (columns: "
@@ -664,6 +671,7 @@ def finetune(
             )
 
     set_seed(training_args.seed)
+    start = model
     model = _build_model(
         ScBertForSequenceClassification,
         model,
@@ -677,6 +685,8 @@ def finetune(
     )
     if model.config.num_labels != len(label_names):
         raise ValueError(f"The model has {model.config.num_labels} classes but the data has {len(label_names)}.")
+    if preset == "auto":
+        preset = _auto_preset(model, start)
     apply_finetuning_preset(model, preset)
 
     _prepare_args(training_args)
@@ -729,6 +739,11 @@ def finetune(
         report = classification_report(
             prediction.label_ids, np.asarray(prediction.predictions).argmax(-1), label_names=label_names
         )
+        majority = majority_class_baseline(
+            np.asarray(train_dataset[LABEL_COLUMN]), np.asarray(prediction.label_ids), label_names=label_names
+        )
+        facts.setdefault("evaluation", {})["majority_class"] = majority
+        _warn_if_no_better(metrics, majority)
         if trainer.is_world_process_zero():
             Path(training_args.output_dir).mkdir(parents=True, exist_ok=True)
             path = Path(training_args.output_dir) / "classification_report.json"
@@ -756,6 +771,68 @@ def _drop_classes_from(dataset: Any, label_names: Sequence[str]) -> Any:
         lambda labels: [label < keep for label in labels], input_columns=LABEL_COLUMN, batched=True
     )
     return dataset.cast_column(LABEL_COLUMN, datasets.ClassLabel(names=list(label_names)))
+
+
+def _auto_preset(model: ScBertForSequenceClassification, start: Any) -> str:
+    """``"full"`` for a model without pretrained weights (built here from ``None`` or a config) or with fewer than two
+    layers (the published recipe trains the second-to-last), else ``"published"``."""
+    if start is None or isinstance(start, ScBertConfig):
+        preset, why = "full", "a new model has no pretrained layers to keep frozen"
+    elif model.config.num_hidden_layers < 2:
+        preset, why = "full", "the published recipe trains the second-to-last layer, and this model has one"
+    else:
+        preset, why = "published", "the model is pretrained"
+    logger.info("Fine-tuning preset 'auto': %r (%s).", preset, why)
+    return preset
+
+
+def majority_class_baseline(
+    train_labels: Sequence[int] | np.ndarray, eval_labels: Sequence[int] | np.ndarray, *, label_names: Sequence[str]
+) -> dict[str, Any]:
+    """Scores of the predictor that always answers the most frequent training class, on the evaluation labels.
+
+    A classifier that does not beat it has learned nothing usable (it may still have a fine-looking accuracy on an
+    imbalanced reference).
+
+    Returns
+    -------
+    ``{"label": name, "accuracy": float, "macro_f1": float}``; macro-F1 over the classes present in
+    ``eval_labels`` or predicted, as :func:`compute_classification_metrics` computes it.
+    """
+    from sklearn.metrics import f1_score
+
+    train_labels, eval_labels = np.asarray(train_labels), np.asarray(eval_labels)
+    if train_labels.size == 0 or eval_labels.size == 0:
+        raise ValueError("The majority-class baseline needs training and evaluation labels; one of them is empty.")
+    majority = int(np.bincount(train_labels, minlength=len(label_names)).argmax())
+    constant = np.full_like(eval_labels, majority)
+    return {
+        "label": str(label_names[majority]),
+        "accuracy": float(np.mean(eval_labels == majority)),
+        "macro_f1": float(f1_score(eval_labels, constant, average="macro", zero_division=0)),
+    }
+
+
+def _warn_if_no_better(metrics: dict[str, Any], majority: dict[str, Any]) -> bool:
+    """Log a warning when the final evaluation does not beat the majority-class predictor on accuracy or on
+    macro-F1; returns whether it warned."""
+    accuracy, macro_f1 = metrics.get("eval_accuracy"), metrics.get("eval_macro_f1")
+    if accuracy is None or macro_f1 is None:
+        return False
+    if accuracy > majority["accuracy"] and macro_f1 > majority["macro_f1"]:
+        return False
+    logger.warning(
+        "The fine-tuned model is no better than always predicting the most frequent training class %r on the "
+        "evaluation cells: accuracy %.3f against %.3f, macro-F1 %.3f against %.3f. It has not learned to tell the "
+        "cell types apart; do not annotate with it. Check the learning rate and the number of epochs, the head "
+        "(config classifier_type), and the genes the panel keeps.",
+        majority["label"],
+        accuracy,
+        majority["accuracy"],
+        macro_f1,
+        majority["macro_f1"],
+    )
+    return True
 
 
 def _card_facts(
@@ -848,10 +925,12 @@ class ScBertFinetuningArguments:
     """Fine-tuning choices."""
 
     finetuning_preset: str = field(
-        default="published",
+        default="auto",
         metadata={
-            "help": "published (train layer -2, final LayerNorm and head) or full (also --preset, as in Python).",
-            "choices": FINETUNING_PRESETS,
+            "help": "published (train layer -2, final LayerNorm and head), full, or auto (default): full for a new "
+            "model (no --model_name_or_path) or a one-layer one, published for a pretrained one (also --preset, as "
+            "in Python).",
+            "choices": FINETUNING_PRESET_CHOICES,
             "aliases": ["--preset"],
         },
     )
@@ -1041,6 +1120,7 @@ __all__ = [
     "compute_classification_metrics",
     "finetune",
     "finetune_main",
+    "majority_class_baseline",
     "parse_config_overrides",
     "pretrain",
     "pretrain_main",

@@ -70,3 +70,70 @@ def test_demo_quick_writes_every_output(tmp_path):
     assert annotated.n_obs == metrics["n_test"]
     assert {"scbert_cell_type", "scbert_confidence", "bulk_labels"} <= set(annotated.obs.columns)
     assert annotated.obsm["X_scbert"].shape[0] == annotated.n_obs
+
+
+def write_kang_like_sources(folder: Path, *, n_cells: int = 90, n_genes: int = 60) -> None:
+    """Small files shaped like the Kang 2018 sources: pbmc_ctrl / pbmc_stim (counts, ``.1`` names) and PBMC (labels,
+    ``-1`` names, a gene subset with the same counts)."""
+    import numpy as np
+    import pandas as pd
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(0)
+    types = ["B cells", "CD4 T cells", "Megakaryocytes"]
+    genes = [f"GENE{j}" for j in range(n_genes)]
+    rows = []
+    for condition, sample in (("ctrl", "control"), ("stim", "stimul")):
+        labels = np.array([types[i % 3] for i in range(n_cells)])
+        means = np.full((n_cells, n_genes), 0.3)
+        for k, name in enumerate(types):
+            means[labels == name, 10 * k : 10 * k + 10] = 8.0
+        barcodes = [f"CELL{condition.upper()}{i:04d}" for i in range(n_cells)]
+        counts = ad.AnnData(
+            X=sp.csr_matrix(rng.poisson(means).astype(np.float32)),
+            obs=pd.DataFrame(index=[f"{b}.1" for b in barcodes]),
+            var=pd.DataFrame(index=genes),
+        )
+        counts.write_h5ad(folder / f"pbmc_{condition}.h5ad")
+        rows.append((counts, sample, labels, barcodes))
+    subset = genes[::2]
+    labelled = ad.concat(
+        [
+            ad.AnnData(
+                X=counts[:, subset].X.toarray(),
+                obs=pd.DataFrame({"sample": sample, "celltype": labels}, index=[f"{b}-1" for b in barcodes]),
+                var=pd.DataFrame(index=subset),
+            )
+            for counts, sample, labels, barcodes in rows
+        ]
+    )
+    labelled.write_h5ad(folder / "PBMC.h5ad")
+
+
+@pytest.mark.slow
+def test_kang_demo_quick_on_files_shaped_like_the_sources(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    write_kang_like_sources(data)
+    out = tmp_path / "demo_output"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, str(ROOT / "examples" / "demo_kang.py"), "--quick", "--data-dir", str(data)]
+    command += ["--output-dir", str(out), "--seeds", "0", "1", "--jobs", "2", "--n-top-genes", "40"]
+    command += ["--pretrain-epochs", "1"]
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    assert "logistic regression" in result.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    keys = {"accuracy", "macro_f1", "baseline_accuracy", "baseline_macro_f1", "n_train", "n_test", "seconds"}
+    assert keys <= set(metrics)
+    assert (metrics["n_train"], metrics["n_test"]) == (90, 90)
+    assert set(metrics["per_class_f1"]) == {"B cells", "CD4 T cells", "Megakaryocytes"}
+    assert [entry["seed"] for entry in metrics["per_seed"]] == [0, 1]
+    assert metrics["baseline_accuracy"] > 0.9  # the synthetic types are separable by their genes
+    for name in ("confusion_matrix.png", "umap.png", "model/model.safetensors", "model/genes.txt", "model/README.md"):
+        assert (out / name).is_file(), name
+    assert not list(out.glob("model/checkpoint-*"))
+    annotated = ad.read_h5ad(out / "annotated.h5ad")
+    assert annotated.n_obs == 90 and annotated.n_vars == 40
+    assert {"scbert_cell_type", "scbert_confidence", "cell_type"} <= set(annotated.obs.columns)
+    assert {"X_scbert", "X_umap"} <= set(annotated.obsm)

@@ -143,7 +143,10 @@ def test_finetune_from_scratch_keeps_labels_in_config_and_best_model_by_macro_f1
         preset="full",
         class_weighting="balanced",
         early_stopping_patience=5,
-        config_overrides=TINY,
+        # A new model's head is the per-gene "conv" head (issue 12). At width 16 and learning rate 1e-2 its per-gene
+        # ReLU scores die within a few steps from the default initialiser_range 0.02 (the model then predicts one
+        # class: 0.333 here), as the demo's compact model does; a wider initialisation learns the toy data.
+        config_overrides={**TINY, "initializer_range": 0.1},
         encode_kwargs=_encode(tmp_path),
     )
     out = tmp_path / "run"
@@ -278,3 +281,61 @@ def test_cli_finetune_and_pretrain(tmp_path, cells, capsys):
     assert json.loads((tmp_path / "ft" / "config.json").read_text())["id2label"]["2"] == "NK"
     assert (tmp_path / "ft" / "classification_report.json").is_file()
     assert path.read_bytes() == before  # the input is never modified
+
+
+def test_default_preset_is_full_for_a_new_model_and_published_for_a_pretrained_one(tmp_path, cells):
+    one_layer = {**TINY, "num_hidden_layers": 1}
+    run = {"label_key": "cell_type", "encode_kwargs": _encode(tmp_path)}
+    # A new one-layer model: "published" (train layer -2) would refuse it; the default trains everything.
+    trainer = finetune(cells, training_args=args(tmp_path, "new", max_steps=1), config_overrides=one_layer, **run)
+    assert all(p.requires_grad for p in trainer.model.parameters())
+    assert json.loads((tmp_path / "new" / "config.json").read_text())["classifier_type"] == "conv"
+    pretrain(
+        cells, training_args=args(tmp_path, "pre", max_steps=1), config_overrides=TINY, encode_kwargs=_encode(tmp_path)
+    )
+    trainer = finetune(cells, training_args=args(tmp_path, "ft", max_steps=1), model=str(tmp_path / "pre"), **run)
+    trainable = {name for name, p in trainer.model.named_parameters() if p.requires_grad}
+    assert any(name.startswith("scbert.encoder.layers.0.") for name in trainable)
+    assert not any(name.startswith("scbert.encoder.layers.1.") for name in trainable)
+    with pytest.raises(ValueError, match="preset must be one of"):
+        finetune(cells, training_args=args(tmp_path, "bad", max_steps=1), preset="frozen", **run)
+
+
+def test_majority_class_baseline_and_when_it_warns(caplog):
+    from modeling_scbert.training import _warn_if_no_better, majority_class_baseline
+
+    majority = majority_class_baseline([0, 0, 0, 1, 2], [0, 0, 1, 2], label_names=["B", "T", "NK"])
+    assert majority["label"] == "B"
+    assert majority["accuracy"] == 0.5
+    assert majority["macro_f1"] == pytest.approx((2 * 0.5 / 1.5) / 3)
+    with caplog.at_level("WARNING", logger="modeling_scbert.training"):
+        assert not _warn_if_no_better({"eval_accuracy": 0.9, "eval_macro_f1": 0.8}, majority)
+        assert not caplog.records
+        assert _warn_if_no_better({"eval_accuracy": 0.5, "eval_macro_f1": 0.8}, majority)  # accuracy: a tie
+        assert _warn_if_no_better({"eval_accuracy": 0.9, "eval_macro_f1": 0.1}, majority)
+    assert len(caplog.records) == 2
+    assert "no better than always predicting the most frequent training class 'B'" in caplog.records[0].message
+    with pytest.raises(ValueError, match="empty"):
+        majority_class_baseline([], [0], label_names=["B"])
+
+
+def test_finetune_that_learns_nothing_warns_in_the_log_and_the_card(tmp_path, caplog):
+    cells = make_cells(n_cells=64)
+    rng = np.random.default_rng(1)
+    # Labels unrelated to the expression, three quarters "B"; an untrained model (learning rate 0) cannot beat
+    # always answering "B".
+    cells.obs["cell_type"] = pd.Categorical(rng.choice(CELL_TYPES, size=64, p=[0.75, 0.125, 0.125]))
+    with caplog.at_level("WARNING", logger="modeling_scbert.training"):
+        finetune(
+            cells,
+            training_args=args(tmp_path, "flat", max_steps=2, learning_rate=0.0),
+            label_key="cell_type",
+            eval_fraction=0.25,
+            config_overrides=TINY,
+            card_facts={"license": "apache-2.0"},
+            encode_kwargs=_encode(tmp_path),
+        )
+    assert any("no better than always predicting" in record.message for record in caplog.records)
+    card = (tmp_path / "flat" / "README.md").read_text()
+    assert "**Warning: this model is no better than always predicting the most frequent training label (B).**" in card
+    assert "| accuracy of always predicting B (the most frequent training label) |" in card
