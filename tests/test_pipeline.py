@@ -8,6 +8,7 @@ import textwrap
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 from transformers import pipeline
 
 from modeling_scbert.annotate import UNASSIGNED, annotate
@@ -58,6 +59,22 @@ def test_pipeline_labels_equal_annotate(model_dir):
     labels_t, _ = annotated(adata.copy(), model_dir, unassigned_threshold=threshold)
     assert UNASSIGNED in labels_t and set(labels_t) - {UNASSIGNED}
     assert [r["label"] for r in annotator(adata, unassigned_threshold=threshold)] == labels_t
+
+
+def test_pipeline_labels_cells_without_panel_signal_unassigned_as_annotate_does(model_dir):
+    adata = make_adata(30)
+    counts = adata.X.toarray()
+    counts[:4] = 0  # no panel counts
+    counts[4:8, 2:] = 0  # at most two detected panel genes
+    adata.X = sp.csr_matrix(counts)
+    annotator = pipeline(TASK, model=str(model_dir), pipeline_class=ScBertCellTypeAnnotationPipeline)
+    for min_genes in (None, 0, 3):
+        options = {} if min_genes is None else {"min_genes": min_genes}
+        labels, _ = annotated(adata.copy(), model_dir, **options)
+        assert labels[:4] == [UNASSIGNED] * 4
+        assert [r["label"] for r in annotator(adata, **options)] == labels
+    assert [r["label"] for r in annotator(adata, min_genes=3)][4:8] == [UNASSIGNED] * 4
+    assert UNASSIGNED not in [r["label"] for r in annotator(adata, min_genes=0)][4:]
 
 
 def test_top_k_lists_the_most_likely_classes_in_order(model_dir):

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from transformers import Pipeline
 
+from .preprocessing import default_min_genes
 from .tokenization_scbert import ScBertTokenizer, _atomic_write_text
 
 TASK = "cell-type-annotation"
@@ -40,7 +41,9 @@ class ScBertCellTypeAnnotationPipeline(Pipeline):
 
     The cells are read with the model's own :class:`ScBertTokenizer` (saved with the model), so the preprocessing is
     exactly that of ``modeling_scbert.annotate.annotate``, and so are the labels: the most likely class, with
-    ``"Unassigned"`` where its probability is below ``unassigned_threshold``.
+    ``"Unassigned"`` where its probability is below ``unassigned_threshold`` or where the cell has too little signal
+    in the panel (no panel counts, or fewer detected panel genes than ``min_genes``; the score is still the top
+    probability).
 
     Call options (also accepted by the ``pipeline(...)`` factory):
 
@@ -49,7 +52,8 @@ class ScBertCellTypeAnnotationPipeline(Pipeline):
     - ``unassigned_threshold`` (default ``None``): the top label becomes ``"Unassigned"`` when its probability (the
       ``score``, which is kept) is below this.
     - ``batch_size`` (default 32): cells per forward pass.
-    - ``layer``, ``gene_key``, ``input_kind``: how to read the cells, as for :meth:`ScBertTokenizer.__call__`.
+    - ``layer``, ``gene_key``, ``input_kind``, ``synonyms``, ``min_gene_overlap``, ``use_raw``, ``min_genes``: how to
+      read the cells, as for :meth:`ScBertTokenizer.__call__` (and ``annotate``).
     """
 
     _load_tokenizer = False  # the scBERT tokenizer is not a transformers tokenizer; __init__ loads it
@@ -79,18 +83,28 @@ class ScBertCellTypeAnnotationPipeline(Pipeline):
         layer: str | None = None,
         gene_key: str | None = None,
         input_kind: str | None = None,
+        synonyms: Any = None,
+        min_gene_overlap: float | None = None,
+        use_raw: bool | None = None,
+        min_genes: int | None = None,
         **unknown: Any,
     ) -> tuple[dict, dict, dict]:
         if unknown:
             raise TypeError(
                 f"Unknown option(s) {sorted(unknown)} for the {TASK} pipeline; the options are top_k, "
-                "unassigned_threshold, batch_size, layer, gene_key and input_kind."
+                "unassigned_threshold, batch_size, layer, gene_key, input_kind, synonyms, min_gene_overlap, use_raw "
+                "and min_genes."
             )
-        preprocess = {
-            key: value
-            for key, value in {"layer": layer, "gene_key": gene_key, "input_kind": input_kind}.items()
-            if value is not None
+        reading = {
+            "layer": layer,
+            "gene_key": gene_key,
+            "input_kind": input_kind,
+            "synonyms": synonyms,
+            "min_gene_overlap": min_gene_overlap,
+            "use_raw": use_raw,
+            "min_genes": min_genes,
         }
+        preprocess = {key: value for key, value in reading.items() if value is not None}
         postprocess: dict[str, Any] = {}
         if top_k != "unset":
             if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
@@ -118,14 +132,15 @@ class ScBertCellTypeAnnotationPipeline(Pipeline):
         preprocess = {**self._preprocess_params, **preprocess}
         postprocess = {**self._postprocess_params, **postprocess}
         # Stream: encode a chunk of cells, run it in batches, keep only the probabilities.
-        probabilities = [
-            self.forward(model_inputs, **forward)["probabilities"]
-            for model_inputs in self.preprocess(inputs, batch_size=batch_size, **preprocess)
-        ]
+        probabilities, low_signal = [], []
+        for model_inputs in self.preprocess(inputs, batch_size=batch_size, **preprocess):
+            low_signal.append(model_inputs.pop("low_signal"))
+            probabilities.append(self.forward(model_inputs, **forward)["probabilities"])
         stacked = (
             torch.cat(probabilities).numpy() if probabilities else np.zeros((0, len(self.class_names)), np.float32)
         )
-        return self.postprocess({"probabilities": stacked}, **postprocess)
+        low = np.concatenate(low_signal) if low_signal else np.zeros(0, dtype=bool)
+        return self.postprocess({"probabilities": stacked, "low_signal": low}, **postprocess)
 
     def preprocess(
         self,
@@ -135,20 +150,31 @@ class ScBertCellTypeAnnotationPipeline(Pipeline):
         layer: str | None = None,
         gene_key: str | None = None,
         input_kind: str = "auto",
-    ) -> Iterator[dict[str, torch.Tensor]]:
+        min_genes: int | None = None,
+        **read_options: Any,
+    ) -> Iterator[dict[str, Any]]:
         adata = _read(inputs)
         chunks = self.tokenizer.iter_encoded(
             adata,
             layer=layer,
             gene_key=gene_key,
             input_kind=input_kind,
+            min_genes=min_genes,
             batch_size=ENCODING_CHUNK_SIZE,
             progress=False,
+            return_detected_genes=True,
+            **read_options,
         )
-        for _, _, tokens in chunks:
+        # The rule annotate() applies: no panel counts, or fewer detected panel genes than min_genes.
+        minimum = default_min_genes(self.tokenizer.num_genes) if min_genes is None else min_genes
+        for _, _, tokens, detected in chunks:
             for start in range(0, tokens.shape[0], batch_size):
                 rows = tokens[start : start + batch_size]
-                yield {"input_ids": torch.from_numpy(self.tokenizer.input_ids_from_tokens(rows))}
+                low_signal = np.asarray(detected[start : start + batch_size])
+                yield {
+                    "input_ids": torch.from_numpy(self.tokenizer.input_ids_from_tokens(rows)),
+                    "low_signal": (low_signal == 0) | (low_signal < minimum),
+                }
 
     def _forward(self, model_inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         logits = self.model(**model_inputs).logits
@@ -158,12 +184,13 @@ class ScBertCellTypeAnnotationPipeline(Pipeline):
         self, model_outputs: dict[str, np.ndarray], top_k: int | None = 1, unassigned_threshold: float | None = None
     ) -> list:
         probabilities = model_outputs["probabilities"]
+        low_signal = model_outputs.get("low_signal", np.zeros(len(probabilities), dtype=bool))
         k = len(self.class_names) if top_k is None else min(top_k, len(self.class_names))
         order = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
         results = []
-        for cell, classes in zip(probabilities, order):
+        for cell, classes, low in zip(probabilities, order, low_signal):
             ranked = [{"label": self.class_names[c], "score": float(cell[c])} for c in classes]
-            if unassigned_threshold is not None and ranked[0]["score"] < unassigned_threshold:
+            if low or (unassigned_threshold is not None and ranked[0]["score"] < unassigned_threshold):
                 ranked[0]["label"] = UNASSIGNED
             results.append(ranked[0] if top_k == 1 else ranked)
         return results
