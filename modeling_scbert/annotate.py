@@ -4,6 +4,9 @@ Cells are encoded chunk by chunk with the tokenizer's chunked iterator and run t
 ``torch.inference_mode``, so a backed ``.h5ad`` larger than memory is annotated with bounded memory: at most one
 chunk of tokens and one batch of activations exist at a time; only the per-cell results (a label, a confidence and,
 optionally, probabilities or an embedding) are kept.
+
+Under ``torchrun`` or ``accelerate launch`` each process takes a contiguous share of the cells on its own device and
+the results are gathered to the main process, which alone writes them (``distributed.py``, docs/scale_out.md).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from tqdm.auto import tqdm
 from tokenization import ScBertTokenizer
 from tokenization.genes import SynonymTable
 
+from .distributed import InferenceProcesses, inference_processes
 from .modeling_scbert import (
     ScBertForSequenceClassification,
     ScBertModel,
@@ -41,6 +45,8 @@ UNASSIGNED = "Unassigned"
 Annotator = ScBertForSequenceClassification | str | PathLike
 DEFAULT_BATCH_SIZE = 32
 DEFAULT_CHUNK_SIZE = 2048
+# Compute precisions of annotate / embed: autocast for the linear layers, the FAVOR+ kernel stays in float32.
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -138,14 +144,17 @@ def check_ensemble(members: Sequence[tuple[ScBertPreTrainedModel, ScBertTokenize
     return class_names
 
 
-def _device(device: str | torch.device | None) -> torch.device:
-    if device is not None:
-        return torch.device(device)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+def _dtype_name(dtype: str | torch.dtype) -> str:
+    names = {value: name for name, value in DTYPES.items()}
+    name = names.get(dtype, dtype)
+    if name not in DTYPES:
+        raise ValueError(f"dtype must be one of {list(DTYPES)}; got {dtype!r}.")
+    return name
+
+
+def _autocast(device: torch.device, dtype: str) -> torch.autocast:
+    """bf16 / fp16 autocast for the linear layers (the model keeps the FAVOR+ kernel in float32); off for float32."""
+    return torch.autocast(device_type=device.type, dtype=DTYPES[dtype], enabled=dtype != "float32")
 
 
 def _prepare(adata: AnnData, *, copy: bool) -> AnnData:
@@ -176,13 +185,25 @@ def _batches(
     progress: bool | None,
     desc: str,
     encode_kwargs: dict[str, Any],
+    processes: InferenceProcesses,
 ) -> Iterator[tuple[int, int, torch.Tensor]]:
-    """Yield ``(start, end, input_ids)`` batches; alignment errors (overlap report) surface before any work."""
+    """Yield ``(start, end, input_ids)`` batches of this process's rows.
+
+    Reading is planned when this is called (alignment, input-kind detection and their errors), before any batch.
+    """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1; got {batch_size}.")
-    chunks = tokenizer.iter_encoded(adata, batch_size=chunk_size, progress=False, **encode_kwargs)
-    show = adata.n_obs > batch_size if progress is None else progress
-    with tqdm(total=adata.n_obs, unit="cells", desc=desc, disable=not show) as bar:
+    start, end = processes.shard(adata.n_obs)
+    chunks = tokenizer.iter_encoded(
+        adata, batch_size=chunk_size, progress=False, start=start, end=end, **encode_kwargs
+    )
+    # One progress bar, the main process's (its share is as large as any other's, give or take a cell).
+    show = (end - start > batch_size if progress is None else progress) and processes.is_main
+    return _iter_batches(chunks, tokenizer=tokenizer, batch_size=batch_size, total=end - start, desc=desc, show=show)
+
+
+def _iter_batches(chunks, *, tokenizer, batch_size, total, desc, show) -> Iterator[tuple[int, int, torch.Tensor]]:
+    with tqdm(total=total, unit="cells", desc=desc, disable=not show) as bar:
         for chunk_start, _, tokens in chunks:
             for start in range(0, tokens.shape[0], batch_size):
                 rows = tokens[start : start + batch_size]
@@ -208,6 +229,7 @@ def annotate(
     return_probabilities: bool = False,
     batch_size: int = DEFAULT_BATCH_SIZE,
     device: str | torch.device | None = None,
+    dtype: Literal["float32", "bfloat16", "float16"] | torch.dtype = "float32",
     layer: str | None = None,
     gene_key: str | None = None,
     input_kind: Literal["auto", "counts", "log1p"] = "auto",
@@ -241,7 +263,12 @@ def annotate(
     batch_size
         Cells per forward pass.
     device
-        Where to run; the first of CUDA, MPS and CPU that is available when ``None``.
+        Where to run; the first of CUDA, MPS and CPU that is available when ``None``. Under ``torchrun`` /
+        ``accelerate launch`` with several processes: ``cuda:LOCAL_RANK``, or the CPU without CUDA.
+    dtype
+        ``"float32"``, or ``"bfloat16"`` / ``"float16"``: autocast for the linear layers while the FAVOR+ kernel stays
+        in float32 (faster on GPUs). Probabilities under bfloat16 differ from float32 by up to about 0.01 on a small
+        model (docs/scale_out.md; tests/test_annotate.py states the tolerance); near-ties can change label.
     layer, gene_key, input_kind, synonyms, min_gene_overlap
         How to read the cells, as for :meth:`tokenization.ScBertTokenizer.__call__`.
     chunk_size
@@ -253,38 +280,50 @@ def annotate(
 
     Returns
     -------
-    ``None``, or the annotated copy with ``copy=True``. Written (with the default ``key_added="scbert"``):
+    ``None``, or the annotated copy with ``copy=True``. Under ``torchrun`` / ``accelerate launch`` every process
+    annotates its contiguous share of the cells (call this on every process); the results are gathered to the main
+    process (rank 0), which alone writes them, identical to one process's; the other processes return ``None`` and
+    leave ``adata`` as it was. Written (with the default ``key_added="scbert"``):
 
     - ``.obs['scbert_cell_type']``: categorical, the predicted type (categories: the model's classes in
       ``id2label`` order, then ``"Unassigned"`` when ``unassigned_threshold`` is set);
     - ``.obs['scbert_confidence']``: float32, the highest class probability;
     - ``.obsm['scbert_probabilities']``: float32 ``(n_obs, num_labels)``, only with ``return_probabilities``; its
       columns are ``.uns['scbert']['class_names']``;
-    - ``.uns['scbert']['params']``: the model (for an ensemble, the list of members), ``batch_size``, ``layer``,
-      ``gene_key``, ``input_kind`` and (when set) ``unassigned_threshold``.
+    - ``.uns['scbert']['params']``: the model (for an ensemble, the list of members), ``batch_size``, ``dtype``,
+      ``layer``, ``gene_key``, ``input_kind`` and (when set) ``unassigned_threshold``.
 
     Nothing else is changed.
+
+    Raises
+    ------
+    ValueError
+        For an option out of range, members that cannot vote together, a panel that barely overlaps the data or
+        values that are not expression (the messages say what to do).
+    ScBertProcessError
+        With several processes, on every process but the one that failed (which raises its own error).
     """
     if unassigned_threshold is not None and not 0 <= unassigned_threshold <= 1:
         raise ValueError(f"unassigned_threshold must lie in [0, 1] (a probability); got {unassigned_threshold}.")
+    dtype = _dtype_name(dtype)
     candidates = list(model) if isinstance(model, (list, tuple)) else [model]
     if not candidates:
         raise ValueError("annotate needs a model; got an empty list.")
-    members = [_resolve(member, tokenizer, model_class=ScBertForSequenceClassification) for member in candidates]
-    class_names = check_ensemble(members)
-    models, tokenizers, model_names = zip(*members)
-    tokenizer = tokenizers[0]  # check_ensemble made sure that every member's is the same
-    if unassigned_threshold is not None and UNASSIGNED in class_names:
-        raise ValueError(f"The model has a class named {UNASSIGNED!r}, which novel-type detection would shadow.")
-    encode_kwargs = _encode_kwargs(layer, gene_key, input_kind, synonyms, min_gene_overlap)
-    # Alignment (and its overlap report or error) happens here, before anything is written.
-    tokenizer.align(adata, gene_key=gene_key, synonyms=synonyms)
-
-    device = _device(device)
-    models = [member.to(device).eval() for member in models]
-    probabilities = np.empty((adata.n_obs, len(class_names)), dtype=np.float32)
-    with torch.inference_mode():
-        for start, end, input_ids in _batches(
+    processes = inference_processes()
+    # Everything that can fail runs on every process before any cell is read; a failure anywhere stops all.
+    with processes.all_or_none("Loading the models and planning the reading"):
+        members = [_resolve(member, tokenizer, model_class=ScBertForSequenceClassification) for member in candidates]
+        class_names = check_ensemble(members)
+        models, tokenizers, model_names = zip(*members)
+        tokenizer = tokenizers[0]  # check_ensemble made sure that every member's is the same
+        if unassigned_threshold is not None and UNASSIGNED in class_names:
+            raise ValueError(f"The model has a class named {UNASSIGNED!r}, which novel-type detection would shadow.")
+        encode_kwargs = _encode_kwargs(layer, gene_key, input_kind, synonyms, min_gene_overlap)
+        # Alignment (and its overlap report or error) happens here, before anything is written.
+        tokenizer.align(adata, gene_key=gene_key, synonyms=synonyms)
+        device = processes.device(device)
+        models = [member.to(device).eval() for member in models]
+        batches = _batches(
             adata,
             tokenizer=tokenizer,
             batch_size=batch_size,
@@ -292,16 +331,34 @@ def annotate(
             progress=progress,
             desc="Annotating cells",
             encode_kwargs=encode_kwargs,
-        ):
+            processes=processes,
+        )
+    start, end = processes.shard(adata.n_obs)
+    # This process's rows: the label as a class index, its probability, and every probability only when asked for.
+    best = np.zeros(end - start, dtype=np.int64)
+    confidence = np.zeros(end - start, dtype=np.float32)
+    probabilities = np.empty((end - start, len(class_names)), dtype=np.float32) if return_probabilities else None
+    with processes.all_or_none("Annotating cells"), torch.inference_mode(), _autocast(device, dtype):
+        for batch_start, batch_end, input_ids in batches:
             input_ids = input_ids.to(device)
             # Probabilities, not logits, are averaged: each member's vote is bounded, so one overconfident member
             # cannot outvote the others.
             mean = sum(torch.softmax(member(input_ids).logits.float(), dim=-1) for member in models) / len(models)
-            probabilities[start:end] = mean.cpu().numpy()
+            mean = mean.cpu().numpy()
+            rows = slice(batch_start - start, batch_end - start)
+            best[rows] = mean.argmax(axis=1)
+            confidence[rows] = mean[np.arange(mean.shape[0]), best[rows]]
+            if probabilities is not None:
+                probabilities[rows] = mean
+    per_cell = {"best": best, "confidence": confidence}
+    if probabilities is not None:
+        per_cell["probabilities"] = probabilities
+    per_cell = processes.gather_rows(per_cell, adata.n_obs)
+    if per_cell is None:
+        return None  # not the main process: it writes nothing
+    best, confidence, probabilities = per_cell["best"], per_cell["confidence"], per_cell.get("probabilities")
 
     adata = _prepare(adata, copy=copy)
-    best = probabilities.argmax(axis=1) if adata.n_obs else np.zeros(0, dtype=np.int64)
-    confidence = probabilities[np.arange(adata.n_obs), best] if adata.n_obs else np.zeros(0, dtype=np.float32)
     labels = np.asarray(class_names, dtype=object)[best]
     categories = list(class_names)
     if unassigned_threshold is not None:
@@ -320,6 +377,7 @@ def annotate(
         "params": {
             "model": model_names[0] if len(model_names) == 1 else np.asarray(model_names, dtype=object),
             "batch_size": int(batch_size),
+            "dtype": dtype,
             "layer": layer or "X",
             "gene_key": gene_key or "var_names",
             "input_kind": input_kind,
@@ -342,6 +400,7 @@ def embed(
     key_added: str = "scbert",
     batch_size: int = DEFAULT_BATCH_SIZE,
     device: str | torch.device | None = None,
+    dtype: Literal["float32", "bfloat16", "float16"] | torch.dtype = "float32",
     layer: str | None = None,
     gene_key: str | None = None,
     input_kind: Literal["auto", "counts", "log1p"] = "auto",
@@ -367,26 +426,35 @@ def embed(
         The model's tokenizer; needed with a model object.
     key_added
         Writes ``.obsm[f"X_{key_added}"]`` and ``.uns[f"{key_added}_embedding"]``.
-    batch_size, device, layer, gene_key, input_kind, synonyms, min_gene_overlap, chunk_size, progress, copy
-        As for :func:`annotate`.
+    batch_size, device, dtype, layer, gene_key, input_kind, synonyms, min_gene_overlap, chunk_size, progress, copy
+        As for :func:`annotate` (also how several processes share the cells and the main process writes).
 
     Returns
     -------
-    ``None``, or the copy with ``copy=True``. Written (with ``key_added="scbert"``):
+    ``None``, or the copy with ``copy=True`` (``None`` on every process but the main one). Written (with
+    ``key_added="scbert"``):
 
     - ``.obsm['X_scbert']``: float32 ``(n_obs, hidden_size)``;
-    - ``.uns['scbert_embedding']['params']``: the model, ``pooling``, ``batch_size``, ``layer``, ``gene_key``,
-      ``input_kind``.
+    - ``.uns['scbert_embedding']['params']``: the model, ``pooling``, ``batch_size``, ``dtype``, ``layer``,
+      ``gene_key``, ``input_kind``.
+
+    Raises
+    ------
+    ValueError
+        For an option out of range, a panel that barely overlaps the data or values that are not expression.
+    ScBertProcessError
+        With several processes, on every process but the one that failed (which raises its own error).
     """
-    model, tokenizer, model_name = _resolve(model, tokenizer, model_class=ScBertModel)
-    encoder = model if isinstance(model, ScBertModel) else model.scbert
-    encode_kwargs = _encode_kwargs(layer, gene_key, input_kind, synonyms, min_gene_overlap)
-    tokenizer.align(adata, gene_key=gene_key, synonyms=synonyms)
-    device = _device(device)
-    encoder = encoder.to(device).eval()
-    embeddings = np.empty((adata.n_obs, encoder.config.hidden_size), dtype=np.float32)
-    with torch.inference_mode():
-        for start, end, input_ids in _batches(
+    dtype = _dtype_name(dtype)
+    processes = inference_processes()
+    with processes.all_or_none("Loading the model and planning the reading"):
+        model, tokenizer, model_name = _resolve(model, tokenizer, model_class=ScBertModel)
+        encoder = model if isinstance(model, ScBertModel) else model.scbert
+        encode_kwargs = _encode_kwargs(layer, gene_key, input_kind, synonyms, min_gene_overlap)
+        tokenizer.align(adata, gene_key=gene_key, synonyms=synonyms)
+        device = processes.device(device)
+        encoder = encoder.to(device).eval()
+        batches = _batches(
             adata,
             tokenizer=tokenizer,
             batch_size=batch_size,
@@ -394,9 +462,18 @@ def embed(
             progress=progress,
             desc="Embedding cells",
             encode_kwargs=encode_kwargs,
-        ):
+            processes=processes,
+        )
+    start, end = processes.shard(adata.n_obs)
+    embeddings = np.empty((end - start, encoder.config.hidden_size), dtype=np.float32)
+    with processes.all_or_none("Embedding cells"), torch.inference_mode(), _autocast(device, dtype):
+        for batch_start, batch_end, input_ids in batches:
             hidden = encoder(input_ids.to(device)).last_hidden_state
-            embeddings[start:end] = pool_cell_embeddings(hidden.float()).cpu().numpy()
+            embeddings[batch_start - start : batch_end - start] = pool_cell_embeddings(hidden.float()).cpu().numpy()
+    gathered = processes.gather_rows({"embeddings": embeddings}, adata.n_obs)
+    if gathered is None:
+        return None  # not the main process: it writes nothing
+    embeddings = gathered["embeddings"]
     adata = _prepare(adata, copy=copy)
     adata.obsm[f"X_{key_added}"] = embeddings
     adata.uns[f"{key_added}_embedding"] = {
@@ -404,6 +481,7 @@ def embed(
             "model": model_name,
             "pooling": "mean over all positions of the final encodings",
             "batch_size": int(batch_size),
+            "dtype": dtype,
             "layer": layer or "X",
             "gene_key": gene_key or "var_names",
             "input_kind": input_kind,
@@ -512,4 +590,4 @@ def write_text_atomically(path: str | PathLike, write: Any) -> None:
         raise
 
 
-__all__ = ["UNASSIGNED", "annotate", "embed", "load_annotator", "read_h5ad"]
+__all__ = ["DTYPES", "UNASSIGNED", "annotate", "embed", "load_annotator", "read_h5ad"]

@@ -10,6 +10,7 @@ from pathlib import Path
 from tokenization import ScBertTokenizer
 
 from .convert_scbert_original_checkpoint import convert_checkpoint
+from .distributed import ScBertProcessError
 
 
 def _read_lines(path: str) -> list[str]:
@@ -85,18 +86,24 @@ def _annotate(args: argparse.Namespace) -> int:
         write_h5ad_with_slots,
         write_text_atomically,
     )
+    from .distributed import inference_processes
 
-    # Every check that can fail runs before any work, so a bad call leaves no file behind.
-    output = check_output_path(args.output, overwrite=args.overwrite, inputs=(args.input,))
-    if args.csv:
-        check_output_path(args.csv, overwrite=args.overwrite, inputs=(args.input, args.output))
-    members = [(*load_annotator(name), name) for name in args.model]
-    check_ensemble(members)
-    adata = read_h5ad(args.input, backed="r")
-    if args.label_key is not None and args.label_key not in adata.obs.columns:
-        raise ValueError(
-            f"--label-key {args.label_key!r} is not a column of .obs; the columns are {list(adata.obs.columns)}."
-        )
+    # Every check that can fail runs before any work, so a bad call leaves no file behind. Under torchrun every
+    # process checks and loads; only the main process (which alone writes) checks the outputs; a failure anywhere
+    # stops all.
+    processes = inference_processes()
+    with processes.all_or_none("Checking the inputs"):
+        if processes.is_main:
+            output = check_output_path(args.output, overwrite=args.overwrite, inputs=(args.input,))
+            if args.csv:
+                check_output_path(args.csv, overwrite=args.overwrite, inputs=(args.input, args.output))
+        members = [(*load_annotator(name), name) for name in args.model]
+        check_ensemble(members)
+        adata = read_h5ad(args.input, backed="r")
+        if args.label_key is not None and args.label_key not in adata.obs.columns:
+            raise ValueError(
+                f"--label-key {args.label_key!r} is not a column of .obs; the columns are {list(adata.obs.columns)}."
+            )
     annotate(
         adata,
         [model for model, _, _ in members],
@@ -106,6 +113,8 @@ def _annotate(args: argparse.Namespace) -> int:
         return_probabilities=args.probabilities,
         **_inference_options(args),
     )
+    if not processes.is_main:
+        return 0  # its cells were gathered to the main process, which writes
     key = args.key_added
     obsm = [f"{key}_probabilities"] if args.probabilities else []
     write_h5ad_with_slots(
@@ -134,11 +143,15 @@ def _annotate(args: argparse.Namespace) -> int:
 
 def _embed(args: argparse.Namespace) -> int:
     from .annotate import check_output_path, embed, load_annotator, read_h5ad, write_h5ad_with_slots
+    from .distributed import inference_processes
     from .modeling_scbert import ScBertModel
 
-    output = check_output_path(args.output, overwrite=args.overwrite, inputs=(args.input,))
-    model, tokenizer = load_annotator(args.model, model_class=ScBertModel)
-    adata = read_h5ad(args.input, backed="r")
+    processes = inference_processes()
+    with processes.all_or_none("Checking the inputs"):
+        if processes.is_main:
+            output = check_output_path(args.output, overwrite=args.overwrite, inputs=(args.input,))
+        model, tokenizer = load_annotator(args.model, model_class=ScBertModel)
+        adata = read_h5ad(args.input, backed="r")
     embed(
         adata,
         model,
@@ -146,6 +159,8 @@ def _embed(args: argparse.Namespace) -> int:
         key_added=args.key_added,
         **_inference_options(args),
     )
+    if not processes.is_main:
+        return 0
     key = args.key_added
     write_h5ad_with_slots(args.input, output, adata, obsm_keys=[f"X_{key}"], uns_keys=[f"{key}_embedding"])
     print(f"embedded {adata.n_obs:,} cells into .obsm['X_{key}'] {adata.obsm[f'X_{key}'].shape}")
@@ -158,6 +173,7 @@ def _inference_options(args: argparse.Namespace) -> dict:
     return {
         "batch_size": args.batch_size,
         "device": args.device,
+        "dtype": args.dtype,
         "layer": args.layer,
         "gene_key": args.gene_key,
         "progress": True,
@@ -179,7 +195,18 @@ def _add_inference_options(command: argparse.ArgumentParser, *, ensemble: bool =
     command.add_argument("--output", required=True, help="the .h5ad to write (written atomically)")
     command.add_argument("--overwrite", action="store_true", help="replace existing output files")
     command.add_argument("--batch-size", type=int, default=32, help="cells per forward pass (default: 32)")
-    command.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: the first available accelerator)")
+    command.add_argument(
+        "--device",
+        help="cpu, cuda, cuda:1, mps (default: the first available accelerator; under torchrun: cuda:LOCAL_RANK, or "
+        "the CPU without CUDA)",
+    )
+    command.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16", "float16"],
+        default="float32",
+        help="compute precision: bfloat16 / float16 autocast the linear layers, the attention kernel stays float32 "
+        "(default: float32)",
+    )
     command.add_argument("--layer", help="read this layer instead of .X")
     command.add_argument("--gene-key", help="a .var column holding the gene identifiers (default: var_names)")
 
@@ -268,6 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the ``scbert`` command line; annotate and embed also run under ``torchrun`` / ``accelerate launch``."""
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     # pretrain / finetune hand their options to HfArgumentParser (our dataclasses + TrainingArguments).
@@ -281,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
         if training_argv is not None:
             return _training(args.command, training_argv)
         return args.handler(args)
-    except (ValueError, FileExistsError, FileNotFoundError, IsADirectoryError) as error:
+    except (ValueError, FileExistsError, FileNotFoundError, IsADirectoryError, ScBertProcessError) as error:
         print(f"scbert {args.command}: error: {error}", file=sys.stderr)
         return 2
 

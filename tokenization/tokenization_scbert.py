@@ -465,11 +465,15 @@ class ScBertTokenizer:
         batch_size: int = DEFAULT_BATCH_SIZE,
         min_gene_overlap: float | None = None,
         progress: bool | None = None,
+        start: int = 0,
+        end: int | None = None,
     ) -> Iterator[tuple[int, int, sp.csr_matrix]]:
         """Encode chunk by chunk, yielding sparse tokens; the building block of the datasets in ``data.py``.
 
-        Takes the same arguments as :meth:`__call__`. Alignment, input-kind detection and their errors happen
-        before the first chunk is yielded.
+        Takes the same arguments as :meth:`__call__`, plus ``start`` and ``end``: encode only the rows
+        ``start:end`` (one process's share of a backed file; only those rows are read). Alignment, input-kind
+        detection (always over the whole matrix, so every share is read the same way) and their errors happen
+        when this is called, before the first chunk is yielded.
 
         Yields
         ------
@@ -485,7 +489,11 @@ class ScBertTokenizer:
             synonyms=synonyms,
             min_gene_overlap=min_gene_overlap,
         )
-        return self._iter_plan(plan, batch_size=batch_size, progress=progress)
+        n_obs = plan.matrix.shape[0]
+        end = n_obs if end is None else end
+        if not 0 <= start <= end <= n_obs:
+            raise ValueError(f"start={start} and end={end} must satisfy 0 <= start <= end <= {n_obs} (the cells).")
+        return self._iter_plan(plan, batch_size=batch_size, progress=progress, start=start, end=end)
 
     def _iter_plan(
         self, plan: _EncodingPlan, *, batch_size: int, progress: bool | None, start: int = 0, end: int | None = None
