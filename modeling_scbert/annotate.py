@@ -267,8 +267,8 @@ def annotate(
         ``accelerate launch`` with several processes: ``cuda:LOCAL_RANK``, or the CPU without CUDA.
     dtype
         ``"float32"``, or ``"bfloat16"`` / ``"float16"``: autocast for the linear layers while the FAVOR+ kernel stays
-        in float32 (faster on GPUs). Probabilities under bfloat16 differ from float32 by up to about 0.01 on a small
-        model (docs/scale_out.md; tests/test_annotate.py states the tolerance); near-ties can change label.
+        in float32 (faster on GPUs). Probabilities under bfloat16 stay within 0.03 of float32's on small models
+        (float16: 0.01; docs/scale_out.md, tests/test_annotate_precision.py); near-ties can change label.
     layer, gene_key, input_kind, synonyms, min_gene_overlap
         How to read the cells, as for :meth:`tokenization.ScBertTokenizer.__call__`.
     chunk_size
