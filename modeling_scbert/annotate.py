@@ -237,6 +237,7 @@ def annotate(
     min_gene_overlap: float | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     progress: bool | None = None,
+    distributed: bool = True,
     copy: bool = False,
 ) -> AnnData | None:
     """Predict a cell type for every cell, with a confidence and, optionally, novel-type detection.
@@ -275,6 +276,10 @@ def annotate(
         Cells read and encoded at a time (memory stays bounded for backed data).
     progress
         Show a progress bar; by default when there is more than one batch.
+    distributed
+        Under ``torchrun`` / ``accelerate launch`` with several processes, share the cells among them (then call this
+        on every process). ``False`` annotates every cell in this process alone, e.g. on the main process after
+        distributed training; the others are not involved.
     copy
         Return an annotated copy instead of writing into ``adata``.
 
@@ -309,7 +314,7 @@ def annotate(
     candidates = list(model) if isinstance(model, (list, tuple)) else [model]
     if not candidates:
         raise ValueError("annotate needs a model; got an empty list.")
-    processes = inference_processes()
+    processes = inference_processes() if distributed else InferenceProcesses()
     # Everything that can fail runs on every process before any cell is read; a failure anywhere stops all.
     with processes.all_or_none("Loading the models and planning the reading"):
         members = [_resolve(member, tokenizer, model_class=ScBertForSequenceClassification) for member in candidates]
@@ -408,6 +413,7 @@ def embed(
     min_gene_overlap: float | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     progress: bool | None = None,
+    distributed: bool = True,
     copy: bool = False,
 ) -> AnnData | None:
     """Cell embeddings: the mean of the encoder's final (LayerNorm-ed) encodings over all panel positions.
@@ -426,7 +432,8 @@ def embed(
         The model's tokenizer; needed with a model object.
     key_added
         Writes ``.obsm[f"X_{key_added}"]`` and ``.uns[f"{key_added}_embedding"]``.
-    batch_size, device, dtype, layer, gene_key, input_kind, synonyms, min_gene_overlap, chunk_size, progress, copy
+    batch_size, device, dtype, layer, gene_key, input_kind, synonyms, min_gene_overlap, chunk_size, progress
+    distributed, copy
         As for :func:`annotate` (also how several processes share the cells and the main process writes).
 
     Returns
@@ -446,7 +453,7 @@ def embed(
         With several processes, on every process but the one that failed (which raises its own error).
     """
     dtype = _dtype_name(dtype)
-    processes = inference_processes()
+    processes = inference_processes() if distributed else InferenceProcesses()
     with processes.all_or_none("Loading the model and planning the reading"):
         model, tokenizer, model_name = _resolve(model, tokenizer, model_class=ScBertModel)
         encoder = model if isinstance(model, ScBertModel) else model.scbert

@@ -74,6 +74,14 @@ SCRIPT = textwrap.dedent(
             ScBertTokenizer.input_ids_from_tokens = original
     marker["failures"] = failures
 
+    # One process alone (distributed=False), while the other does something else: it annotates every cell.
+    if rank == 0:
+        alone = ad.read_h5ad(data, backed="r")
+        annotate(alone, str(model_a), distributed=False, return_probabilities=True, progress=False)
+        np.save(out / "alone.npy", alone.obsm["scbert_probabilities"])
+    with processes.all_or_none("Waiting"):  # meet again before the command line, which takes both processes
+        pass
+
     # The command line in the same processes: embed, then an output that exists, refused before any work.
     embed_args = ["embed", "--model", str(model_a), "--input", str(data), "--output", str(out / "embedded.h5ad")]
     marker["cli_codes"] = [cli_main(embed_args), cli_main(embed_args)]
@@ -155,6 +163,10 @@ def test_two_processes_annotate_and_embed_like_one_and_stop_together_on_failure(
     assert loading.startswith("ScBertProcessError") and "process 1 of 2" in loading and "missing-model" in loading
     assert markers[1]["failures"][0] == "ValueError: injected failure on process 1"
     assert markers[1]["failures"][1].startswith("FileNotFoundError")
+
+    # distributed=False on process 0 alone annotated every cell, like one process.
+    alone = annotate(ad.read_h5ad(setup["data"]), str(setup["model_a"]), return_probabilities=True, copy=True)
+    np.testing.assert_allclose(np.load(out / "alone.npy"), alone.obsm["scbert_probabilities"], rtol=0, atol=1e-6)
 
     # `scbert embed` wrote one output, like one process's; run again, both processes refused the existing output.
     assert [m["cli_codes"] for m in markers] == [[0, 2], [0, 2]]
