@@ -14,10 +14,12 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
-from test_annotate import CLASSES, make_adata, save_annotator
+import scipy.sparse as sp
+from test_annotate import CLASSES, GENES, make_adata, save_annotator
 
 from modeling_scbert.annotate import annotate, embed
 from modeling_scbert.distributed import InferenceProcesses
+from tokenization import ScBertTokenizer
 
 N_CELLS = 41  # odd: the two shares differ by one cell
 
@@ -125,6 +127,17 @@ def test_shares_are_contiguous_cover_every_cell_once_and_differ_by_at_most_one()
             assert all(shares[r][1] == shares[r + 1][0] for r in range(world_size - 1))
             sizes = [end - start for start, end in shares]
             assert max(sizes) - min(sizes) <= 1
+
+
+def test_a_share_of_a_backed_file_encodes_like_those_rows_of_the_whole(setup):
+    backed = ad.read_h5ad(setup["data"], backed="r")
+    tokenizer = ScBertTokenizer(GENES)
+    whole = sp.vstack([tokens for _, _, tokens in tokenizer.iter_encoded(backed, batch_size=8)]).toarray()
+    chunks = list(tokenizer.iter_encoded(backed, batch_size=8, start=21, end=41))
+    assert [(start, end) for start, end, _ in chunks] == [(21, 29), (29, 37), (37, 41)]
+    np.testing.assert_array_equal(sp.vstack([tokens for _, _, tokens in chunks]).toarray(), whole[21:41])
+    with pytest.raises(ValueError, match="0 <= start <= end <= 41"):
+        tokenizer.iter_encoded(backed, start=30, end=50)
 
 
 @pytest.mark.slow
