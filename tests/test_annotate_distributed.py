@@ -33,10 +33,12 @@ SCRIPT = textwrap.dedent(
 
     from modeling_scbert.annotate import annotate, embed
     from modeling_scbert.cli import main as cli_main
+    from modeling_scbert import distributed
     from modeling_scbert.distributed import inference_processes
     from tokenization import ScBertTokenizer
 
     out, data, model_a, model_b = (Path(p) for p in sys.argv[1:5])
+    distributed.GATHER_BLOCK_BYTES = 100  # rows travel a few at a time: many rounds, partial last rounds
     processes = inference_processes()
     rank = processes.rank
     marker = {"rank": rank, "world_size": processes.world_size, "shard": processes.shard(N_CELLS)}
