@@ -13,6 +13,7 @@ from pathlib import Path
 from tokenization import ScBertTokenizer
 
 from .convert_scbert_original_checkpoint import convert_checkpoint
+from .distributed import ScBertProcessError
 from .reading import ScBertReadingArguments
 
 
@@ -125,21 +126,27 @@ def _annotate(args: argparse.Namespace) -> int:
         write_h5ad_with_slots,
         write_text_atomically,
     )
+    from .distributed import inference_processes
 
-    # Every check that can fail runs before any work, so a bad call leaves no file behind.
-    output = check_output_path(args.output, overwrite=args.overwrite, inputs=(args.input,))
-    if args.csv:
-        check_output_path(args.csv, overwrite=args.overwrite, inputs=(args.input, args.output))
-    if args.threshold is not None and not 0 <= args.threshold <= 1:
-        raise ValueError(f"--threshold must lie in [0, 1] (a probability); got {args.threshold}.")
-    adata = read_h5ad(args.input, backed="r")
-    if args.label_key is not None and args.label_key not in adata.obs.columns:
-        raise ValueError(
-            f"--label-key {args.label_key!r} is not a column of .obs; the columns are {list(adata.obs.columns)}."
-        )
-    layout = plan_h5ad_output(args.input)
-    members = [(*load_annotator(name), name) for name in args.model]
-    check_ensemble(members)
+    # Every check that can fail runs before any work, so a bad call leaves no file behind. Under torchrun every
+    # process checks and loads; only the main process (which alone writes) checks the outputs; a failure anywhere
+    # stops all.
+    processes = inference_processes()
+    with processes.all_or_none("Checking the inputs"):
+        if processes.is_main:
+            output = check_output_path(args.output, overwrite=args.overwrite, inputs=(args.input,))
+            if args.csv:
+                check_output_path(args.csv, overwrite=args.overwrite, inputs=(args.input, args.output))
+        if args.threshold is not None and not 0 <= args.threshold <= 1:
+            raise ValueError(f"--threshold must lie in [0, 1] (a probability); got {args.threshold}.")
+        adata = read_h5ad(args.input, backed="r")
+        if args.label_key is not None and args.label_key not in adata.obs.columns:
+            raise ValueError(
+                f"--label-key {args.label_key!r} is not a column of .obs; the columns are {list(adata.obs.columns)}."
+            )
+        layout = plan_h5ad_output(args.input)
+        members = [(*load_annotator(name), name) for name in args.model]
+        check_ensemble(members)
     annotate(
         adata,
         [model for model, _, _ in members],
@@ -151,6 +158,8 @@ def _annotate(args: argparse.Namespace) -> int:
         over_clustering=args.over_clustering,
         **_inference_options(args),
     )
+    if not processes.is_main:
+        return 0  # its cells were gathered to the main process, which writes
     key = args.key_added
     obsm = [f"{key}_probabilities"] if args.probabilities else []
     voting = [column for column in (f"{key}_majority_voting", f"{key}_over_clustering") if column in adata.obs]
@@ -182,12 +191,16 @@ def _annotate(args: argparse.Namespace) -> int:
 
 def _embed(args: argparse.Namespace) -> int:
     from .annotate import check_output_path, embed, load_annotator, plan_h5ad_output, read_h5ad, write_h5ad_with_slots
+    from .distributed import inference_processes
     from .modeling_scbert import ScBertModel
 
-    output = check_output_path(args.output, overwrite=args.overwrite, inputs=(args.input,))
-    adata = read_h5ad(args.input, backed="r")
-    layout = plan_h5ad_output(args.input)
-    model, tokenizer = load_annotator(args.model, model_class=ScBertModel)
+    processes = inference_processes()
+    with processes.all_or_none("Checking the inputs"):
+        if processes.is_main:
+            output = check_output_path(args.output, overwrite=args.overwrite, inputs=(args.input,))
+        adata = read_h5ad(args.input, backed="r")
+        layout = plan_h5ad_output(args.input)
+        model, tokenizer = load_annotator(args.model, model_class=ScBertModel)
     embed(
         adata,
         model,
@@ -195,6 +208,8 @@ def _embed(args: argparse.Namespace) -> int:
         key_added=args.key_added,
         **_inference_options(args),
     )
+    if not processes.is_main:
+        return 0
     key = args.key_added
     write_h5ad_with_slots(
         args.input, output, adata, obsm_keys=[f"X_{key}"], uns_keys=[f"{key}_embedding"], layout=layout
@@ -246,10 +261,15 @@ def _attention(args: argparse.Namespace) -> int:
 
 def _inference_options(args: argparse.Namespace) -> dict:
     """The keyword arguments of ``annotate`` / ``embed`` that :func:`_add_inference_options` defines."""
-    return {"batch_size": args.batch_size, "device": args.device, "progress": True, **_reading_options(args)}
+    options = {"batch_size": args.batch_size, "device": args.device, "progress": True, **_reading_options(args)}
+    if "dtype" in args:
+        options["dtype"] = args.dtype
+    return options
 
 
-def _add_inference_options(command: argparse.ArgumentParser, *, ensemble: bool = False) -> None:
+def _add_inference_options(
+    command: argparse.ArgumentParser, *, ensemble: bool = False, precision: bool = True
+) -> None:
     if ensemble:
         command.add_argument(
             "--model",
@@ -266,7 +286,19 @@ def _add_inference_options(command: argparse.ArgumentParser, *, ensemble: bool =
     command.add_argument(
         *_spellings("--batch-size"), type=int, default=32, help="cells per forward pass (default: 32)"
     )
-    command.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: the first available accelerator)")
+    command.add_argument(
+        "--device",
+        help="cpu, cuda, cuda:1, mps (default: the first available accelerator; under torchrun: cuda:LOCAL_RANK, or "
+        "the CPU without CUDA)",
+    )
+    if precision:
+        command.add_argument(
+            "--dtype",
+            choices=["float32", "bfloat16", "float16"],
+            default="float32",
+            help="compute precision: bfloat16 / float16 autocast the linear layers, the attention kernel stays "
+            "float32 (default: float32)",
+        )
     _add_dataclass_options(command, ScBertReadingArguments)
 
 
@@ -378,7 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
         "every cell of --input, average it per cell type (predicted, or --groupby), and write --output with "
         ".varm['scbert_attention'] (genes x types) and .uns['scbert_attention'] added.",
     )
-    _add_inference_options(attention)
+    _add_inference_options(attention, precision=False)
     attention.add_argument(
         *_spellings("--groupby"), help="an .obs column of cell types (default: the model's predicted type)"
     )
@@ -415,6 +447,7 @@ COMMANDS = ("convert", "push", *TRAINING_COMMANDS, "annotate", "embed", "attenti
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the ``scbert`` command line; annotate and embed also run under ``torchrun`` / ``accelerate launch``."""
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     # pretrain / finetune hand their options to HfArgumentParser (our dataclasses + TrainingArguments).
@@ -428,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
         if training_argv is not None:
             return _training(args.command, training_argv)
         return args.handler(args)
-    except (ValueError, FileExistsError, FileNotFoundError, IsADirectoryError) as error:
+    except (ValueError, FileExistsError, FileNotFoundError, IsADirectoryError, ScBertProcessError) as error:
         print(f"scbert {args.command}: error: {error}", file=sys.stderr)
         return 2
 

@@ -529,17 +529,23 @@ class ScBertTokenizer:
         use_raw: bool = False,
         min_genes: int | None = None,
         return_detected_genes: bool = False,
+        start: int = 0,
+        end: int | None = None,
     ) -> Iterator[tuple[int, int, sp.csr_matrix]]:
         """Encode chunk by chunk, yielding sparse tokens; the building block of the datasets in ``data.py``.
 
-        Takes the same arguments as :meth:`__call__`. Alignment, input-kind detection and verification, and their
-        errors happen before the first chunk is yielded; once every chunk is read, cells with too little signal in
-        the panel are counted in a warning (see ``min_genes``).
+        Takes the same arguments as :meth:`__call__`, plus ``start`` and ``end``: encode only the rows ``start:end``
+        (one process's share of a backed file; only those rows are read). Alignment, input-kind detection and
+        verification (always over the whole matrix, so every share is read the same way) and their errors happen
+        when this is called, before the first chunk is yielded; once every chunk is read, cells with too little
+        signal in the panel are counted in a warning (see ``min_genes``).
 
         Parameters
         ----------
         return_detected_genes
             Also yield each cell's number of detected panel genes (non-zero values after alignment).
+        start, end
+            The rows to encode (default: all); chunk bounds are yielded as indices of the whole matrix.
 
         Yields
         ------
@@ -558,8 +564,17 @@ class ScBertTokenizer:
             use_raw=use_raw,
             min_genes=min_genes,
         )
+        n_obs = plan.matrix.shape[0]
+        end = n_obs if end is None else end
+        if not 0 <= start <= end <= n_obs:
+            raise ValueError(f"start={start} and end={end} must satisfy 0 <= start <= end <= {n_obs} (the cells).")
         return self._iter_plan(
-            plan, batch_size=batch_size, progress=progress, return_detected_genes=return_detected_genes
+            plan,
+            batch_size=batch_size,
+            progress=progress,
+            start=start,
+            end=end,
+            return_detected_genes=return_detected_genes,
         )
 
     def _iter_plan(
