@@ -671,7 +671,8 @@ class ScBertConvClassificationHead(nn.Module):
     """The published fine-tuning head.
 
     Each position is projected to one score (the published ``Conv2d(1, 1, (1, hidden_size))``, here the equivalent
-    ``Linear(hidden_size, 1)``) and passed through a ReLU; the ``num_genes + 1`` scores of a cell feed an MLP
+    ``Linear(hidden_size, 1)``) and passed through a ReLU (``config.classifier_score_activation``); the
+    ``num_genes + 1`` scores of a cell feed an MLP
     (512 -> 128 by default, ReLU after each) and a final linear layer to the labels.
     """
 
@@ -679,6 +680,7 @@ class ScBertConvClassificationHead(nn.Module):
         super().__init__()
         self.sequence_length = config.sequence_length
         self.token_projection = nn.Linear(config.hidden_size, 1)
+        self.score_activation = ACT2FN[config.classifier_score_activation]
         sizes = [config.sequence_length, *config.classifier_hidden_sizes]
         self.hidden_layers = nn.ModuleList(nn.Linear(n_in, n_out) for n_in, n_out in zip(sizes[:-1], sizes[1:]))
         self.input_dropout = nn.Dropout(config.classifier_input_dropout)
@@ -691,7 +693,7 @@ class ScBertConvClassificationHead(nn.Module):
                 f"The 'conv' classification head reads all {self.sequence_length} positions (panel + appended token), "
                 f"got {hidden_states.shape[1]}. Use full-length inputs, or `classifier_type='pooled'`."
             )
-        scores = torch.relu(self.token_projection(hidden_states).squeeze(-1))
+        scores = self.score_activation(self.token_projection(hidden_states).squeeze(-1))
         if attention_mask is not None:
             scores = scores * attention_mask.to(scores.dtype)
         scores = self.input_dropout(scores)

@@ -206,6 +206,29 @@ def test_classifier_input_dropout_drops_the_head_input_in_training_only(classifi
     assert not torch.allclose(logits, plain(ids).logits)
 
 
+@pytest.mark.parametrize("activation", ["relu", "leaky_relu"])
+def test_a_conv_head_whose_scores_are_all_negative_learns_only_with_a_leaky_activation(activation):
+    # The projection to per-gene scores is one Linear shared by every position: once it is negative everywhere, a
+    # ReLU passes no gradient to it or to the encoder, and the model predicts one class for good.
+    model = build(ScBertForSequenceClassification, classifier_score_activation=activation).train()
+    with torch.no_grad():
+        model.classifier.token_projection.bias.fill_(-100.0)
+    labels = torch.tensor([0, 1, 2])
+    model(tester.input_ids(), labels=labels).loss.backward()
+    projection_grad = model.classifier.token_projection.weight.grad.abs().sum()
+    encoder_grad = model.scbert.encoder.layers[-1].attention.query.weight.grad.abs().sum()
+    if activation == "relu":
+        assert projection_grad == 0 and encoder_grad == 0
+    else:
+        assert projection_grad > 0 and encoder_grad > 0
+
+
+def test_the_published_head_keeps_its_relu_and_a_bad_activation_is_refused():
+    assert ScBertConfig().classifier_score_activation == "relu"
+    with pytest.raises(ValueError, match="classifier_score_activation"):
+        tester.get_config(classifier_score_activation="leaky")
+
+
 def test_inputs_of_the_wrong_length_are_refused():
     with pytest.raises(ValueError, match="13"):
         build(ScBertModel)(torch.zeros(1, 20, dtype=torch.long))
