@@ -110,22 +110,22 @@ def run_worker(spec: dict) -> dict:
         model.config.attention_schedule = impl
     ids = torch.randint(0, 6, (batch, num_genes + 1), generator=torch.Generator().manual_seed(0))
 
-    def call():
+    def call(inputs):
         if mode == "infer":
             model.eval()
             with torch.inference_mode():
-                model(ids)
+                model(inputs)
         else:
             model.train()
-            out = model(ids)
+            out = model(inputs)
             logits = out if isinstance(out, torch.Tensor) else out.logits
             logits.logsumexp(-1).mean().backward()
 
-    call()  # first-call work (lazy initialisation) is not part of the count
+    call(ids[:1])  # first-call work (lazy initialisation) is not part of the count
     model.zero_grad(set_to_none=True)
     started = time.perf_counter()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        call()
+        call(ids)
     histogram = count_kernel_operators(prof.events())
     return {
         **spec,
