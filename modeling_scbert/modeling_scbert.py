@@ -394,7 +394,8 @@ def _batched_key_summary(key, value_ext, projection_t, masked_out, epsilon, num_
         stabilisers = torch.stack(stabilisers)  # (chunks, batch)
         stabiliser = stabilisers.amax(dim=0)
         weights = torch.exp(stabilisers - stabiliser).repeat_interleave(num_heads, dim=1)  # (chunks, batch * heads)
-        summary = torch.einsum("cb,cbme->bme", weights, torch.stack(summaries))
+        # A weighted sum, not an einsum: on a CPU the einsum's batched product copies each (features x d) block.
+        summary = torch.stack(summaries).mul_(weights[:, :, None, None]).sum(dim=0)
     return summary.add_(value_ext.sum(dim=1, keepdim=True), alpha=epsilon), stabiliser
 
 
