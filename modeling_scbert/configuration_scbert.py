@@ -11,6 +11,7 @@ from transformers.activations import ACT2FN
 
 GENE_EMBEDDING_TYPES = ("frozen", "learned")
 CLASSIFIER_TYPES = ("conv", "pooled")
+ATTENTION_SCHEDULES = ("per_cell", "batched")
 
 
 class ScBertConfig(PreTrainedConfig):
@@ -76,8 +77,17 @@ class ScBertConfig(PreTrainedConfig):
             and the model predicts one class for good: on the Kang 2018 PBMCs a compact new model did so for one seed
             in two. ``"leaky_relu"`` (slope 0.01 below zero) keeps a gradient, and is what ``finetune`` gives a new
             model.
-        attention_chunk_size: Tokens processed at a time in the FAVOR+ feature map. ``None`` picks a size that keeps
-            the temporaries in cache. Changes speed and memory, never the result.
+        attention_chunk_size: Tokens processed at a time in the FAVOR+ feature map and the feed-forward (per cell
+            with the ``"per_cell"`` schedule, for the whole batch with ``"batched"``). ``None`` picks a size: 512
+            tokens per cell (the temporaries stay in a CPU's cache) or, batched, as many tokens as keep one chunk's
+            feature map within 2**28 elements (1 GiB in float32; thousands of tokens on a GPU). Changes speed and
+            memory, never the result.
+        attention_schedule: How the cells of a batch go through the attention and the feed-forward; both compute the
+            same attention and each cell's output never depends on its batch. ``"per_cell"``: one cell and one chunk
+            of tokens at a time (fast on a CPU: few, cache-sized temporaries). ``"batched"``: all cells together
+            (batch x heads as the batch dimension of the matrix products), in large chunks of tokens, so a forward
+            launches a few hundred kernels instead of thousands per cell (fast on a GPU). ``None`` chooses at run
+            time: ``"per_cell"`` on a CPU, ``"batched"`` on any accelerator.
         initializer_range: Standard deviation of the normal initialiser.
 
     Example:
@@ -114,6 +124,7 @@ class ScBertConfig(PreTrainedConfig):
     classifier_input_dropout: float = 0.0
     classifier_score_activation: str = "relu"
     attention_chunk_size: int | None = None
+    attention_schedule: str | None = None
     initializer_range: float = 0.02
 
     def __post_init__(self, **kwargs):
@@ -188,6 +199,11 @@ class ScBertConfig(PreTrainedConfig):
             )
         if self.attention_chunk_size is not None and self.attention_chunk_size <= 0:
             raise ValueError(f"`attention_chunk_size` must be positive or None, got {self.attention_chunk_size}.")
+        if self.attention_schedule is not None and self.attention_schedule not in ATTENTION_SCHEDULES:
+            raise ValueError(
+                f"`attention_schedule` must be one of {ATTENTION_SCHEDULES} or None (per-cell on CPU, batched on "
+                f"accelerators), got {self.attention_schedule!r}."
+            )
 
 
 __all__ = ["ScBertConfig"]

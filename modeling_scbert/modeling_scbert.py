@@ -320,8 +320,243 @@ def chunked_favor_attention(
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# The same attention for accelerators: all cells of a batch at once ("batched" schedule).
+#
+# On a GPU every operator is a kernel launch of several microseconds, so the per-cell schedule above (thousands of
+# small operators per cell) would be bound by launches. Here the cells and heads of a batch together form the batch
+# dimension of every matrix product, and a chunk of tokens is as large as a memory budget allows (one chunk for a
+# full-length cell, two for a batch of 8), so a forward launches a few hundred kernels whatever the batch size.
+# The key stabiliser stays per sample (a cell's output never depends on its batch). Instead of a running maximum, each
+# chunk's key summary is taken relative to that chunk's own per-sample maximum, and the chunks are combined once at
+# the end, each rescaled by exp(chunk maximum - sample maximum): the same exact rewrite with fewer operators per
+# chunk. The other rewrites (epsilon summed separately, the ratio m^-1/2 left out, a column of ones appended to v) are
+# those of the per-cell schedule. The stabilisers are constants for the backward pass.
+# Tensors here are laid out (batch * heads, tokens, head_dim), heads major, so a chunk of tokens is a strided view.
+# ---------------------------------------------------------------------------------------------------------------------
+
+# Elements of one chunk's (batch x heads x tokens x features) feature map when the batched schedule picks the chunk
+# size: 2**28 (1 GiB in float32), one chunk for a full-length cell, two for a batch of 8 at the published shapes.
+BATCHED_CHUNK_ELEMENTS = 2**28
+
+
+def batched_chunk_size(
+    tokens: int, *, batch_size: int, num_heads: int, num_features: int, chunk_size: int | None = None
+) -> int:
+    """Tokens per chunk of the batched schedule: ``chunk_size`` if given, else as many as keep a chunk's feature map
+    within ``BATCHED_CHUNK_ELEMENTS``, evened out so that the chunks of ``tokens`` have equal sizes."""
+    if chunk_size is None:
+        chunk_size = max(1, BATCHED_CHUNK_ELEMENTS // (batch_size * num_heads * num_features))
+    num_chunks = math.ceil(tokens / chunk_size)
+    return math.ceil(tokens / num_chunks) if num_chunks > 0 else chunk_size
+
+
+def _half_squared_norms(x: torch.Tensor) -> torch.Tensor:
+    """``|x|^2 d^-1/2 / 2`` per token, (..., tokens, d) -> (..., tokens, 1): the norm term of the exponent."""
+    return (x * x).sum(dim=-1, keepdim=True).mul_(0.5 * x.shape[-1] ** -0.5)
+
+
+def _per_sample(stabiliser: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """(batch,) -> (batch * heads, 1, 1): one stabiliser per sample, repeated over its heads."""
+    return stabiliser.repeat_interleave(num_heads).view(-1, 1, 1)
+
+
+def _batched_key_exponentials(key, key_norms, projection_t, masked_out, num_heads, stabiliser=None):
+    """``exp(k P^T - |k|^2 d^-1/2 / 2 - s)`` of a chunk of keys (batch * heads, tokens, features), zero at masked
+    keys, and the per-sample stabiliser ``s`` (batch,): the chunk's own maximum of ``k P^T`` unless given."""
+    projected = torch.bmm(key, projection_t.expand(key.shape[0], -1, -1))
+    if masked_out is not None:
+        projected.unflatten(0, (-1, num_heads)).masked_fill_(masked_out[:, None, :, None], float("-inf"))
+    if stabiliser is None:
+        # Clamped so that an all-masked chunk gives exp(-inf - lowest) = 0, not exp(-inf + inf) = nan.
+        stabiliser = projected.flatten(1).unflatten(0, (-1, num_heads)).amax(dim=(1, 2))
+        stabiliser = stabiliser.clamp_min_(torch.finfo(projected.dtype).min)
+    return projected.sub_(key_norms + _per_sample(stabiliser, num_heads)).exp_(), stabiliser
+
+
+def _batched_key_summary(key, value_ext, projection_t, masked_out, epsilon, num_heads, chunk_size):
+    """``sum_j phi(k_j) [v_j, 1]^T`` (batch * heads, features, head_dim + 1) over unmasked keys, and the per-sample
+    key stabiliser (batch,)."""
+    key_norms = _half_squared_norms(key)
+    summaries, stabilisers = [], []
+    for start in range(0, key.shape[1], chunk_size):
+        chunk = slice(start, start + chunk_size)
+        exponentials, stabiliser = _batched_key_exponentials(
+            key[:, chunk],
+            key_norms[:, chunk],
+            projection_t,
+            None if masked_out is None else masked_out[:, chunk],
+            num_heads,
+        )
+        summaries.append(torch.bmm(exponentials.transpose(1, 2), value_ext[:, chunk]))
+        stabilisers.append(stabiliser)
+    if len(summaries) == 1:
+        summary, stabiliser = summaries[0], stabilisers[0]
+    else:
+        stabilisers = torch.stack(stabilisers)  # (chunks, batch)
+        stabiliser = stabilisers.amax(dim=0)
+        weights = torch.exp(stabilisers - stabiliser).repeat_interleave(num_heads, dim=1)  # (chunks, batch * heads)
+        # A weighted sum, not an einsum: on a CPU the einsum's batched product copies each (features x d) block.
+        summary = torch.stack(summaries).mul_(weights[:, :, None, None]).sum(dim=0)
+    return summary.add_(value_ext.sum(dim=1, keepdim=True), alpha=epsilon), stabiliser
+
+
+def _batched_attend(query, query_norms, projection_t, summary, epsilon):
+    """Numerators and normalisers (batch * heads, tokens, head_dim + 1) of a chunk of queries, and their features."""
+    projected = torch.bmm(query, projection_t.expand(query.shape[0], -1, -1))
+    offset = projected.amax(dim=-1, keepdim=True).add_(query_norms)  # the per-token query stabiliser
+    features = projected.sub_(offset).exp_().add_(epsilon)
+    return torch.bmm(features, summary), features
+
+
+class _BatchedFavorAttention(torch.autograd.Function):
+    """FAVOR+ attention of a whole batch, chunked over tokens, with a backward that recomputes the feature maps.
+
+    Inputs are (batch * heads, tokens, head_dim), and ``value_ext`` is v with a last column of ones, both zero at
+    masked keys; ``projection_t`` is the random features scaled by ``head_dim ** -0.25``, transposed;
+    ``masked_out`` is a boolean (batch, tokens), True at masked keys, or ``None``.
+    """
+
+    @staticmethod
+    def forward(ctx, query, key, value_ext, projection_t, masked_out, epsilon, num_heads, chunk_size):
+        summary, stabiliser = _batched_key_summary(
+            key, value_ext, projection_t, masked_out, epsilon, num_heads, chunk_size
+        )
+        query_norms = _half_squared_norms(query)
+        output = query.new_empty(query.shape)
+        for start in range(0, query.shape[1], chunk_size):
+            chunk = slice(start, start + chunk_size)
+            ratios, _ = _batched_attend(query[:, chunk], query_norms[:, chunk], projection_t, summary, epsilon)
+            torch.div(ratios[..., :-1], ratios[..., -1:], out=output[:, chunk])
+        ctx.save_for_backward(query, key, value_ext, projection_t, masked_out, summary, stabiliser)
+        ctx.epsilon, ctx.num_heads, ctx.chunk_size = epsilon, num_heads, chunk_size
+        return output
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        with torch.autocast(device_type=grad_output.device.type, enabled=False):
+            return _BatchedFavorAttention._backward(ctx, grad_output)
+
+    @staticmethod
+    def _backward(ctx, grad_output):
+        query, key, value_ext, projection_t, masked_out, summary, stabiliser = ctx.saved_tensors
+        epsilon, num_heads, chunk_size = ctx.epsilon, ctx.num_heads, ctx.chunk_size
+        norm_scale = query.shape[-1] ** -0.5  # d(|x|^2 d^-1/2 / 2) / dx = x d^-1/2
+        projection = projection_t.transpose(0, 1).expand(query.shape[0], -1, -1)
+
+        # Queries: output = numerator / normaliser, both read off the chunk's features times the summary.
+        query_norms = _half_squared_norms(query)
+        grad_query = torch.empty_like(query)
+        grad_summary = torch.zeros_like(summary)
+        for start in range(0, query.shape[1], chunk_size):
+            chunk = slice(start, start + chunk_size)
+            q = query[:, chunk]
+            ratios, features = _batched_attend(q, query_norms[:, chunk], projection_t, summary, epsilon)
+            numerator, normaliser = ratios[..., :-1], ratios[..., -1:]
+            grad_numerator = grad_output[:, chunk] / normaliser
+            grad_normaliser = -(grad_numerator * numerator).sum(dim=-1, keepdim=True) / normaliser
+            grad_ratios = torch.cat([grad_numerator, grad_normaliser], dim=-1)
+            grad_summary.baddbmm_(features.transpose(1, 2), grad_ratios)
+            grad_exponent = torch.bmm(grad_ratios, summary.transpose(1, 2)).mul_(features.sub_(epsilon))
+            grad = torch.bmm(grad_exponent, projection).sub_(grad_exponent.sum(-1, keepdim=True) * q * norm_scale)
+            grad_query[:, chunk] = grad
+
+        # Keys and values: summary = sum_j (exp_j + epsilon) [v_j, 1]^T, with exp_j = 0 at masked keys.
+        key_norms = _half_squared_norms(key)
+        grad_key = torch.empty_like(key)
+        grad_value_ext = torch.empty_like(value_ext)
+        grad_epsilon = epsilon * grad_summary.sum(dim=1, keepdim=True)
+        for start in range(0, key.shape[1], chunk_size):
+            chunk = slice(start, start + chunk_size)
+            k = key[:, chunk]
+            exponentials, _ = _batched_key_exponentials(
+                k,
+                key_norms[:, chunk],
+                projection_t,
+                None if masked_out is None else masked_out[:, chunk],
+                num_heads,
+                stabiliser,
+            )
+            torch.baddbmm(grad_epsilon, exponentials, grad_summary, out=grad_value_ext[:, chunk])
+            grad_exponent = torch.bmm(value_ext[:, chunk], grad_summary.transpose(1, 2)).mul_(exponentials)
+            grad = torch.bmm(grad_exponent, projection).sub_(grad_exponent.sum(-1, keepdim=True) * k * norm_scale)
+            grad_key[:, chunk] = grad
+        return grad_query, grad_key, grad_value_ext, None, None, None, None, None
+
+
+def batched_favor_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    projection: torch.Tensor,
+    *,
+    epsilon: float,
+    chunk_size: int | None = None,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """FAVOR+ attention equal to ``linear_attention`` of ``softmax_kernel_features``, all samples at once.
+
+    The same attention as :func:`chunked_favor_attention`, scheduled for accelerators: samples and heads form the
+    batch dimension of the matrix products and the chunks of tokens are large, so the number of operators does not
+    grow with the batch. The key stabiliser is still per sample.
+
+    Args:
+        query, key, value: ``(batch, tokens, heads, head_dim)``, the layout of the q/k/v projections.
+        projection: Random features ``(num_features, head_dim)``.
+        epsilon: Constant added after the exponential.
+        chunk_size: Tokens per chunk (for the whole batch); ``None`` picks it with :func:`batched_chunk_size`.
+            Changes speed and memory, not the result.
+        mask: Optional boolean ``(batch, tokens)``, True where a token takes part as a key.
+
+    Returns:
+        Tensor of shape ``(batch, tokens, heads, head_dim)``.
+    """
+    batch_size, tokens, num_heads, head_dim = query.shape
+    chunk_size = batched_chunk_size(
+        tokens, batch_size=batch_size, num_heads=num_heads, num_features=projection.shape[0], chunk_size=chunk_size
+    )
+    # The feature maps are exponentials of projections: computed in at least float32 (see chunked_favor_attention).
+    dtype = query.dtype
+    compute_dtype = torch.promote_types(dtype, torch.float32)
+    with torch.autocast(device_type=query.device.type, enabled=False):
+        projection_t = (projection.to(compute_dtype) * head_dim**-0.25).transpose(0, 1)
+
+        def heads_major(x: torch.Tensor) -> torch.Tensor:
+            return x.to(compute_dtype).transpose(1, 2).reshape(batch_size * num_heads, tokens, -1)
+
+        if mask is None:
+            masked_out = None
+            ones = query.new_ones((), dtype=compute_dtype).expand(batch_size, tokens, num_heads, 1)
+            value_ext = torch.cat([value.to(compute_dtype), ones], dim=-1)
+        else:
+            masked_out = ~mask
+            column = mask.to(compute_dtype)[:, :, None, None].expand(batch_size, tokens, num_heads, 1)
+            value_ext = torch.cat([value.to(compute_dtype), column], dim=-1).masked_fill(
+                masked_out[:, :, None, None], 0.0
+            )
+        output = _BatchedFavorAttention.apply(
+            heads_major(query),
+            heads_major(key),
+            heads_major(value_ext),
+            projection_t,
+            masked_out,
+            epsilon,
+            num_heads,
+            chunk_size,
+        )
+    return output.unflatten(0, (batch_size, num_heads)).transpose(1, 2).to(dtype)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # Modules
 # ---------------------------------------------------------------------------------------------------------------------
+
+
+def resolve_attention_schedule(config: ScBertConfig, device: torch.device) -> str:
+    """The schedule a forward on ``device`` runs: ``config.attention_schedule``, or when it is ``None``,
+    ``"per_cell"`` on a CPU and ``"batched"`` on any accelerator."""
+    if config.attention_schedule is not None:
+        return config.attention_schedule
+    return "per_cell" if device.type == "cpu" else "batched"
 
 
 class ScBertFrozenGeneEmbedding(nn.Module):
@@ -398,6 +633,8 @@ class ScBertSelfAttention(nn.Module):
         self.random_features.copy_(fresh)
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        if resolve_attention_schedule(self.config, hidden_states.device) == "batched":
+            return self._batched(hidden_states, attention_mask)
         if not torch.is_grad_enabled():
             return self._stream(hidden_states, attention_mask)
         # One cell at a time: q, k and v (3 x tokens x 640 floats per cell) then exist for one cell only, and a
@@ -420,6 +657,23 @@ class ScBertSelfAttention(nn.Module):
             )
             outputs.append(self.output(context.flatten(-2)))
         return self.dropout(torch.cat(outputs))
+
+    def _batched(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """All cells together, for accelerators (see :func:`batched_favor_attention`)."""
+        query, key, value = (
+            projection(hidden_states).unflatten(-1, (self.num_heads, self.head_dim))
+            for projection in (self.query, self.key, self.value)
+        )
+        context = batched_favor_attention(
+            query,
+            key,
+            value,
+            self.random_features,
+            epsilon=self.config.kernel_epsilon,
+            chunk_size=self.config.attention_chunk_size,
+            mask=attention_mask,
+        )
+        return self.dropout(self.output(context.flatten(-2)))
 
     @torch.no_grad()
     def _stream(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
@@ -478,21 +732,35 @@ class ScBertLayer(GradientCheckpointingLayer):
         self.attention = ScBertSelfAttention(config)
         self.feed_forward_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.feed_forward = ScBertFeedForward(config)
+        self.config = config
         self.chunk_size = config.attention_chunk_size or DEFAULT_CHUNK_SIZE
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         hidden_states = hidden_states + self.attention(self.attention_norm(hidden_states), attention_mask)
 
-        # Position-wise, so done a cell and a chunk of tokens at a time: the (tokens x intermediate_size)
-        # temporaries stay in cache whatever the batch size. Chunks are split views, never indexed slices: the
-        # backward of each slice read or write would make a zero-filled gradient the size of the whole batch.
-        def chunks(tensor: torch.Tensor) -> list[torch.Tensor]:
-            return [chunk for cell in tensor.unbind(0) for chunk in cell.split(self.chunk_size)]
+        # Position-wise, so done in chunks of tokens. Per cell: a cell and a chunk at a time, so that the
+        # (tokens x intermediate_size) temporaries stay in cache whatever the batch size. Batched: the whole batch in
+        # chunks of tokens within the batched schedule's element budget. Chunks are split views, never indexed slices:
+        # the backward of each slice read or write would make a zero-filled gradient the size of the whole batch.
+        if resolve_attention_schedule(self.config, hidden_states.device) == "batched":
+            batch_size, tokens, _ = hidden_states.shape
+            chunk_size = self.config.attention_chunk_size or max(
+                1, BATCHED_CHUNK_ELEMENTS // (batch_size * self.config.intermediate_size)
+            )
 
+            def chunks(tensor: torch.Tensor) -> list[torch.Tensor]:
+                return list(tensor.split(chunk_size, dim=1))
+
+            join_dim = 1
+        else:
+
+            def chunks(tensor: torch.Tensor) -> list[torch.Tensor]:
+                return [chunk for cell in tensor.unbind(0) for chunk in cell.split(self.chunk_size)]
+
+            join_dim = 0
         if torch.is_grad_enabled():
-            return torch.cat(
-                [chunk + self.feed_forward(self.feed_forward_norm(chunk)) for chunk in chunks(hidden_states)]
-            ).view_as(hidden_states)
+            outputs = [chunk + self.feed_forward(self.feed_forward_norm(chunk)) for chunk in chunks(hidden_states)]
+            return (outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=join_dim)).view_as(hidden_states)
         output = torch.empty_like(hidden_states)
         for chunk, target in zip(chunks(hidden_states), chunks(output)):
             torch.add(chunk, self.feed_forward(self.feed_forward_norm(chunk)), out=target)
@@ -502,6 +770,7 @@ class ScBertLayer(GradientCheckpointingLayer):
 class ScBertEncoder(nn.Module):
     def __init__(self, config: ScBertConfig):
         super().__init__()
+        self.config = config
         self.layers = nn.ModuleList([ScBertLayer(config) for _ in range(config.num_hidden_layers)])
 
     def forward(
@@ -510,7 +779,8 @@ class ScBertEncoder(nn.Module):
         attention_mask: torch.Tensor | None = None,
         output_hidden_states: bool = False,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
-        if not torch.is_grad_enabled() and hidden_states.shape[0] > 1:
+        per_cell = resolve_attention_schedule(self.config, hidden_states.device) == "per_cell"
+        if per_cell and not torch.is_grad_enabled() and hidden_states.shape[0] > 1:
             # Inference: one cell through all layers at a time keeps every temporary cell-sized, so a batch costs
             # what its cells cost one by one (large batch-wide activations would fall out of cache).
             cells = [
@@ -963,6 +1233,7 @@ __all__ = [
     "ScBertForSequenceClassification",
     "ScBertModel",
     "ScBertPreTrainedModel",
+    "batched_favor_attention",
     "draw_orthogonal_random_features",
     "gene_attention",
     "linear_attention",

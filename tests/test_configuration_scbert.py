@@ -41,6 +41,12 @@ def test_round_trip(tmp_path):
     assert loaded.id2label == {0: "LABEL_0", 1: "LABEL_1", 2: "LABEL_2"}
 
 
+@pytest.mark.parametrize("schedule", ["per_cell", "batched", None])
+def test_attention_schedule_is_saved_and_loaded(schedule, tmp_path):
+    ScBertConfig(num_genes=20, attention_schedule=schedule).save_pretrained(tmp_path)
+    assert ScBertConfig.from_pretrained(tmp_path).attention_schedule == schedule
+
+
 @pytest.mark.parametrize(
     ("kwargs", "quoted"),
     [
@@ -55,6 +61,7 @@ def test_round_trip(tmp_path):
         ({"classifier_input_dropout": -0.1}, ["classifier_input_dropout", "-0.1"]),
         ({"feature_redraw_interval": -1}, ["-1"]),
         ({"attention_chunk_size": 0}, ["attention_chunk_size", "0"]),
+        ({"attention_schedule": "batch"}, ["attention_schedule", "'batch'", "'per_cell'", "'batched'"]),
     ],
 )
 def test_inconsistent_values_are_refused_with_the_values(kwargs, quoted):

@@ -29,11 +29,13 @@ def _one_at_a_time(model, ids):
     return torch.cat([model(ids[i : i + 1])[0] for i in range(ids.shape[0])])
 
 
+@pytest.mark.parametrize("schedule", ["per_cell", "batched"])
 @pytest.mark.parametrize("one_at_a_time", [True, False], ids=["one-cell-at-a-time", "batch-of-6"])
-def test_golden_encodings_and_masked_expression_logits(golden_dir, converted, one_at_a_time):
+def test_golden_encodings_and_masked_expression_logits(golden_dir, converted, one_at_a_time, schedule):
     ids = _golden(golden_dir, "tiny_input_ids.npy")
-    encoder = ScBertModel.from_pretrained(converted / "pretrain").eval()
-    mlm = ScBertForMaskedLM.from_pretrained(converted / "pretrain").eval()
+    encoder = ScBertModel.from_pretrained(converted / "pretrain", attention_schedule=schedule).eval()
+    mlm = ScBertForMaskedLM.from_pretrained(converted / "pretrain", attention_schedule=schedule).eval()
+    assert encoder.config.attention_schedule == mlm.config.attention_schedule == schedule
     with torch.no_grad():
         encodings = _one_at_a_time(encoder, ids) if one_at_a_time else encoder(ids).last_hidden_state
         logits = _one_at_a_time(mlm, ids) if one_at_a_time else mlm(ids).logits
@@ -43,10 +45,13 @@ def test_golden_encodings_and_masked_expression_logits(golden_dir, converted, on
     assert (logits - expected_logits).abs().max() <= TOLERANCE
 
 
+@pytest.mark.parametrize("schedule", ["per_cell", "batched"])
 @pytest.mark.parametrize("one_at_a_time", [True, False], ids=["one-cell-at-a-time", "batch-of-6"])
-def test_golden_classification_logits(golden_dir, converted, one_at_a_time):
+def test_golden_classification_logits(golden_dir, converted, one_at_a_time, schedule):
     ids = _golden(golden_dir, "tiny_input_ids.npy")
-    model = ScBertForSequenceClassification.from_pretrained(converted / "finetuned").eval()
+    model = ScBertForSequenceClassification.from_pretrained(converted / "finetuned", attention_schedule=schedule)
+    model.eval()
+    assert model.config.attention_schedule == schedule
     assert model.config.id2label == {0: "B", 1: "T", 2: "NK", 3: "Mono"}
     with torch.no_grad():
         logits = _one_at_a_time(model, ids) if one_at_a_time else model(ids).logits

@@ -16,11 +16,17 @@ from modeling_scbert import (
     ScBertModel,
 )
 from modeling_scbert.modeling_scbert import (
+    batched_chunk_size,
+    batched_favor_attention,
     chunked_favor_attention,
     draw_orthogonal_random_features,
     linear_attention,
+    resolve_attention_schedule,
     softmax_kernel_features,
 )
+
+# Both schedules compute the same attention; behavioural tests run under each (both run on a CPU when chosen).
+SCHEDULES = ["per_cell", "batched"]
 
 
 class ScBertModelTester:
@@ -118,8 +124,9 @@ def test_favor_approaches_exact_softmax_attention_as_features_grow():
     assert errors[8192] < 0.01, errors
 
 
-def test_key_stabiliser_is_per_sample_so_batches_do_not_interact():
-    model = build(ScBertModel)
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_key_stabiliser_is_per_sample_so_batches_do_not_interact(schedule):
+    model = build(ScBertModel, attention_schedule=schedule)
     ids = tester.input_ids(batch_size=4)
     ids[2] = 5  # a cell with much larger keys than the others
     with torch.no_grad():
@@ -243,9 +250,11 @@ def test_inputs_of_the_wrong_length_are_refused():
 # --- attention mask -------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("schedule", SCHEDULES)
 @pytest.mark.parametrize("model_class", [ScBertModel, ScBertForSequenceClassification])
-def test_masked_positions_change_nothing_for_the_others(model_class):
+def test_masked_positions_change_nothing_for_the_others(model_class, schedule):
     overrides = {"classifier_type": "pooled"} if model_class is ScBertForSequenceClassification else {}
+    overrides["attention_schedule"] = schedule
     model = build(model_class, **overrides)
     ids = tester.input_ids()
     mask = torch.ones_like(ids)
@@ -264,8 +273,9 @@ def test_masked_positions_change_nothing_for_the_others(model_class):
         torch.testing.assert_close(a.logits, b.logits, atol=1e-6, rtol=1e-6)
 
 
-def test_padding_equals_the_unpadded_cell():
-    model = build(ScBertModel)
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_padding_equals_the_unpadded_cell(schedule):
+    model = build(ScBertModel, attention_schedule=schedule)
     ids = tester.input_ids(batch_size=1)[:, :8]
     padded = torch.cat([ids, torch.zeros(1, 5, dtype=torch.long)], dim=1)
     mask = torch.cat([torch.ones(1, 8), torch.zeros(1, 5)], dim=1)
@@ -307,12 +317,13 @@ def test_every_trainable_parameter_gets_a_gradient(gene_embedding_type):
             assert gene_table.requires_grad and gene_table.grad is not None
 
 
-def test_gradient_checkpointing_gives_the_same_gradients():
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_gradient_checkpointing_gives_the_same_gradients(schedule):
     ids = tester.input_ids()
     labels = torch.tensor([0, 1, 2])
     grads = []
     for checkpointing in (False, True):
-        model = build(ScBertForSequenceClassification).train()
+        model = build(ScBertForSequenceClassification, attention_schedule=schedule).train()
         if checkpointing:
             model.gradient_checkpointing_enable()
             assert all(layer.gradient_checkpointing for layer in model.scbert.encoder.layers)
@@ -484,13 +495,14 @@ def test_chunked_attention_backward_equals_autograd_of_the_unchunked_functions(c
         torch.testing.assert_close(got, expected, atol=1e-9, rtol=1e-7, msg=f"gradient of {name}")
 
 
-def test_model_output_does_not_depend_on_the_chunk_size():
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_model_output_does_not_depend_on_the_chunk_size(schedule):
     ids = tester.input_ids()
     mask = torch.ones_like(ids)
     mask[0, 4:7] = 0
     outputs = []
     for chunk_size in (3, 5, None):
-        model = build(ScBertForMaskedLM, attention_chunk_size=chunk_size).train()
+        model = build(ScBertForMaskedLM, attention_chunk_size=chunk_size, attention_schedule=schedule).train()
         out = model(ids, attention_mask=mask, labels=ids)
         out.loss.backward()
         outputs.append((out.logits.detach(), model.scbert.embeddings.expression_embeddings.weight.grad.clone()))
@@ -536,3 +548,165 @@ def test_inference_streaming_path_equals_the_training_path(chunk_size):
     with torch.inference_mode():
         streamed = model(ids, attention_mask=mask).logits
     torch.testing.assert_close(streamed, with_grad.detach(), atol=1e-6, rtol=1e-5)
+
+
+# --- the batched schedule -------------------------------------------------------------------------------------------
+
+
+def _plain_favor(q, k, v, projection, mask):
+    return linear_attention(
+        softmax_kernel_features(q, projection, is_query=True, epsilon=1e-4),
+        softmax_kernel_features(k, projection, is_query=False, epsilon=1e-4, mask=mask),
+        v,
+    )
+
+
+def _both_schedules(q, k, v, projection, mask, chunk_size):
+    """The per-cell and the batched schedule on (batch, heads, tokens, head_dim) inputs, in that layout."""
+    layout = [t.transpose(1, 2) for t in (q, k, v)]
+    options = {"epsilon": 1e-4, "chunk_size": chunk_size, "mask": mask}
+    per_cell = chunked_favor_attention(*layout, projection, **{**options, "chunk_size": chunk_size or 1000})
+    return {"per_cell": per_cell.transpose(1, 2), "batched": batched_favor_attention(*layout, projection, **options)}
+
+
+@pytest.mark.parametrize("chunk_size", [1, 5, 16, None])
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_both_schedules_equal_the_plain_functions_forward_and_backward(chunk_size, masked, dtype):
+    q, k, v, projection, mask = _random_attention_inputs(dtype=dtype)
+    mask = mask if masked else None
+    upstream = torch.randn(q.shape, generator=torch.Generator().manual_seed(5), dtype=dtype)
+
+    def run(attention):
+        inputs = [t.clone().requires_grad_(True) for t in (q, k, v)]
+        output = attention(*inputs)
+        (output * upstream).sum().backward()
+        return [output.detach(), *(t.grad for t in inputs)]
+
+    expected = run(lambda q_, k_, v_: _plain_favor(q_, k_, v_, projection, mask))
+    for schedule in SCHEDULES:
+
+        def attention(q_, k_, v_, schedule=schedule):
+            output = _both_schedules(q_, k_, v_, projection, mask, chunk_size)[schedule]
+            return output if schedule == "per_cell" else output.transpose(1, 2)
+
+        for got, want, name in zip(run(attention), expected, ["output", "dq", "dk", "dv"], strict=True):
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5, msg=f"{schedule}: {name}")
+
+
+def test_batched_attention_is_per_sample_with_a_fully_masked_chunk():
+    # Sample 1 has no unmasked key in the first chunk: its chunk maximum is -inf and must not turn into nan.
+    q, k, v, projection, mask = _random_attention_inputs()
+    mask[1, :10] = False
+    expected = _plain_favor(q, k, v, projection, mask)
+    layout = [t.transpose(1, 2) for t in (q, k, v)]
+    batched = batched_favor_attention(*layout, projection, epsilon=1e-4, chunk_size=10, mask=mask)
+    torch.testing.assert_close(batched.transpose(1, 2), expected, atol=1e-6, rtol=1e-5)
+    alone = batched_favor_attention(*(t[1:] for t in layout), projection, epsilon=1e-4, chunk_size=10, mask=mask[1:])
+    torch.testing.assert_close(alone, batched[1:], atol=1e-6, rtol=1e-5)
+
+
+def test_batched_chunks_fill_the_budget_in_equal_sizes():
+    # The published shapes: one chunk for a cell, two for 8 cells, many small ones for 128.
+    sizes = {batch: batched_chunk_size(16907, batch_size=batch, num_heads=10, num_features=266) for batch in (1, 8)}
+    assert sizes == {1: 16907, 8: 8454}
+    assert batched_chunk_size(16907, batch_size=128, num_heads=10, num_features=266) * 128 * 10 * 266 <= 2**28
+    assert batched_chunk_size(100, batch_size=8, num_heads=10, num_features=266, chunk_size=30) == 25
+
+
+def test_schedule_defaults_to_per_cell_on_cpu_and_batched_on_accelerators():
+    config = tester.get_config()
+    assert config.attention_schedule is None
+    assert resolve_attention_schedule(config, torch.device("cpu")) == "per_cell"
+    assert resolve_attention_schedule(config, torch.device("cuda", 0)) == "batched"
+    assert resolve_attention_schedule(config, torch.device("mps")) == "batched"
+    chosen = tester.get_config(attention_schedule="per_cell")
+    assert resolve_attention_schedule(chosen, torch.device("cuda", 0)) == "per_cell"
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_schedules_give_the_same_model_outputs_and_gradients(masked):
+    ids = tester.input_ids()
+    mask = torch.ones_like(ids)
+    if masked:
+        mask[1, 3:8] = 0
+    results = {}
+    for schedule in SCHEDULES:
+        model = build(ScBertForMaskedLM, attention_schedule=schedule).train()
+        out = model(ids, attention_mask=mask, labels=ids)
+        out.loss.backward()
+        with torch.inference_mode():
+            inferred = model(ids, attention_mask=mask).logits
+        grads = {name: p.grad for name, p in model.named_parameters() if p.requires_grad}
+        results[schedule] = (out.logits.detach(), inferred, grads)
+    (train_a, infer_a, grads_a), (train_b, infer_b, grads_b) = results.values()
+    torch.testing.assert_close(train_b, train_a, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(infer_b, infer_a, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(infer_b, train_b, atol=1e-5, rtol=1e-5)
+    for name in grads_a:
+        torch.testing.assert_close(grads_b[name], grads_a[name], atol=1e-6, rtol=1e-4, msg=name)
+
+
+def test_batched_attention_kernel_stays_in_float32_under_autocast():
+    q, k, v, projection, mask = _random_attention_inputs()
+    layout = [t.transpose(1, 2) for t in (q, k, v)]
+    plain = batched_favor_attention(*layout, projection, epsilon=1e-4, chunk_size=8, mask=mask)
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        under_autocast = batched_favor_attention(*layout, projection, epsilon=1e-4, chunk_size=8, mask=mask)
+        half = batched_favor_attention(
+            *(t.to(torch.bfloat16) for t in layout), projection, epsilon=1e-4, chunk_size=8, mask=mask
+        )
+    assert under_autocast.dtype == torch.float32 and torch.equal(under_autocast, plain)
+    assert half.dtype == torch.bfloat16
+    torch.testing.assert_close(half.float(), plain, atol=0.05, rtol=0.05)
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_half_precision_autocast_stays_within_the_measured_distance_of_float32(schedule):
+    # Linear layers in bf16/fp16, the FAVOR+ kernel in float32. Measured on random weights at the published widths
+    # (width 200, 10 heads of 64, 266 features), final encodings (the LayerNorm output, mean |x| 0.8):
+    #   2 layers, 300 genes, 3 cells:  bf16 max 0.017 (per cell) / 0.025 (batched), mean 0.003 / 0.004;
+    #                                  fp16 max 0.0023 / 0.0026, mean 0.0004 / 0.0005
+    #   6 layers, 1,000 genes, 4 cells: bf16 max 0.020 / 0.031, mean 0.003 / 0.005; fp16 max 0.0024 / 0.0044.
+    # The bounds below leave about 2x room over the 2-layer figures.
+    torch.manual_seed(0)
+    config = ScBertConfig(num_genes=300, num_hidden_layers=2, attention_schedule=schedule)
+    model = ScBertModel(config).eval()
+    ids = torch.randint(0, 6, (3, 301), generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        reference = model(ids).last_hidden_state
+        for dtype, max_bound, mean_bound in ((torch.bfloat16, 0.05, 0.008), (torch.float16, 0.006, 0.001)):
+            with torch.autocast(device_type="cpu", dtype=dtype):
+                lower = model(ids).last_hidden_state
+            difference = (lower.float() - reference).abs()
+            assert difference.max() < max_bound and difference.mean() < mean_bound, (dtype, difference.max())
+            assert difference.max() > 0  # autocast did run the linear layers in lower precision
+
+
+@pytest.mark.slow
+def test_both_schedules_equal_the_plain_functions_at_full_length():
+    # The published sequence length, head size and number of random features (2 of the 10 heads, for time), two
+    # cells, the second with its last 4,907 positions masked: sums over 16,907 keys, one or two batched chunks.
+    generator = torch.Generator().manual_seed(0)
+    q, k, v = (0.5 * torch.randn(2, 2, 16907, 64, generator=generator) for _ in range(3))
+    projection = draw_orthogonal_random_features(266, 64, generator=generator)
+    mask = torch.ones(2, 16907, dtype=torch.bool)
+    mask[1, 12000:] = False
+    upstream = torch.randn(q.shape, generator=generator)
+
+    def run(attention):
+        inputs = [t.clone().requires_grad_(True) for t in (q, k, v)]
+        output = attention(*inputs)
+        (output * upstream).sum().backward()
+        return [output.detach(), *(t.grad for t in inputs)]
+
+    # Measured: at most 1e-6 from the plain functions (outputs up to 0.08, gradients up to 0.7), both schedules.
+    expected = run(lambda q_, k_, v_: _plain_favor(q_, k_, v_, projection, mask))
+    for schedule, chunk_size in (("per_cell", 512), ("batched", None), ("batched", 9000)):
+
+        def attention(q_, k_, v_, schedule=schedule, chunk_size=chunk_size):
+            output = _both_schedules(q_, k_, v_, projection, mask, chunk_size)[schedule]
+            return output if schedule == "per_cell" else output.transpose(1, 2)
+
+        for got, want, name in zip(run(attention), expected, ["output", "dq", "dk", "dv"], strict=True):
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5, msg=f"{schedule} {chunk_size}: {name}")
