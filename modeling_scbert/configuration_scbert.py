@@ -74,9 +74,9 @@ class ScBertConfig(PreTrainedConfig):
         classifier_score_activation: Activation of the ``"conv"`` head's per-position scores, any name of
             transformers' ``ACT2FN``. ``"relu"`` as published. Its one projection is shared by every position, so
             once that projection is negative at every position the ReLU passes no gradient, the head sees only zeros
-            and the model predicts one class for good: on the Kang 2018 PBMCs a compact new model did so for one seed
-            in two. ``"leaky_relu"`` (slope 0.01 below zero) keeps a gradient, and is what ``finetune`` gives a new
-            model.
+            and the model predicts one class for good. ``"leaky_relu"`` (slope 0.01 below zero) keeps a gradient;
+            ``finetune`` gives a new model that, with ``initializer_range=0.1`` (docs/training.md: on the Kang 2018
+            PBMCs it made two of three seeds learn instead of one).
         attention_chunk_size: Tokens processed at a time in the FAVOR+ feature map and the feed-forward (per cell
             with the ``"per_cell"`` schedule, for the whole batch with ``"batched"``). ``None`` picks a size: 512
             tokens per cell (the temporaries stay in a CPU's cache) or, batched, as many tokens as keep one chunk's
