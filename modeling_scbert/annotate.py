@@ -766,24 +766,14 @@ def _patch_copy(
                 obs[column] = adata.obs[column].values
             del file["obs"]
             write_elem(file, "obs", obs)
-        for key in obsm_keys:
-            if "obsm" not in file:
-                file.create_group("obsm")
-            if key in file["obsm"]:
-                del file["obsm"][key]
-            write_elem(file["obsm"], key, adata.obsm[key])
-        for key in varm_keys:
-            if "varm" not in file:
-                file.create_group("varm")
-            if key in file["varm"]:
-                del file["varm"][key]
-            write_elem(file["varm"], key, adata.varm[key])
-        for key in uns_keys:
-            if "uns" not in file:
-                file.create_group("uns")
-            if key in file["uns"]:
-                del file["uns"][key]
-            write_elem(file["uns"], key, adata.uns[key])
+        slots = [("obsm", obsm_keys, adata.obsm), ("varm", varm_keys, adata.varm), ("uns", uns_keys, adata.uns)]
+        for group, keys, values in slots:
+            for key in keys:
+                if group not in file:
+                    file.create_group(group)
+                if key in file[group]:
+                    del file[group][key]
+                write_elem(file[group], key, values[key])
 
 
 def write_text_atomically(path: str | PathLike, write: Any) -> None:
