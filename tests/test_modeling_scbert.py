@@ -710,3 +710,14 @@ def test_both_schedules_equal_the_plain_functions_at_full_length():
 
         for got, want, name in zip(run(attention), expected, ["output", "dq", "dk", "dv"], strict=True):
             torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5, msg=f"{schedule} {chunk_size}: {name}")
+
+
+@pytest.mark.slow
+def test_the_batched_schedule_compiles_and_gives_the_eager_output():
+    # bench_model.py --device cuda times the batched schedule under torch.compile; it must compile and agree.
+    model = build(ScBertForMaskedLM, attention_schedule="batched")
+    ids = tester.input_ids()
+    with torch.no_grad():
+        eager = model(ids).logits
+        compiled = torch.compile(model, dynamic=False)(ids).logits
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
