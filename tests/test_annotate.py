@@ -8,8 +8,9 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 import torch
+from conftest import save_tiny_annotator
 
-from modeling_scbert import ScBertConfig, ScBertForSequenceClassification
+from modeling_scbert import ScBertForSequenceClassification
 from modeling_scbert.annotate import UNASSIGNED, annotate, embed
 from modeling_scbert.cli import main as cli_main
 from tokenization import ScBertTokenizer
@@ -30,24 +31,8 @@ def make_adata(n_cells: int = 20, genes=GENES, seed: int = 0) -> ad.AnnData:
 
 
 def save_annotator(path, *, seed: int = 0, classes=CLASSES, **tokenizer_kwargs):
-    torch.manual_seed(seed)
-    config = ScBertConfig(
-        num_genes=len(GENES),
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        head_dim=8,
-        intermediate_size=32,
-        num_random_features=8,
-        gene_embedding_type="learned",
-        classifier_type="pooled",
-        classifier_hidden_sizes=[16],
-        initializer_range=0.5,  # spread-out probabilities, so thresholds split the cells
-        id2label=dict(enumerate(classes)),
-        label2id={name: i for i, name in enumerate(classes)},
-    )
-    ScBertForSequenceClassification(config).save_pretrained(path)
-    ScBertTokenizer(GENES, **tokenizer_kwargs).save_pretrained(path)
+    # Spread-out probabilities (a wide initialisation), so thresholds split the cells.
+    return save_tiny_annotator(path, GENES, classes, seed=seed, initializer_range=0.5, **tokenizer_kwargs)
     return path
 
 

@@ -30,10 +30,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
-import torch
+from conftest import save_tiny_annotator
 from transformers import TrainingArguments
 
-from modeling_scbert import ScBertConfig, ScBertForSequenceClassification
+from modeling_scbert import ScBertForSequenceClassification
 from modeling_scbert.annotate import annotate, embed
 from modeling_scbert.cli import COMMANDS, command_parser
 from modeling_scbert.cli import main as cli_main
@@ -181,24 +181,7 @@ def make_adata(n_cells: int = 16, genes=GENES, seed: int = 0, lam: float = 3.0) 
 
 
 def save_model(path: Path, classes=("B", "T")) -> str:
-    torch.manual_seed(0)
-    config = ScBertConfig(
-        num_genes=len(GENES),
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        head_dim=8,
-        intermediate_size=32,
-        num_random_features=8,
-        gene_embedding_type="learned",
-        classifier_type="pooled",
-        classifier_hidden_sizes=[16],
-        id2label=dict(enumerate(classes)),
-        label2id={name: i for i, name in enumerate(classes)},
-    )
-    ScBertForSequenceClassification(config).save_pretrained(path)
-    ScBertTokenizer(GENES).save_pretrained(path)
-    return str(path)
+    return str(save_tiny_annotator(path, GENES, classes))
 
 
 def corrected_counts() -> ad.AnnData:

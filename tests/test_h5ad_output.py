@@ -10,13 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
-import torch
+from conftest import save_tiny_annotator
 
-from modeling_scbert import ScBertConfig, ScBertForSequenceClassification
 from modeling_scbert import annotate as annotate_module
 from modeling_scbert.annotate import plan_h5ad_output, write_h5ad_with_slots
 from modeling_scbert.cli import main as cli_main
-from tokenization import ScBertTokenizer
 
 pytestmark = pytest.mark.filterwarnings("ignore:Element .* was written without encoding metadata")
 
@@ -78,25 +76,7 @@ LAYOUTS = {"current": (write_current, "copy"), "0.7": (write_anndata_07, "copy")
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("annotator")
-    torch.manual_seed(0)
-    config = ScBertConfig(
-        num_genes=len(GENES),
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        head_dim=8,
-        intermediate_size=32,
-        num_random_features=8,
-        gene_embedding_type="learned",
-        classifier_type="pooled",
-        classifier_hidden_sizes=[16],
-        id2label={0: "B", 1: "T"},
-        label2id={"B": 0, "T": 1},
-    )
-    ScBertForSequenceClassification(config).save_pretrained(path)
-    ScBertTokenizer(GENES).save_pretrained(path)
-    return str(path)
+    return str(save_tiny_annotator(tmp_path_factory.mktemp("annotator"), GENES))
 
 
 def digest(path) -> str:

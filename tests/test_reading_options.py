@@ -10,10 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
-import torch
+from conftest import save_tiny_annotator
 from transformers import TrainingArguments
 
-from modeling_scbert import ScBertConfig, ScBertForSequenceClassification
 from modeling_scbert import annotate as annotate_module
 from modeling_scbert import training as training_module
 from modeling_scbert.annotate import annotate, embed
@@ -70,23 +69,7 @@ def make_adata(n_cells: int = 12) -> ad.AnnData:
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("annotator")
-    torch.manual_seed(0)
-    config = ScBertConfig(
-        num_genes=len(GENES),
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        head_dim=8,
-        intermediate_size=32,
-        num_random_features=8,
-        gene_embedding_type="learned",
-        classifier_type="pooled",
-        classifier_hidden_sizes=[16],
-        id2label={0: "B", 1: "T"},
-        label2id={"B": 0, "T": 1},
-    )
-    ScBertForSequenceClassification(config).save_pretrained(path)
-    ScBertTokenizer(GENES).save_pretrained(path)
+    save_tiny_annotator(path, GENES)
     return path
 
 

@@ -13,9 +13,8 @@ import pandas as pd
 import pytest
 import scanpy as sc
 import scipy.sparse as sp
-import torch
+from conftest import save_tiny_annotator
 
-from modeling_scbert import ScBertConfig, ScBertForSequenceClassification
 from modeling_scbert.annotate import UNASSIGNED, annotate, embed
 from modeling_scbert.cli import main as cli_main
 from tokenization import ScBertTokenizer
@@ -95,25 +94,7 @@ def make_adata(n_cells: int, genes=GENES, seed: int = 0) -> ad.AnnData:
 
 
 def save_annotator(path, genes=GENES) -> str:
-    torch.manual_seed(0)
-    config = ScBertConfig(
-        num_genes=len(genes),
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        head_dim=8,
-        intermediate_size=32,
-        num_random_features=8,
-        gene_embedding_type="learned",
-        classifier_type="pooled",
-        classifier_hidden_sizes=[16],
-        initializer_range=0.5,
-        id2label=dict(enumerate(CLASSES)),
-        label2id={name: i for i, name in enumerate(CLASSES)},
-    )
-    ScBertForSequenceClassification(config).save_pretrained(path)
-    ScBertTokenizer(list(genes)).save_pretrained(path)
-    return str(path)
+    return str(save_tiny_annotator(path, genes, CLASSES, initializer_range=0.5))
 
 
 @pytest.fixture(scope="module")
