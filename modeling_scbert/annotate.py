@@ -29,7 +29,7 @@ from anndata import AnnData
 from tqdm.auto import tqdm
 
 from tokenization import ScBertTokenizer
-from tokenization.preprocessing import default_min_genes
+from tokenization.preprocessing import default_min_genes, low_signal
 
 from .distributed import InferenceProcesses, inference_processes
 from .modeling_scbert import (
@@ -587,8 +587,7 @@ def _all_tokens(adata: AnnData, tokenizer: ScBertTokenizer, encode_kwargs: dict[
 
 def _flag_low_signal(reasons: np.ndarray, detected_genes: np.ndarray, *, min_genes: int) -> None:
     """Mark cells without signal in the panel (no counts, or fewer than ``min_genes`` panel genes) and warn."""
-    empty = detected_genes == 0
-    few = ~empty & (detected_genes < min_genes)
+    empty, few = low_signal(detected_genes, min_genes=min_genes)
     reasons[few] = "few panel genes"
     reasons[empty] = "no panel counts"
     if empty.any() or few.any():

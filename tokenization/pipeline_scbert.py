@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from transformers import Pipeline
 
-from .preprocessing import default_min_genes
+from .preprocessing import default_min_genes, low_signal
 from .tokenization_scbert import ScBertTokenizer, _atomic_write_text
 
 TASK = "cell-type-annotation"
@@ -170,10 +170,10 @@ class ScBertCellTypeAnnotationPipeline(Pipeline):
         for _, _, tokens, detected in chunks:
             for start in range(0, tokens.shape[0], batch_size):
                 rows = tokens[start : start + batch_size]
-                low_signal = np.asarray(detected[start : start + batch_size])
+                empty, few = low_signal(np.asarray(detected[start : start + batch_size]), min_genes=minimum)
                 yield {
                     "input_ids": torch.from_numpy(self.tokenizer.input_ids_from_tokens(rows)),
-                    "low_signal": (low_signal == 0) | (low_signal < minimum),
+                    "low_signal": empty | few,
                 }
 
     def _forward(self, model_inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

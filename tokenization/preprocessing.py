@@ -53,6 +53,7 @@ __all__ = [
     "check_chunk",
     "check_input_kind",
     "default_min_genes",
+    "low_signal",
     "detect_input_kind",
     "iter_row_chunks",
     "linear_values",
@@ -107,6 +108,16 @@ def default_min_genes(num_genes: int) -> int:
     200 for the published 16,906-gene panel; 10 for a 765-gene panel; at least 1.
     """
     return max(1, math.ceil(PUBLISHED_MIN_GENES * num_genes / PUBLISHED_NUM_GENES))
+
+
+def low_signal(detected_genes: np.ndarray, *, min_genes: int) -> tuple[np.ndarray, np.ndarray]:
+    """The rule for cells with too little signal in the panel, shared by the tokenizer, ``annotate`` and the pipeline.
+
+    Returns two boolean arrays over the cells: no counts in any panel gene; and some, but fewer detected panel genes
+    than ``min_genes``.
+    """
+    empty = detected_genes == 0
+    return empty, ~empty & (detected_genes < min_genes)
 
 
 def _float_dtype(dtype: np.dtype) -> type:

@@ -38,6 +38,7 @@ from .preprocessing import (
     check_input_kind,
     default_min_genes,
     iter_row_chunks,
+    low_signal,
     row_sliceable,
     sample_rows,
 )
@@ -608,8 +609,9 @@ class ScBertTokenizer:
                     detected_out=detected,
                 )
                 low.cells += rows.shape[0]
-                low.no_panel_counts += int((detected == 0).sum())
-                low.few_panel_genes += int(((detected > 0) & (detected < plan.min_genes)).sum())
+                empty, few = low_signal(detected, min_genes=plan.min_genes)
+                low.no_panel_counts += int(empty.sum())
+                low.few_panel_genes += int(few.sum())
                 bar.update(chunk_end - chunk_start)
                 if return_detected_genes:
                     yield start + chunk_start, start + chunk_end, tokens, detected
