@@ -77,6 +77,12 @@ class ScBertConfig(PreTrainedConfig):
             and the model predicts one class for good. ``"leaky_relu"`` (slope 0.01 below zero) keeps a gradient;
             ``finetune`` gives a new model that, with ``initializer_range=0.1`` (docs/training.md: on the Kang 2018
             PBMCs it made two of three seeds learn instead of one).
+        classifier_hidden_act: Activation after each hidden layer of the classification MLP, any name of
+            transformers' ``ACT2FN``. ``"relu"`` as published. A ReLU unit whose input is negative for every cell
+            passes no gradient and stays dead; when the optimiser's first steps push most units there, the MLP
+            answers nearly the same for every cell. ``finetune`` gives a new model ``"gelu"``, which cannot die
+            (docs/training.md: on the Kang 2018 PBMCs the seeds whose MLP lost most ReLU units were the ones that
+            failed).
         attention_chunk_size: Tokens processed at a time in the FAVOR+ feature map and the feed-forward (per cell
             with the ``"per_cell"`` schedule, for the whole batch with ``"batched"``). ``None`` picks a size: 512
             tokens per cell (the temporaries stay in a CPU's cache) or, batched, as many tokens as keep one chunk's
@@ -123,6 +129,7 @@ class ScBertConfig(PreTrainedConfig):
     classifier_dropout: float = 0.0
     classifier_input_dropout: float = 0.0
     classifier_score_activation: str = "relu"
+    classifier_hidden_act: str = "relu"
     attention_chunk_size: int | None = None
     attention_schedule: str | None = None
     initializer_range: float = 0.02
@@ -166,7 +173,7 @@ class ScBertConfig(PreTrainedConfig):
                 f"`mask_token_id` ({self.mask_token_id}) must be a token of the vocabulary: 0 <= mask_token_id < "
                 f"vocab_size ({self.vocab_size})."
             )
-        for name in ("hidden_act", "classifier_score_activation"):
+        for name in ("hidden_act", "classifier_score_activation", "classifier_hidden_act"):
             if getattr(self, name) not in ACT2FN:
                 raise ValueError(
                     f"`{name}` {getattr(self, name)!r} is not an activation transformers knows; use one of "

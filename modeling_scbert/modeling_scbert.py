@@ -942,8 +942,8 @@ class ScBertConvClassificationHead(nn.Module):
 
     Each position is projected to one score (the published ``Conv2d(1, 1, (1, hidden_size))``, here the equivalent
     ``Linear(hidden_size, 1)``) and passed through a ReLU (``config.classifier_score_activation``); the
-    ``num_genes + 1`` scores of a cell feed an MLP
-    (512 -> 128 by default, ReLU after each) and a final linear layer to the labels.
+    ``num_genes + 1`` scores of a cell feed an MLP (512 -> 128 by default, ``config.classifier_hidden_act`` after
+    each: ReLU as published) and a final linear layer to the labels.
     """
 
     def __init__(self, config: ScBertConfig):
@@ -954,6 +954,7 @@ class ScBertConvClassificationHead(nn.Module):
         sizes = [config.sequence_length, *config.classifier_hidden_sizes]
         self.hidden_layers = nn.ModuleList(nn.Linear(n_in, n_out) for n_in, n_out in zip(sizes[:-1], sizes[1:]))
         self.input_dropout = nn.Dropout(config.classifier_input_dropout)
+        self.hidden_activation = ACT2FN[config.classifier_hidden_act]
         self.dropout = nn.Dropout(config.classifier_dropout)
         self.out_proj = nn.Linear(sizes[-1], config.num_labels)
 
@@ -968,7 +969,7 @@ class ScBertConvClassificationHead(nn.Module):
             scores = scores * attention_mask.to(scores.dtype)
         scores = self.input_dropout(scores)
         for layer in self.hidden_layers:
-            scores = self.dropout(torch.relu(layer(scores)))
+            scores = self.dropout(self.hidden_activation(layer(scores)))
         return self.out_proj(scores)
 
 
@@ -980,13 +981,14 @@ class ScBertPooledClassificationHead(nn.Module):
         sizes = [config.hidden_size, *config.classifier_hidden_sizes]
         self.hidden_layers = nn.ModuleList(nn.Linear(n_in, n_out) for n_in, n_out in zip(sizes[:-1], sizes[1:]))
         self.input_dropout = nn.Dropout(config.classifier_input_dropout)
+        self.hidden_activation = ACT2FN[config.classifier_hidden_act]
         self.dropout = nn.Dropout(config.classifier_dropout)
         self.out_proj = nn.Linear(sizes[-1], config.num_labels)
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         pooled = self.input_dropout(pool_cell_embeddings(hidden_states, attention_mask))
         for layer in self.hidden_layers:
-            pooled = self.dropout(torch.relu(layer(pooled)))
+            pooled = self.dropout(self.hidden_activation(layer(pooled)))
         return self.out_proj(pooled)
 
 

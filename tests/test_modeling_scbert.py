@@ -230,10 +230,32 @@ def test_a_conv_head_whose_scores_are_all_negative_learns_only_with_a_leaky_acti
         assert projection_grad > 0 and encoder_grad > 0
 
 
-def test_the_published_head_keeps_its_relu_and_a_bad_activation_is_refused():
+@pytest.mark.parametrize("classifier_type", ["conv", "pooled"])
+@pytest.mark.parametrize("activation", ["relu", "gelu"])
+def test_hidden_units_pushed_below_zero_keep_learning_only_without_a_relu(activation, classifier_type):
+    # A hidden unit of the head's MLP whose input is negative for every cell passes no gradient under a ReLU: the
+    # units that the first optimiser steps push there never come back. A GELU's slope is small there, not zero.
+    model = build(
+        ScBertForSequenceClassification, classifier_hidden_act=activation, classifier_type=classifier_type
+    ).train()
+    with torch.no_grad():
+        model.classifier.hidden_layers[0].weight.mul_(1e-3)
+        model.classifier.hidden_layers[0].bias.fill_(-3.0)
+    model(tester.input_ids(), labels=torch.tensor([0, 1, 2])).loss.backward()
+    first_layer_grad = model.classifier.hidden_layers[0].weight.grad.abs().sum()
+    encoder_grad = model.scbert.encoder.layers[-1].attention.query.weight.grad.abs().sum()
+    if activation == "relu":
+        assert first_layer_grad == 0 and encoder_grad == 0
+    else:
+        assert first_layer_grad > 0 and encoder_grad > 0
+
+
+def test_the_published_head_keeps_its_relus_and_a_bad_activation_is_refused():
     assert ScBertConfig().classifier_score_activation == "relu"
-    with pytest.raises(ValueError, match="classifier_score_activation"):
-        tester.get_config(classifier_score_activation="leaky")
+    assert ScBertConfig().classifier_hidden_act == "relu"
+    for name in ("classifier_score_activation", "classifier_hidden_act"):
+        with pytest.raises(ValueError, match=name):
+            tester.get_config(**{name: "leaky"})
 
 
 def test_inputs_of_the_wrong_length_are_refused():
