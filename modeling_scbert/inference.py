@@ -1,5 +1,4 @@
-"""What annotation, embedding and attention scoring share: a model with its tokenizer, a device and a precision,
-batches of encoded cells, and the AnnData the results are written into.
+"""What annotation, embedding and attention scoring share: the model with its tokenizer, device, precision, batches.
 
 :func:`modeling_scbert.annotate.annotate`, :func:`~modeling_scbert.annotate.embed` and
 :func:`modeling_scbert.attention.gene_attention_scores` run the same loop: load the model and the tokenizer saved
@@ -67,8 +66,10 @@ def resolve_model(
     *,
     model_class: type[ScBertPreTrainedModel],
 ) -> tuple[ScBertPreTrainedModel, ScBertTokenizer, str]:
-    """The ``(model, tokenizer, name)`` that ``model=`` and ``tokenizer=`` of annotate, embed and
-    gene_attention_scores name: a folder or Hub id is loaded (with its own tokenizer unless one is given).
+    """The ``(model, tokenizer, name)`` that the ``model=`` and ``tokenizer=`` of annotate, embed and attention name.
+
+    A folder or Hub id is loaded, with the tokenizer saved with it unless ``tokenizer`` is given; ``name`` (recorded
+    in ``.uns``) is the folder or Hub id, or a model object's ``name_or_path``.
 
     Raises
     ------
