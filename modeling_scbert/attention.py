@@ -24,8 +24,15 @@ from tokenization import ScBertTokenizer
 from tokenization.genes import align_genes
 from tokenization.tokenization_scbert import _gene_names, _load_synonyms
 
-from .annotate import DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE, _batches, _class_names, _device, _prepare
-from .annotate import _resolve as _resolve_model
+from .inference import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_CHUNK_SIZE,
+    adata_to_write,
+    encoded_batches,
+    inference_device,
+    label_names,
+    resolve_model,
+)
 from .modeling_scbert import ScBertForSequenceClassification, ScBertModel, ScBertPreTrainedModel, gene_attention
 from .reading import ScBertReadingArguments, takes_reading_options
 
@@ -114,7 +121,7 @@ def gene_attention_scores(
             "adata.raw.var. Pass adata.raw.to_adata() as the AnnData instead."
         )
     model_class = ScBertForSequenceClassification if groupby is None else _saved_class(model)
-    resolved, tokenizer, model_name = _resolve_model(model, tokenizer, model_class=model_class)
+    resolved, tokenizer, model_name = resolve_model(model, tokenizer, model_class=model_class)
     if groupby is None and not isinstance(resolved, ScBertForSequenceClassification):
         raise TypeError(
             f"Grouping by predicted type needs a ScBertForSequenceClassification; got a {type(resolved).__name__}. "
@@ -123,7 +130,7 @@ def gene_attention_scores(
     if groupby is not None:
         group_of_cell, type_names = _groups(adata, groupby)
     else:
-        type_names = _class_names(resolved)
+        type_names = label_names(resolved)
     num_layers = resolved.config.num_hidden_layers
     if not -num_layers <= attention_layer < num_layers:
         raise ValueError(
@@ -134,11 +141,11 @@ def gene_attention_scores(
     data_to_panel = align_genes(tokenizer.genes, names, synonyms=_load_synonyms(reading.synonyms)).data_to_panel
     encode_kwargs = reading.tokenizer_kwargs()
 
-    device = _device(device)
+    device = inference_device(device)
     resolved = resolved.to(device).eval()
     sums = np.zeros((len(type_names), tokenizer.sequence_length), dtype=np.float64)
     counts = np.zeros(len(type_names), dtype=np.int64)
-    for start, end, input_ids in _batches(
+    for start, end, input_ids in encoded_batches(
         adata,
         tokenizer=tokenizer,
         batch_size=batch_size,
@@ -169,7 +176,7 @@ def gene_attention_scores(
     if empty:
         logger.info("No cells for %s: their columns are NaN.", empty)
 
-    adata = _prepare(adata, copy=copy)
+    adata = adata_to_write(adata, copy=copy)
     adata.varm[key_added] = per_gene
     adata.uns[key_added] = {
         "cell_types": np.asarray(type_names, dtype=object),

@@ -181,7 +181,7 @@ def _annotate(args: argparse.Namespace) -> int:
 
             names = [f"probability:{name}" for name in adata.uns[key]["class_names"]]
             table = pd.concat([table, pd.DataFrame(adata.obsm[obsm[0]], index=adata.obs_names, columns=names)], axis=1)
-        write_text_atomically(args.csv, lambda path: table.to_csv(path, index_label="cell_id"))
+        write_text_atomically(args.csv, table.to_csv(index_label="cell_id"))
         print(f"written: {args.csv}")
     counts = adata.obs[f"{key}_cell_type"].value_counts()
     print(f"annotated {adata.n_obs:,} cells: " + ", ".join(f"{name} {n:,}" for name, n in counts.items() if n))
@@ -251,7 +251,7 @@ def _attention(args: argparse.Namespace) -> int:
     write_h5ad_with_slots(args.input, output, adata, varm_keys=[key], uns_keys=[key], layout=layout)
     table = top_attention_genes(adata, key=key, n_genes=args.top, gene_key=args.gene_key)
     if args.csv:
-        write_text_atomically(args.csv, lambda path: table.to_csv(path, index=False))
+        write_text_atomically(args.csv, table.to_csv(index=False))
         print(f"written: {args.csv}")
     for cell_type, rows in table.groupby("cell_type", sort=False):
         print(f"{cell_type} ({rows['n_cells'].iloc[0]:,} cells): " + ", ".join(rows["gene"].head(10)))

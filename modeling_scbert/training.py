@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+from accelerate.utils import extract_model_from_parallel
 from anndata import AnnData
 from transformers import (
     EarlyStoppingCallback,
@@ -103,7 +104,7 @@ class ScBertFeatureRedrawCallback(TrainerCallback):
     ) -> None:
         if model is None:
             return
-        model = getattr(model, "module", model)  # unwrap DDP-style wrappers
+        model = extract_model_from_parallel(model, keep_torch_compile=False)  # DDP, FSDP, DeepSpeed, compiled
         interval = self.interval if self.interval is not None else model.config.feature_redraw_interval
         if not interval or state.global_step % interval:
             return
@@ -280,28 +281,6 @@ def _check_config_keys(overrides: dict[str, Any]) -> None:
         raise ValueError(f"config_overrides has unknown ScBertConfig fields {unknown}; known fields: {sorted(known)}.")
 
 
-def load_tokenizer(
-    name_or_path: str | PathLike, *, what: str = "model", local_files_only: bool = False
-) -> ScBertTokenizer:
-    """Load the tokenizer saved next to a model, with an error that says what to do when there is none."""
-    try:
-        return ScBertTokenizer.from_pretrained(name_or_path, local_files_only=local_files_only)
-    except (OSError, ValueError) as error:
-        raise FileNotFoundError(
-            f"No scBERT tokenizer found for {what} {str(name_or_path)!r} ({error}). A model folder needs "
-            "tokenizer_config.json and genes.txt next to config.json; write them with "
-            "ScBertTokenizer.save_pretrained(folder) or pass the tokenizer explicitly."
-        ) from error
-
-
-def _check_panel(config: ScBertConfig, tokenizer: ScBertTokenizer) -> None:
-    if config.num_genes != tokenizer.num_genes:
-        raise ValueError(
-            f"The model's panel has {config.num_genes:,} genes but the tokenizer's has {tokenizer.num_genes:,}; "
-            "use the tokenizer saved with the model."
-        )
-
-
 def _build_model(
     model_class: type[PreTrainedModel],
     model: str | PathLike | ScBertConfig | PreTrainedModel | None,
@@ -317,7 +296,7 @@ def _build_model(
             raise ValueError("config_overrides apply to a config or a folder, not to a model object.")
         if not isinstance(model, model_class):
             raise TypeError(f"Expected a {model_class.__name__}; got a {type(model).__name__}.")
-        _check_panel(model.config, tokenizer)
+        tokenizer.check_model_config(model.config)
         return model
     if model is None or isinstance(model, ScBertConfig):
         if model is None:
@@ -326,13 +305,13 @@ def _build_model(
             config = ScBertConfig.from_dict({**model.to_dict(), **config_overrides})
         for key, value in label_kwargs.items():
             setattr(config, key, value)
-        _check_panel(config, tokenizer)
+        tokenizer.check_model_config(config)
         logger.info("Training a new %s from a fresh config.", model_class.__name__)
         return model_class(config)
     config = ScBertConfig.from_pretrained(model, **config_overrides)
     for key, value in label_kwargs.items():
         setattr(config, key, value)
-    _check_panel(config, tokenizer)
+    tokenizer.check_model_config(config)
     # A pretrained (masked-expression) folder has no classifier, and a fine-tuned one may have other classes:
     # mismatched head weights are re-initialised rather than refused.
     return model_class.from_pretrained(model, config=config, ignore_mismatched_sizes=True)
@@ -344,9 +323,9 @@ def _resolve_tokenizer(
     if isinstance(tokenizer, ScBertTokenizer):
         return tokenizer
     if tokenizer is not None:
-        return load_tokenizer(tokenizer, what="tokenizer")
+        return ScBertTokenizer.from_pretrained(tokenizer)
     if isinstance(model, (str, PathLike)):
-        return load_tokenizer(model)
+        return ScBertTokenizer.from_pretrained(model)
     if isinstance(train_data, AnnData):
         logger.info("No tokenizer given: building a panel over the training data's %d genes.", train_data.n_vars)
         return ScBertTokenizer.from_adata(train_data)
@@ -408,7 +387,8 @@ def _finish(trainer: Trainer, tokenizer: ScBertTokenizer) -> None:
     trainer.save_state()
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(trainer.args.output_dir)
-        if isinstance(getattr(trainer.model, "module", trainer.model), ScBertForSequenceClassification):
+        model = extract_model_from_parallel(trainer.model, keep_torch_compile=False)
+        if isinstance(model, ScBertForSequenceClassification):
             save_pipeline_code(trainer.args.output_dir)  # pipeline("cell-type-annotation", ...) as remote code
 
 
@@ -980,7 +960,7 @@ def _read_data(path: str | None, *, split: str):
         import datasets
 
         return datasets.load_from_disk(path)
-    from .annotate import read_h5ad
+    from .h5ad_io import read_h5ad
 
     return read_h5ad(path, backed="r", what=f"{split} file")
 

@@ -216,5 +216,5 @@ def test_convert_writes_the_tokenizer_from_a_gene_list_or_a_reference_h5ad(golde
         ]
     )
     assert code == 2
-    assert "90 genes but the checkpoint's gene table has 100" in capsys.readouterr().err
+    assert "The model's panel has 100 genes but the tokenizer's has 90" in capsys.readouterr().err
     assert not (tmp_path / "c").exists()

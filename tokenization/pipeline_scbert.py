@@ -69,11 +69,7 @@ class ScBertCellTypeAnnotationPipeline(Pipeline):
                 model.name_or_path, revision=getattr(model.config, "_commit_hash", None)
             )
         super().__init__(model, tokenizer=tokenizer, **kwargs)
-        if model.config.num_genes != tokenizer.num_genes:
-            raise ValueError(
-                f"The model's panel has {model.config.num_genes:,} genes but the tokenizer's has "
-                f"{tokenizer.num_genes:,}; use the tokenizer saved with the model."
-            )
+        tokenizer.check_model_config(model.config)
         self.class_names = [str(model.config.id2label[i]) for i in range(model.config.num_labels)]
 
     def _sanitize_parameters(

@@ -7,7 +7,7 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
@@ -64,6 +64,17 @@ def _atomic_write_text(path: Path, text: str) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+_NO_TOKENIZER = (
+    "A model folder needs tokenizer_config.json and genes.txt next to config.json; write them with "
+    "ScBertTokenizer.save_pretrained(folder), or pass the tokenizer explicitly."
+)
+
+
+def _looks_local(name: str) -> bool:
+    """A Hub id is ``"name"`` or ``"org/name"``: an absolute, ``.``/``~`` or deeper path is a local folder."""
+    return Path(name).is_absolute() or name.startswith((".", "~")) or name.count("/") > 1
 
 
 # input_kind= accepts "auto" or any kind by name (see tokenization.preprocessing.INPUT_KINDS).
@@ -194,6 +205,30 @@ class ScBertTokenizer:
         """SHA-256 (hex) of the newline-joined panel; identifies a panel in model cards."""
         return hashlib.sha256("\n".join(self._genes).encode("utf-8")).hexdigest()
 
+    def check_model_config(self, config: Any) -> None:
+        """Refuse a model whose gene panel is not this tokenizer's: the one check of that rule in the package.
+
+        A model reads ``num_genes + 1`` positions, one per panel gene in order; a tokenizer over a panel of another
+        size gives it sequences of another length. Only the size can be checked: a config records no gene names.
+
+        Parameters
+        ----------
+        config
+            The model's configuration (an ``ScBertConfig``, or its ``config.json`` as a dict).
+
+        Raises
+        ------
+        ValueError
+            When the config's ``num_genes`` is not this tokenizer's number of panel genes.
+        """
+        num_genes = config.get("num_genes") if isinstance(config, Mapping) else getattr(config, "num_genes", None)
+        if num_genes != self.num_genes:
+            size = f"{num_genes:,}" if isinstance(num_genes, int) else repr(num_genes)
+            raise ValueError(
+                f"The model's panel has {size} genes but the tokenizer's has {self.num_genes:,}; use the tokenizer "
+                "saved with the model (the gene panel it was trained with, in its order)."
+            )
+
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(num_genes={self.num_genes}, normalization_target={self.normalization_target:g}, "
@@ -305,7 +340,17 @@ class ScBertTokenizer:
             Only use the local Hub cache (also implied by ``HF_HUB_OFFLINE=1``).
         subfolder
             Folder inside the folder or repository.
+
+        Raises
+        ------
+        FileNotFoundError
+            When there is no scBERT tokenizer there: a local folder that does not exist, a folder without
+            ``tokenizer_config.json`` and ``genes.txt``, or a Hub id that cannot be fetched (offline, not cached,
+            no such repository or file); the message says what to pass instead.
+        ValueError
+            When the files describe another tokenizer class, or ``genes.txt`` does not match its recorded hash.
         """
+        name = str(pretrained_model_name_or_path)
         directory = Path(pretrained_model_name_or_path)
         if subfolder:
             directory = directory / subfolder
@@ -313,27 +358,41 @@ class ScBertTokenizer:
             config_path = directory / TOKENIZER_CONFIG_NAME
             if not config_path.is_file():
                 raise FileNotFoundError(
-                    f"{str(directory)!r} has no {TOKENIZER_CONFIG_NAME}; expected a folder written by "
-                    "ScBertTokenizer.save_pretrained (tokenizer_config.json and genes.txt)."
+                    f"No scBERT tokenizer found in {str(directory)!r}: it has no {TOKENIZER_CONFIG_NAME}. "
+                    + _NO_TOKENIZER
                 )
             config = json.loads(config_path.read_text(encoding="utf-8"))
             genes_path = directory / config.get("genes_file", GENES_NAME)
             if not genes_path.is_file():
-                raise FileNotFoundError(f"{str(directory)!r} has {TOKENIZER_CONFIG_NAME} but no {genes_path.name}.")
+                raise FileNotFoundError(
+                    f"No scBERT tokenizer found in {str(directory)!r}: it has {TOKENIZER_CONFIG_NAME} but no "
+                    f"{genes_path.name}. {_NO_TOKENIZER}"
+                )
+        elif _looks_local(name):
+            raise FileNotFoundError(
+                f"The folder {str(directory)!r} does not exist; pass the folder of a saved model or tokenizer, or a "
+                "Hub id ('name' or 'org/name')."
+            )
         else:
             from huggingface_hub import hf_hub_download
 
             kwargs = {
-                "repo_id": str(pretrained_model_name_or_path),
+                "repo_id": name,
                 "subfolder": subfolder,
                 "revision": revision,
                 "cache_dir": cache_dir,
                 "token": token,
                 "local_files_only": local_files_only,
             }
-            config_path = Path(hf_hub_download(filename=TOKENIZER_CONFIG_NAME, **kwargs))
-            config = json.loads(config_path.read_text(encoding="utf-8"))
-            genes_path = Path(hf_hub_download(filename=config.get("genes_file", GENES_NAME), **kwargs))
+            try:
+                config_path = Path(hf_hub_download(filename=TOKENIZER_CONFIG_NAME, **kwargs))
+                config = json.loads(config_path.read_text(encoding="utf-8"))
+                genes_path = Path(hf_hub_download(filename=config.get("genes_file", GENES_NAME), **kwargs))
+            except (OSError, ValueError) as error:  # huggingface_hub's errors for ids, repositories, files, offline
+                raise FileNotFoundError(
+                    f"No scBERT tokenizer found for {name!r} (not a local folder; as a Hub id: {type(error).__name__}: "
+                    f"{error}). {_NO_TOKENIZER}"
+                ) from error
         if config.get("tokenizer_class", cls.tokenizer_class) != cls.tokenizer_class:
             raise ValueError(
                 f"{config_path} describes a {config['tokenizer_class']!r}, not a {cls.tokenizer_class}; "
