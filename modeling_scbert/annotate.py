@@ -72,7 +72,7 @@ def load_annotator(
     FileNotFoundError
         When the folder or repository has no scBERT tokenizer (``tokenizer_config.json`` and ``genes.txt``).
     """
-    from .training import load_tokenizer
+    from .model_resolution import load_tokenizer
 
     text = str(name_or_path)
     # A Hub id is "name" or "org/name"; anything else that is not on disk is a local folder that is missing.
@@ -93,7 +93,7 @@ def _resolve(
     *,
     model_class: type[ScBertPreTrainedModel],
 ) -> tuple[ScBertPreTrainedModel, ScBertTokenizer, str]:
-    from .training import load_tokenizer
+    from .model_resolution import load_tokenizer
 
     if isinstance(model, (str, PathLike)):
         name = str(model)
