@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import copy
-import dataclasses
+import functools
 import logging
 import sys
-import typing
 from pathlib import Path
+
+from transformers import HfArgumentParser
 
 from tokenization import ScBertTokenizer
 
@@ -31,24 +31,14 @@ def _spellings(*names: str) -> list[str]:
     return result
 
 
-def _add_dataclass_options(command: argparse.ArgumentParser, dataclass_type: type) -> None:
-    """Add a dataclass's fields as options, by the rules of ``HfArgumentParser`` (which parses pretrain/finetune).
-
-    So the reading options have the same names, spellings, types, defaults and help in all four commands.
-    """
-    from transformers import HfArgumentParser
-
-    group = command.add_argument_group(getattr(dataclass_type, "_argument_group_name", None))
-    hints = typing.get_type_hints(dataclass_type)
-    for field in dataclasses.fields(dataclass_type):
-        # HfArgumentParser reads (and rewrites) field.type: give it a copy with the resolved annotation.
-        field = copy.copy(field)
-        field.type = hints[field.name]
-        HfArgumentParser._parse_dataclass_field(group, field)
+# Every command's parser is an HfArgumentParser (an argparse.ArgumentParser), in argparse's plain help format: the
+# commands that read cells take ScBertReadingArguments (dataclass_types=...), which gives its options the same names,
+# spellings, types, defaults and help as in pretrain / finetune, whose HfArgumentParser parses them too.
+_COMMAND_PARSER = functools.partial(HfArgumentParser, formatter_class=argparse.HelpFormatter)
 
 
 def _reading_options(args: argparse.Namespace) -> dict:
-    """The reading options parsed by :func:`_add_dataclass_options`, as keyword arguments."""
+    """The reading options (the fields of ``ScBertReadingArguments``) of a parsed command, as keyword arguments."""
     return {name: getattr(args, name) for name in ScBertReadingArguments.names()}
 
 
@@ -260,7 +250,7 @@ def _attention(args: argparse.Namespace) -> int:
 
 
 def _inference_options(args: argparse.Namespace) -> dict:
-    """The keyword arguments of ``annotate`` / ``embed`` that :func:`_add_inference_options` defines."""
+    """The keyword arguments of ``annotate`` / ``embed`` that the command's options set."""
     options = {"batch_size": args.batch_size, "device": args.device, "progress": True, **_reading_options(args)}
     if "dtype" in args:
         options["dtype"] = args.dtype
@@ -299,13 +289,12 @@ def _add_inference_options(
             help="compute precision: bfloat16 / float16 autocast the linear layers, the attention kernel stays "
             "float32 (default: float32)",
         )
-    _add_dataclass_options(command, ScBertReadingArguments)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="scbert", description="scBERT for single-cell annotation.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress at INFO level")
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_COMMAND_PARSER)
 
     convert = commands.add_parser(
         "convert",
@@ -362,6 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     annotate = commands.add_parser(
         "annotate",
+        dataclass_types=ScBertReadingArguments,
         help="predict cell types into a copy of an .h5ad (and optionally a CSV)",
         description="Predict a cell type and confidence for every cell of --input and write --output with "
         ".obs['scbert_cell_type'] and .obs['scbert_confidence'] added.",
@@ -395,6 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     embed = commands.add_parser(
         "embed",
+        dataclass_types=ScBertReadingArguments,
         help="write cell embeddings (.obsm['X_scbert']) into a copy of an .h5ad",
         description="Embed every cell of --input (mean of the final encodings) and write --output with "
         ".obsm['X_scbert'] added.",
@@ -405,6 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     attention = commands.add_parser(
         "attention",
+        dataclass_types=ScBertReadingArguments,
         help="which genes the model attends to, per cell type: .varm['scbert_attention'] and a top-genes CSV",
         description="Compute the attention every gene receives in a layer (FAVOR+ column means, linear time) for "
         "every cell of --input, average it per cell type (predicted, or --groupby), and write --output with "
@@ -434,7 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
 def command_parser(command: str) -> argparse.ArgumentParser:
     """The parser of one ``scbert`` command (for pretrain / finetune, their ``HfArgumentParser``)."""
     if command in TRAINING_COMMANDS:
-        from .training import argument_parser
+        from .training_cli import argument_parser
 
         return argument_parser(command)
     subparsers = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))

@@ -1,5 +1,7 @@
 """Pretraining and fine-tuning workflows through the stock Trainer: presets, losses, metrics, resume, bad input."""
 
+import copy
+import dataclasses
 import json
 
 import anndata as ad
@@ -302,7 +304,8 @@ def test_default_preset_is_full_for_a_new_model_and_published_for_a_pretrained_o
 
 
 def test_majority_class_baseline_and_when_it_warns(caplog):
-    from modeling_scbert.training import _warn_if_no_better, majority_class_baseline
+    from modeling_scbert.trainer_plugins import majority_class_baseline
+    from modeling_scbert.trainer_plugins import warn_if_no_better as _warn_if_no_better
 
     majority = majority_class_baseline([0, 0, 0, 1, 2], [0, 0, 1, 2], label_names=["B", "T", "NK"])
     assert majority["label"] == "B"
@@ -339,3 +342,39 @@ def test_finetune_that_learns_nothing_warns_in_the_log_and_the_card(tmp_path, ca
     card = (tmp_path / "flat" / "README.md").read_text()
     assert "**Warning: this model is no better than always predicting the most frequent training label (B).**" in card
     assert "| accuracy of always predicting B (the most frequent training label) |" in card
+
+
+def _fields(training_args: TrainingArguments) -> dict:
+    """Every field of a TrainingArguments, deep-copied (so a change inside a list or dict would show too)."""
+    return copy.deepcopy({f.name: getattr(training_args, f.name) for f in dataclasses.fields(training_args)})
+
+
+def test_pretrain_and_finetune_never_change_the_callers_training_arguments(tmp_path, cells):
+    # The defaults the workflows must not keep (remove_unused_columns=True drops the sparse token columns) and, with
+    # load_best_model_at_end, the metric TrainingArguments picks by itself ("loss", which finetune replaces).
+    common = {"remove_unused_columns": True, "save_strategy": "epoch", "num_train_epochs": 1}
+    pretrain_args = args(tmp_path, "pre", **common)
+    finetune_args = args(tmp_path, "ft", eval_strategy="epoch", load_best_model_at_end=True, **common)
+    assert finetune_args.metric_for_best_model == "loss"
+    before = {"pretrain": _fields(pretrain_args), "finetune": _fields(finetune_args)}
+
+    trainers = {
+        "pretrain": pretrain(
+            cells, training_args=pretrain_args, config_overrides=TINY, encode_kwargs=_encode(tmp_path)
+        ),
+        "finetune": finetune(
+            cells,
+            training_args=finetune_args,
+            label_key="cell_type",
+            eval_fraction=0.25,
+            config_overrides=TINY,
+            encode_kwargs=_encode(tmp_path),
+        ),
+    }
+    for name, given in (("pretrain", pretrain_args), ("finetune", finetune_args)):
+        assert _fields(given) == before[name], name
+        used = trainers[name].args
+        assert used is not given and used.remove_unused_columns is False, name
+        assert used.output_dir == given.output_dir and used.seed == given.seed, name
+    assert trainers["finetune"].args.metric_for_best_model == "macro_f1"
+    assert trainers["finetune"].args.greater_is_better is True

@@ -1,0 +1,326 @@
+"""The command lines of ``scbert pretrain`` and ``scbert finetune``: their options and what they ask for.
+
+``HfArgumentParser`` parses :class:`ScBertModelArguments`, :class:`ScBertDataArguments`,
+:class:`~modeling_scbert.reading.ScBertReadingArguments` (and :class:`ScBertFinetuningArguments`) plus
+``TrainingArguments``, so every Trainer option works (``--bf16``, ``--gradient_accumulation_steps``,
+``--gradient_checkpointing``, ``--deepspeed``, ``--fsdp``, ``--push_to_hub``, ``--resume_from_checkpoint``,
+``--report_to``, ...), every option in both spellings (``--label_key`` and ``--label-key``).
+:func:`parse_pretrain_command` and :func:`parse_finetune_command` turn a command line into the keyword arguments of
+:func:`modeling_scbert.training.pretrain` / :func:`~modeling_scbert.training.finetune` (reading the data files and
+checking what only the command line can get wrong); ``training.pretrain_main`` / ``finetune_main`` call them. This
+module sits below ``training`` and never imports it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from anndata import AnnData
+from transformers import HfArgumentParser, TrainingArguments
+
+from tokenization.data import to_dataset
+
+from .model_resolution import resolve_tokenizer
+from .reading import ScBertReadingArguments
+from .trainer_plugins import CLASS_WEIGHTINGS, FINETUNING_PRESET_CHOICES
+
+
+@dataclass
+class ScBertModelArguments:
+    """Which model to start from."""
+
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "Pretrained folder or Hub id to start from; omit to train a new model over the panel."},
+    )
+    tokenizer_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "Tokenizer folder or Hub id; default: the model's, else a new panel over train_file."},
+    )
+    config_overrides: str | None = field(
+        default=None,
+        metadata={"help": "Config fields to set, e.g. 'hidden_size=64,num_hidden_layers=2,head_dim=16' or JSON."},
+    )
+
+
+@dataclass
+class ScBertDataArguments:
+    """Where the cells are (how to read them: :class:`~modeling_scbert.reading.ScBertReadingArguments`)."""
+
+    train_file: str = field(metadata={"help": "Training cells: a .h5ad file, or a folder written by to_dataset."})
+    validation_file: str | None = field(default=None, metadata={"help": "Evaluation cells (.h5ad or dataset)."})
+    validation_fraction: float | None = field(
+        default=None, metadata={"help": "Without validation_file: hold out this fraction of train_file."}
+    )
+    split_seed: int = field(default=0, metadata={"help": "Seed of the validation split."})
+    label_key: str | None = field(default=None, metadata={"help": "The .obs column with the cell types."})
+    dataset_cache_dir: str | None = field(
+        default=None, metadata={"help": "Where encoded cells are written (default: the datasets cache)."}
+    )
+    mask_probability: float = field(
+        default=0.15, metadata={"help": "Pretraining: fraction of non-zero tokens chosen."}
+    )
+    replace_probability: float = field(default=0.9, metadata={"help": "Pretraining: chosen tokens set to the mask."})
+
+
+@dataclass
+class ScBertFinetuningArguments:
+    """Fine-tuning choices."""
+
+    finetuning_preset: str = field(
+        default="auto",
+        metadata={
+            "help": "published (train layer -2, final LayerNorm and head), full, or auto (default): full for a new "
+            "model (no --model_name_or_path) or a one-layer one, published for a pretrained one (also --preset, as "
+            "in Python).",
+            "choices": FINETUNING_PRESET_CHOICES,
+            "aliases": ["--preset"],
+        },
+    )
+    class_weighting: str = field(
+        default="none", metadata={"help": "none or balanced (for imbalanced references).", "choices": CLASS_WEIGHTINGS}
+    )
+    early_stopping_patience: int | None = field(
+        default=None, metadata={"help": "Evaluations without improvement before stopping (needs evaluation data)."}
+    )
+    license: str | None = field(
+        default=None,
+        metadata={"help": "License of the fine-tuned weights, for the model card (needed with --push_to_hub)."},
+    )
+    base_model: str | None = field(default=None, metadata={"help": "Hub id of the pretrained model, for the card."})
+    drop_unseen_labels: bool = field(
+        default=False,
+        metadata={"help": "Leave out evaluation cells whose type no training cell has, instead of refusing them."},
+    )
+
+
+# Defaults of `scbert finetune` that differ from TrainingArguments': evaluate and save every epoch, keep the best model
+# by macro-F1, keep two checkpoints, log every epoch. Any of them can still be set on the command line.
+FINETUNE_DEFAULTS = {
+    "eval_strategy": "epoch",
+    "save_strategy": "epoch",
+    "load_best_model_at_end": True,
+    "metric_for_best_model": "macro_f1",
+    "save_total_limit": 2,
+    "logging_strategy": "epoch",
+}
+# Without evaluation data (no --validation_file or --validation_fraction) there is nothing to evaluate or pick by.
+FINETUNE_DEFAULTS_WITHOUT_EVALUATION = {
+    **FINETUNE_DEFAULTS,
+    "eval_strategy": "no",
+    "load_best_model_at_end": False,
+    "metric_for_best_model": None,
+}
+
+# The options of each training command, in the order parse_args_into_dataclasses returns them.
+COMMAND_ARGUMENTS = {
+    "pretrain": (ScBertModelArguments, ScBertDataArguments, ScBertReadingArguments, TrainingArguments),
+    "finetune": (
+        ScBertModelArguments,
+        ScBertDataArguments,
+        ScBertReadingArguments,
+        ScBertFinetuningArguments,
+        TrainingArguments,
+    ),
+}
+
+
+def argument_parser(command: Literal["pretrain", "finetune"], *, prog: str | None = None) -> HfArgumentParser:
+    """The ``HfArgumentParser`` of ``scbert pretrain`` / ``scbert finetune`` (every option in both spellings).
+
+    ``scbert finetune``'s parser carries its defaults for a run without evaluation data
+    (:data:`FINETUNE_DEFAULTS_WITHOUT_EVALUATION`, what ``--help`` shows); :func:`parse_finetune_command` switches to
+    :data:`FINETUNE_DEFAULTS` when the command line gives evaluation data.
+
+    Raises
+    ------
+    KeyError
+        For a command other than ``"pretrain"`` and ``"finetune"``.
+    """
+    parser = HfArgumentParser(COMMAND_ARGUMENTS[command], prog=prog or f"scbert {command}")
+    if command == "finetune":
+        parser.set_defaults(**FINETUNE_DEFAULTS_WITHOUT_EVALUATION)
+    return parser
+
+
+def _parse(command: Literal["pretrain", "finetune"], argv: Sequence[str] | None, *, prog: str) -> tuple:
+    """The dataclasses of a command line, or of its one ``.json`` / ``.yaml`` file of options."""
+    parser = argument_parser(command, prog=prog)
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) == 1 and args[0].endswith((".json", ".yaml", ".yml")):
+        # A file of options sets every field it does not name to the dataclass's default, as HfArgumentParser does.
+        path = os.path.abspath(args[0])
+        return parser.parse_json_file(path) if path.endswith(".json") else parser.parse_yaml_file(path)
+    if command == "finetune":
+        # Which defaults apply depends on whether there are evaluation cells: parse the options once (argparse, not
+        # string matching), then set the defaults; an option given on the command line wins over either.
+        given, _ = parser.parse_known_args(args)
+        if given.validation_file is not None or given.validation_fraction is not None:
+            parser.set_defaults(**FINETUNE_DEFAULTS)
+    return parser.parse_args_into_dataclasses(args=args)
+
+
+def _read_data(path: str | None, *, split: str):
+    """A .h5ad file (read backed, so it need not fit in memory) or a saved dataset folder."""
+    if path is None:
+        return None
+    if os.path.isdir(path):
+        import datasets
+
+        return datasets.load_from_disk(path)
+    from .h5ad_io import read_h5ad
+
+    return read_h5ad(path, backed="r", what=f"{split} file")
+
+
+def _encode_kwargs(data_args: ScBertDataArguments, reading: ScBertReadingArguments) -> dict[str, Any]:
+    kwargs = reading.tokenizer_kwargs()
+    if data_args.dataset_cache_dir is not None:
+        kwargs["cache_dir"] = data_args.dataset_cache_dir
+    return kwargs
+
+
+def parse_pretrain_command(argv: Sequence[str] | None = None, *, prog: str = "scbert pretrain") -> dict[str, Any]:
+    """The keyword arguments of :func:`modeling_scbert.training.pretrain` that a command line asks for.
+
+    Parameters
+    ----------
+    argv
+        The options (default: ``sys.argv[1:]``), or one ``.json`` / ``.yaml`` file of them.
+    prog
+        The program name in usage and error messages.
+
+    Returns
+    -------
+    ``train_data`` (read from ``--train_file``), ``training_args`` and every other keyword of ``pretrain`` the
+    command line sets; with ``--validation_fraction`` and no ``--validation_file``, the training cells are encoded
+    and split here.
+
+    Raises
+    ------
+    SystemExit
+        From argparse, for options it cannot parse (after printing the usage).
+    ValueError
+        For a dataset folder without ``--tokenizer_name_or_path`` or ``--model_name_or_path``, and for cells that
+        cannot be read.
+    FileNotFoundError
+        For data files, or a tokenizer or model folder, that do not exist.
+    """
+    model_args, data_args, reading, training_args = _parse("pretrain", argv, prog=prog)
+    train = _read_data(data_args.train_file, split="train")
+    no_panel = model_args.tokenizer_name_or_path is None and model_args.model_name_or_path is None
+    if no_panel and not isinstance(train, AnnData):
+        raise ValueError("A dataset folder carries no gene panel: pass --tokenizer_name_or_path.")
+    tokenizer = resolve_tokenizer(model_args.tokenizer_name_or_path, model_args.model_name_or_path, train)
+    evaluation = _read_data(data_args.validation_file, split="validation")
+    if evaluation is None and data_args.validation_fraction:
+        if isinstance(train, AnnData):
+            train = to_dataset(train, tokenizer=tokenizer, **_encode_kwargs(data_args, reading))
+        splits = train.train_test_split(test_size=data_args.validation_fraction, seed=data_args.split_seed)
+        train, evaluation = splits["train"], splits["test"]
+    return {
+        "train_data": train,
+        "training_args": training_args,
+        "model": model_args.model_name_or_path,
+        "tokenizer": tokenizer,
+        "eval_data": evaluation,
+        "config_overrides": model_args.config_overrides,
+        "mask_probability": data_args.mask_probability,
+        "replace_probability": data_args.replace_probability,
+        "encode_kwargs": _encode_kwargs(data_args, reading),
+    }
+
+
+def parse_finetune_command(argv: Sequence[str] | None = None, *, prog: str = "scbert finetune") -> dict[str, Any]:
+    """The keyword arguments of :func:`modeling_scbert.training.finetune` that a command line asks for.
+
+    Defaults that differ from ``TrainingArguments``' (:data:`FINETUNE_DEFAULTS`): evaluate and save every epoch, keep
+    the best model by macro-F1 (``load_best_model_at_end``), keep two checkpoints, log every epoch. Without
+    evaluation data (neither ``--validation_file`` nor ``--validation_fraction``) evaluation and keeping the best
+    model are off. An option on the command line always wins; a ``.json`` / ``.yaml`` file of options starts from
+    ``TrainingArguments``' own defaults.
+
+    Parameters
+    ----------
+    argv
+        The options (default: ``sys.argv[1:]``), or one ``.json`` / ``.yaml`` file of them.
+    prog
+        The program name in usage and error messages.
+
+    Returns
+    -------
+    ``train_data`` (read from ``--train_file``), ``training_args`` and every other keyword of ``finetune`` the
+    command line sets.
+
+    Raises
+    ------
+    SystemExit
+        From argparse, for options it cannot parse (after printing the usage).
+    ValueError
+        Before any data is encoded: for a ``.h5ad`` train file without ``--label_key`` or whose ``.obs`` lacks it,
+        ``--early_stopping_patience`` without evaluation data, ``--push_to_hub`` without ``--license``, a dataset
+        folder without a tokenizer or model, and cells that cannot be read.
+    FileNotFoundError
+        For data files that do not exist.
+    """
+    model_args, data_args, reading, finetune_args, training_args = _parse("finetune", argv, prog=prog)
+    if data_args.label_key is None and not os.path.isdir(data_args.train_file):
+        raise ValueError("--label_key is required with a .h5ad train_file: the .obs column holding the cell types.")
+    # Checks whose advice differs on the command line from finetune()'s (which names its Python arguments).
+    evaluation = data_args.validation_file or data_args.validation_fraction
+    if finetune_args.early_stopping_patience and not evaluation:
+        raise ValueError(
+            "--early_stopping_patience needs evaluation cells: pass --validation_file or --validation_fraction."
+        )
+    if training_args.push_to_hub and not finetune_args.license:
+        raise ValueError(
+            "--push_to_hub pushes a model card, which needs the weights' license: pass --license, e.g. 'apache-2.0', "
+            "'cc-by-4.0' or 'other'."
+        )
+    train = _read_data(data_args.train_file, split="train")
+    if isinstance(train, AnnData) and data_args.label_key not in train.obs.columns:
+        raise ValueError(
+            f"--label_key {data_args.label_key!r} is not a column of {data_args.train_file}'s .obs; the columns are "
+            f"{list(train.obs.columns)}."
+        )
+    tokenizer = model_args.tokenizer_name_or_path
+    if tokenizer is None and model_args.model_name_or_path is None and not isinstance(train, AnnData):
+        raise ValueError("A dataset folder carries no gene panel: pass --tokenizer_name_or_path.")
+    return {
+        "train_data": train,
+        "training_args": training_args,
+        "model": model_args.model_name_or_path,
+        "tokenizer": tokenizer,
+        "label_key": data_args.label_key,
+        "eval_data": _read_data(data_args.validation_file, split="validation"),
+        "eval_fraction": data_args.validation_fraction,
+        "split_seed": data_args.split_seed,
+        "preset": finetune_args.finetuning_preset,
+        "class_weighting": finetune_args.class_weighting,
+        "early_stopping_patience": finetune_args.early_stopping_patience,
+        "config_overrides": model_args.config_overrides,
+        "encode_kwargs": _encode_kwargs(data_args, reading),
+        "drop_unseen_labels": finetune_args.drop_unseen_labels,
+        "card_facts": {
+            key: value
+            for key, value in {"license": finetune_args.license, "base_model": finetune_args.base_model}.items()
+            if value
+        },
+    }
+
+
+__all__ = [
+    "COMMAND_ARGUMENTS",
+    "FINETUNE_DEFAULTS",
+    "FINETUNE_DEFAULTS_WITHOUT_EVALUATION",
+    "ScBertDataArguments",
+    "ScBertFinetuningArguments",
+    "ScBertModelArguments",
+    "argument_parser",
+    "parse_finetune_command",
+    "parse_pretrain_command",
+]
