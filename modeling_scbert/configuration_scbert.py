@@ -79,10 +79,9 @@ class ScBertConfig(PreTrainedConfig):
             PBMCs it made two of three seeds learn instead of one).
         classifier_hidden_act: Activation after each hidden layer of the classification MLP, any name of
             transformers' ``ACT2FN``. ``"relu"`` as published. A ReLU unit whose input is negative for every cell
-            passes no gradient and stays dead; when the optimiser's first steps push most units there, the MLP
-            answers nearly the same for every cell. ``finetune`` gives a new model ``"gelu"``, which cannot die
-            (docs/training.md: on the Kang 2018 PBMCs the seeds whose MLP lost most ReLU units were the ones that
-            failed).
+            passes no gradient and stays dead (on the Kang 2018 PBMCs, the runs that failed had lost most of
+            them: docs/training.md). ``"gelu"`` keeps a small gradient there; it did not rescue those runs, learning-
+            rate warmup did, so new models keep the ReLU.
         attention_chunk_size: Tokens processed at a time in the FAVOR+ feature map and the feed-forward (per cell
             with the ``"per_cell"`` schedule, for the whole batch with ``"batched"``). ``None`` picks a size: 512
             tokens per cell (the temporaries stay in a CPU's cache) or, batched, as many tokens as keep one chunk's

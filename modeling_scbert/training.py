@@ -355,6 +355,11 @@ def finetune(
     if preset == "auto":
         preset = auto_finetuning_preset(model, start)
     apply_finetuning_preset(model, preset)
+    if (start is None or isinstance(start, ScBertConfig)) and not training_args.warmup_steps:
+        logger.warning(
+            "A new model without learning-rate warmup can collapse to the majority class (docs/training.md); pass "
+            "TrainingArguments(warmup_steps=0.1), the `scbert finetune` default."
+        )
 
     # TrainingArguments picks "loss" by itself when load_best_model_at_end is set without a metric; for annotation
     # the model to keep is the best by macro-F1, which weighs rare cell types as much as common ones.

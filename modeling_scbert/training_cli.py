@@ -99,8 +99,11 @@ class ScBertFinetuningArguments:
 
 
 # Defaults of `scbert finetune` that differ from TrainingArguments': evaluate and save every epoch, keep the best model
-# by macro-F1, keep two checkpoints, log every epoch. Any of them can still be set on the command line.
+# by macro-F1, keep two checkpoints, log every epoch, and warm the learning rate up over the first 10% of the steps
+# (without warmup, models trained from scratch on the Kang 2018 PBMCs collapsed to the majority class on some seeds:
+# docs/training.md). Any of them can still be set on the command line.
 FINETUNE_DEFAULTS = {
+    "warmup_steps": 0.1,
     "eval_strategy": "epoch",
     "save_strategy": "epoch",
     "load_best_model_at_end": True,

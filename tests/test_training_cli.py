@@ -43,6 +43,8 @@ def test_finetune_without_evaluation_data_neither_evaluates_nor_keeps_a_best_mod
     # The other defaults of fine-tuning hold either way.
     assert training_args.save_strategy == "epoch" and training_args.logging_strategy == "epoch"
     assert training_args.save_total_limit == FINETUNE_DEFAULTS["save_total_limit"]
+    assert training_args.warmup_steps == 0.1  # models trained from scratch need it (docs/training.md)
+    assert finetune_args(cells_file, tmp_path, "--warmup_steps", "0").warmup_steps == 0
     # --help shows these defaults.
     assert argument_parser("finetune").get_default("eval_strategy") == "no"
 

@@ -285,17 +285,23 @@ def test_cli_finetune_and_pretrain(tmp_path, cells, capsys):
     assert path.read_bytes() == before  # the input is never modified
 
 
-def test_default_preset_is_full_for_a_new_model_and_published_for_a_pretrained_one(tmp_path, cells):
+def test_default_preset_is_full_for_a_new_model_and_published_for_a_pretrained_one(tmp_path, cells, caplog):
     one_layer = {**TINY, "num_hidden_layers": 1}
     run = {"label_key": "cell_type", "encode_kwargs": _encode(tmp_path)}
     # A new one-layer model: "published" (train layer -2) would refuse it; the default trains everything.
-    trainer = finetune(cells, training_args=args(tmp_path, "new", max_steps=1), config_overrides=one_layer, **run)
+    with caplog.at_level("WARNING", logger="modeling_scbert.training"):
+        trainer = finetune(cells, training_args=args(tmp_path, "new", max_steps=1), config_overrides=one_layer, **run)
     assert all(p.requires_grad for p in trainer.model.parameters())
+    # Trained from scratch without warmup: warned, with the option that fixes it.
+    assert [r for r in caplog.records if "warmup_steps=0.1" in r.getMessage()]
+    caplog.clear()
     assert json.loads((tmp_path / "new" / "config.json").read_text())["classifier_type"] == "conv"
     pretrain(
         cells, training_args=args(tmp_path, "pre", max_steps=1), config_overrides=TINY, encode_kwargs=_encode(tmp_path)
     )
-    trainer = finetune(cells, training_args=args(tmp_path, "ft", max_steps=1), model=str(tmp_path / "pre"), **run)
+    with caplog.at_level("WARNING", logger="modeling_scbert.training"):
+        trainer = finetune(cells, training_args=args(tmp_path, "ft", max_steps=1), model=str(tmp_path / "pre"), **run)
+    assert not [r for r in caplog.records if "warmup" in r.getMessage()]  # a pretrained start is not at risk
     trainable = {name for name, p in trainer.model.named_parameters() if p.requires_grad}
     assert any(name.startswith("scbert.encoder.layers.0.") for name in trainable)
     assert not any(name.startswith("scbert.encoder.layers.1.") for name in trainable)
