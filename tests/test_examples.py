@@ -109,3 +109,18 @@ def test_run_finetune_from_a_json_file_with_a_new_model_and_no_evaluation(tmp_pa
     assert config["classifier_type"] == "conv"  # the package's defaults for a new model
     assert not (annotator / "eval_results.json").exists()  # no evaluation cells: evaluation was turned off
     assert json.loads((annotator / "train_results.json").read_text())["train_samples"] == 48
+
+
+def test_annotate_script_with_an_ensemble(tmp_path):
+    from conftest import save_tiny_annotator
+
+    cells = write_cells(tmp_path / "cells.h5ad")
+    genes = [f"GENE{j}" for j in range(12)]
+    members = [str(save_tiny_annotator(tmp_path / f"m{seed}", genes, seed=seed)) for seed in (0, 1)]
+    output = tmp_path / "annotated.h5ad"
+    run("annotate.py", ["--model", *members, "--input", str(cells), "--output", str(output)], tmp_path)
+    annotated = ad.read_h5ad(output)
+    assert list(annotated.uns["scbert"]["params"]["model"]) == members
+    assert annotated.obsm["scbert_probabilities"].shape == (48, 2)
+    assert annotated.obsm["X_scbert"].shape == (48, 16)
+    assert set(annotated.obs["scbert_cell_type"].astype(str)) <= {"B", "T", "Unassigned"}
