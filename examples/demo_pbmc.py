@@ -206,11 +206,8 @@ def run_seed(adata, dataset, tokenizer, *, seed: int, work_dir: Path, recipe: di
     # 5. The baseline on the same split.
     baseline = scores(truth, logistic_regression(adata, train_index, test_index))
     for member, path in enumerate(model_dirs):  # each card reports its own model; the ensemble's figures are below
-        facts = {
-            **CARD_FACTS,
-            "evaluation": {"dataset_name": "pbmc68k_reduced, held-out cells", **member_scores[member]},
-        }
-        facts["evaluation"].update(split=f"stratified 20% (seed {seed})", num_cells=len(test_index))
+        evaluation = {"dataset_name": "pbmc68k_reduced, held-out cells", "split": f"stratified 20% (seed {seed})"}
+        facts = {**CARD_FACTS, "evaluation": {**evaluation, "num_cells": len(test_index), **member_scores[member]}}
         if len(model_dirs) > 1:
             facts["description"] += (
                 f" Member {member + 1} of an ensemble of {len(model_dirs)} fine-tuned from the same pretrained model "
