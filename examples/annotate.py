@@ -1,19 +1,36 @@
-"""Annotate cells with a fine-tuned model from Python; `scbert annotate` does the same from the shell.
+"""Annotate cells with a fine-tuned model (or an ensemble of them) from Python; `scbert annotate` does the same.
 
-python examples/annotate.py scbert-annotator cells.h5ad annotated.h5ad
+python examples/annotate.py --model scbert-annotator --input cells.h5ad --output annotated.h5ad
+# an ensemble (e.g. the folders finetune_ensemble wrote): their class probabilities are averaged
+python examples/annotate.py --model annotator/seed_0 annotator/seed_1 --input cells.h5ad --output annotated.h5ad
 """
 
-import sys
+import argparse
 
 import anndata as ad
 
 from modeling_scbert.annotate import annotate, embed
 
-if __name__ == "__main__":
-    model, source, destination = sys.argv[1:4]
-    adata = ad.read_h5ad(source)
-    # Cells whose best class probability is below 0.5 (the paper's threshold) become "Unassigned".
-    annotate(adata, model, unassigned_threshold=0.5, return_probabilities=True)
-    embed(adata, model)  # .obsm["X_scbert"], e.g. for sc.pp.neighbors(adata, use_rep="X_scbert")
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", nargs="+", required=True, help="a model folder or Hub id; several: an ensemble")
+    parser.add_argument("--input", required=True, help="the cells (.h5ad)")
+    parser.add_argument("--output", required=True, help="where the annotated cells are written (.h5ad)")
+    parser.add_argument(
+        "--unassigned-threshold", type=float, default=0.5, help="below this confidence a cell is 'Unassigned'"
+    )
+    args = parser.parse_args(argv)
+
+    adata = ad.read_h5ad(args.input)
+    model = args.model[0] if len(args.model) == 1 else args.model
+    # .obs['scbert_cell_type'] and ['scbert_confidence']; .obsm['scbert_probabilities'] (columns: the classes).
+    annotate(adata, model, unassigned_threshold=args.unassigned_threshold, return_probabilities=True)
+    # .obsm['X_scbert'] of the first model, e.g. for sc.pp.neighbors(adata, use_rep="X_scbert").
+    embed(adata, args.model[0])
     print(adata.obs["scbert_cell_type"].value_counts().to_string())
-    adata.write_h5ad(destination)
+    adata.write_h5ad(args.output)
+
+
+if __name__ == "__main__":
+    main()

@@ -8,16 +8,18 @@ script, step by step:
    the files, once, into a cache; hash-checked);
 2. keeps 2,000 highly variable genes of the reference (scanpy, ``seurat`` flavour on log-normalised values);
 3. optionally pretrains a compact scBERT by masked expression on every cell, reference and query, without labels
-   (``--pretrain-epochs``; the query cells are unlabelled cells a user has);
-4. fine-tunes it on the reference with :func:`modeling_scbert.training.finetune` (the package's defaults for a new
-   model: per-gene head with dropout on its input, all layers trained, plain cross-entropy), 10% of each type held
-   out to keep the best epoch by macro-F1; one run per seed, side by side in worker processes;
-5. annotates the query with :func:`modeling_scbert.annotate.annotate`;
+   (``--pretrain-epochs``; the query cells are unlabelled cells a user has; one pretraining, seeded by the first
+   seed, that every seed's fine-tuning starts from);
+4. fine-tunes one model per seed on the reference with :func:`modeling_scbert.ensemble.finetune_ensemble` (each a
+   :func:`modeling_scbert.training.finetune` with the package's defaults for a new model: per-gene head with dropout
+   on its input, all layers trained, plain cross-entropy; 10% of each type held out to keep the best epoch by
+   macro-F1), side by side in worker processes;
+5. annotates the query with each seed's model (:func:`modeling_scbert.annotate.annotate`);
 6. scores it beside scikit-learn's logistic regression on the same genes (log-normalised), per class too.
 
 Writes into ``--output-dir`` (``demo_output/``): ``metrics.json`` (``accuracy``, ``macro_f1``, ``baseline_accuracy``,
-``baseline_macro_f1``, ``n_train``, ``n_test``, ``seconds``, ``per_class_f1``, ``baseline_per_class_f1``, and each
-seed's figures), ``annotated.h5ad`` (the query cells with the first seed's predictions, confidences, embeddings and
+``baseline_macro_f1``, ``n_train``, ``n_test``, ``seconds``, ``per_class_f1``, ``baseline_per_class_f1``,
+``finetune_seconds``, and each seed's figures), ``annotated.h5ad`` (the query cells with the first seed's predictions, confidences, embeddings and
 UMAP), ``model/`` (the first seed's model with its tokenizer and model card), ``confusion_matrix.png``,
 ``umap.png`` (embeddings coloured by prediction and by truth).
 
@@ -32,14 +34,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import multiprocessing
 import os
 import shutil
 import sys
 import tempfile
 import time
 import warnings
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -128,54 +128,45 @@ def training_arguments(output_dir: Path, *, seed: int, recipe: dict, quick: bool
     )
 
 
-def train_and_annotate(reference, query, *, seed: int, model_dir: Path, options: dict) -> dict:
-    """One seed: (pretrain,) fine-tune on the reference, annotate the query. Runs in a worker process."""
-    import torch
-    from transformers.utils import logging as hf_logging
+def train(reference, all_cells, *, seeds: list[int], output_dir: Path, options: dict) -> list[str]:
+    """(Pretrain once,) then fine-tune one model per seed on the reference, side by side; returns their folders."""
+    from modeling_scbert.ensemble import finetune_ensemble
+    from modeling_scbert.training import pretrain
 
-    from modeling_scbert.annotate import annotate
-    from modeling_scbert.training import finetune, pretrain
-
-    torch.set_num_threads(options["threads"])
-    hf_logging.set_verbosity_error()
-    started = time.perf_counter()
     model = None
     if options["pretrain_epochs"]:
         # Masked expression on every cell, labels unused: the query's cells are cells the user has.
+        model = output_dir / "pretrained"
         pretrain(
-            options["all_cells"],
+            all_cells,
             training_args=training_arguments(
-                model_dir.parent / f"{model_dir.name}-pretrained",
-                seed=seed,
+                model,
+                seed=seeds[0],
                 recipe={**PRETRAIN, "num_train_epochs": options["pretrain_epochs"]},
                 quick=options["quick"],
                 evaluate=False,
             ),
             config_overrides=COMPACT,
         )
-        model = str(model_dir.parent / f"{model_dir.name}-pretrained")
-    finetune(
+    model_dirs = finetune_ensemble(
         reference,
+        seeds=seeds,
+        output_dir=output_dir,
+        training_args=training_arguments(
+            output_dir, seed=seeds[0], recipe=options["finetune"], quick=options["quick"], evaluate=True
+        ),
+        processes=options["jobs"],
         label_key=LABEL_KEY,
-        model=model,
+        model=None if model is None else str(model),
         eval_fraction=0.1,
         split_seed=0,  # the same held-out reference cells for every seed; the seed varies the model
         class_weighting=options["class_weighting"],
         config_overrides=None if model else COMPACT,
-        training_args=training_arguments(
-            model_dir, seed=seed, recipe=options["finetune"], quick=options["quick"], evaluate=True
-        ),
         card_facts={**CARD_FACTS, "training_data": options["training_data"]},
     )
-    for checkpoint in model_dir.glob("checkpoint-*"):
-        shutil.rmtree(checkpoint)  # the best one is loaded and saved in model_dir itself
-    annotated = annotate(query, str(model_dir), copy=True, progress=False)
-    return {
-        "seed": seed,
-        "predictions": annotated.obs["scbert_cell_type"].astype(str).to_numpy(),
-        "confidence": annotated.obs["scbert_confidence"].to_numpy(),
-        "seconds": round(time.perf_counter() - started, 1),
-    }
+    for checkpoint in output_dir.glob("seed_*/checkpoint-*"):
+        shutil.rmtree(checkpoint)  # the best one is loaded and saved in each model's folder itself
+    return model_dirs
 
 
 def plot(query, output_dir: Path, model_dir: Path, *, title: str) -> None:
@@ -222,7 +213,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--output-dir", default="demo_output", help="where results go (replaced)")
     parser.add_argument("--data-dir", help="a folder with pbmc_ctrl.h5ad, pbmc_stim.h5ad, PBMC.h5ad (no fetching)")
     parser.add_argument("--cache-dir", help="where the fetched files are kept (default: ~/.cache/scbert)")
-    parser.add_argument("--jobs", type=int, help="seeds trained at once (default: one per core, up to the seeds)")
+    parser.add_argument(
+        "--jobs", type=int, help="seeds trained at once (default: one per core, up to the seeds; 1 on a GPU)"
+    )
     parser.add_argument("--quick", action="store_true", help="a few training steps only (CI smoke run)")
     args = parser.parse_args(argv)
 
@@ -233,6 +226,7 @@ def main(argv: list[str] | None = None) -> dict:
     hf_logging.set_verbosity_error()
     from modeling_scbert.annotate import annotate
     from modeling_scbert.datasets import load_kang2018
+    from tokenization.atomic_files import write_text_atomically
 
     started = time.perf_counter()
     output_dir = Path(args.output_dir)
@@ -260,13 +254,10 @@ def main(argv: list[str] | None = None) -> dict:
         flush=True,
     )
 
-    # 3-5. Fine-tune (after optional pretraining) and annotate, one seed per worker.
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    jobs = max(1, min(args.jobs or cores, len(args.seeds)))
+    # 3-5. Fine-tune (after optional pretraining) one model per seed, and annotate the query with each.
     options = {
-        "threads": max(1, cores // jobs),
+        "jobs": args.jobs,
         "pretrain_epochs": args.pretrain_epochs,
-        "all_cells": adata[:, genes].copy() if args.pretrain_epochs else None,
         "class_weighting": args.class_weighting,
         "finetune": {**FINETUNE, "num_train_epochs": args.epochs},
         "quick": args.quick,
@@ -276,38 +267,39 @@ def main(argv: list[str] | None = None) -> dict:
             "genes; the authors' cell types; 10% of each type held out to choose the epoch.",
         },
     }
+    runs = []
     with tempfile.TemporaryDirectory(prefix="scbert-demo-kang-") as scratch:
-        model_dirs = [
-            output_dir / "model" if i == 0 else Path(scratch) / f"model-{s}" for i, s in enumerate(args.seeds)
-        ]
-        work = [(reference, query) for _ in args.seeds]
-        if jobs > 1:
-            # Spawned workers: a forked one would inherit torch's threads.
-            with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-                futures = [
-                    pool.submit(train_and_annotate, r, q, seed=s, model_dir=d, options=options)
-                    for (r, q), s, d in zip(work, args.seeds, model_dirs)
-                ]
-                runs = [future.result() for future in futures]
-        else:
-            runs = [
-                train_and_annotate(r, q, seed=s, model_dir=d, options=options)
-                for (r, q), s, d in zip(work, args.seeds, model_dirs)
-            ]
-        for path in output_dir.glob("model-pretrained"):
-            shutil.rmtree(path)
+        trained = time.perf_counter()
+        all_cells = adata[:, genes].copy() if args.pretrain_epochs else None
+        model_dirs = train(reference, all_cells, seeds=list(args.seeds), output_dir=Path(scratch), options=options)
+        finetune_seconds = round(time.perf_counter() - trained, 1)
+        for seed, model_dir in zip(args.seeds, model_dirs):
+            annotating = time.perf_counter()
+            annotated = annotate(query, model_dir, copy=True, progress=False)
+            runs.append(
+                {
+                    "seed": seed,
+                    "predictions": annotated.obs["scbert_cell_type"].astype(str).to_numpy(),
+                    "annotate_seconds": round(time.perf_counter() - annotating, 1),
+                }
+            )
+        os.replace(model_dirs[0], output_dir / "model")  # the first seed's model is kept
 
     # 6. Scores beside logistic regression on the same genes.
     classes = list(reference.obs[LABEL_KEY].cat.categories)
     truth = query.obs[LABEL_KEY].astype(str).to_numpy()
     baseline = scores(truth, logistic_regression(reference, query), classes)
     per_seed = [
-        {"seed": run["seed"], "seconds": run["seconds"], **scores(truth, run["predictions"], classes)} for run in runs
+        {
+            "seed": run["seed"],
+            "annotate_seconds": run["annotate_seconds"],
+            **scores(truth, run["predictions"], classes),
+        }
+        for run in runs
     ]
     for result in per_seed:
         print(
-            f"seed {result['seed']}: scBERT accuracy {result['accuracy']:.3f}, macro-F1 {result['macro_f1']:.3f} "
-            f"({result['seconds']:.0f} s)",
+            f"seed {result['seed']}: scBERT accuracy {result['accuracy']:.3f}, macro-F1 {result['macro_f1']:.3f}",
             flush=True,
         )
     metrics = {
@@ -319,6 +311,7 @@ def main(argv: list[str] | None = None) -> dict:
         "baseline_per_class_f1": baseline["per_class_f1"],
         "n_train": int(reference.n_obs),
         "n_test": int(query.n_obs),
+        "finetune_seconds": finetune_seconds,
         "direction": f"{reference_condition} -> {query_condition}",
         "n_genes": len(genes),
         "seeds": list(args.seeds),
@@ -340,7 +333,7 @@ def main(argv: list[str] | None = None) -> dict:
     plot(query, output_dir, output_dir / "model", title=f"scBERT, {reference_condition} -> {query_condition}")
     query.write_h5ad(output_dir / "annotated.h5ad")
     metrics["seconds"] = round(time.perf_counter() - started, 1)
-    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    write_text_atomically(output_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
 
     width = max(len(name) for name in classes)
     print(f"\n{'F1 per cell type':<{width}}  scBERT  logistic regression")

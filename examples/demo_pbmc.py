@@ -1,51 +1,41 @@
-"""The main job in one command: pretrain, fine-tune and annotate real PBMCs, beside a logistic-regression baseline.
+"""The quick demo: pretrain, fine-tune an ensemble and annotate real PBMCs, beside logistic regression.
 
-Data: scanpy's bundled ``pbmc68k_reduced`` (700 10x PBMCs from Zheng et al.'s 68k data set, 765 genes; works
-offline). Its ``.raw.X`` is log-normalised over those genes; counts are recovered as
-``rint(expm1(raw.X) * n_counts / 1e4)``. Labels: ``obs['bulk_labels']`` (10 types, 240 cells down to 8).
+A tour of the public API on scanpy's bundled ``pbmc68k_reduced`` (700 10x PBMCs from Zheng et al.'s 68k data set,
+765 genes, labels in ``obs['bulk_labels']``: 10 types, 240 cells down to 8; works offline). For each seed:
 
-Per seed: a stratified 80/20 split (``tokenization.data.stratified_split``); a compact scBERT over the 765-gene
-panel is pretrained by masked expression on the training cells, fine-tuned on them twice with different seeds (all
-layers, plain cross-entropy, 30% dropout on the head's per-gene scores, a fixed number of epochs: the held-out cells
-are never used for model selection; the two run side by side in worker processes), and the two annotate the held-out
-cells as an ensemble (averaged probabilities; each is also scored alone). (The class-weighted loss made the
-published per-gene ReLU head collapse to one class on some seeds at this size, so it is off here.) The baseline is
-scikit-learn's ``LogisticRegression`` (L2, C=1, lbfgs, max_iter=2000) on the same split, on the same genes'
-log-normalised expression as shipped (``adata.raw.X``: normalise_total to 1e4 + natural log1p).
-``--token-baselines`` adds logistic regression on the scBERT tokens themselves; ``--model-config`` /
-``--finetune-args`` / ``--class-weighting`` / ``--ensemble-size`` change the recipe for ablations (recorded in
-``metrics.json``).
+1. split the cells 80/20, stratified by type (:func:`tokenization.data.stratified_split`);
+2. pretrain a compact scBERT by masked expression on the training cells (:func:`modeling_scbert.training.pretrain`);
+3. fine-tune two members from it with different seeds, side by side in worker processes
+   (:func:`modeling_scbert.ensemble.finetune_ensemble`): all layers, plain cross-entropy, a fixed number of epochs
+   (the held-out cells never choose the model);
+4. annotate the held-out cells with both members together, which averages their probabilities
+   (:func:`modeling_scbert.annotate.annotate`), and with each alone;
+5. score it beside scikit-learn's logistic regression on the same split and genes (log-normalised as shipped).
 
-Writes into ``--output-dir`` (``demo_output/``): ``metrics.json``, ``annotated.h5ad`` (held-out cells of the first
-seed, with the ensemble's predictions and confidences and the first member's embeddings), ``model/`` and
-``model-2/`` (the fine-tuned members, each with its tokenizer and model card), ``confusion_matrix.png`` and
-``umap.png`` (of the first member's embeddings).
+Writes into ``--output-dir`` (``demo_output/``): ``metrics.json``, ``annotated.h5ad`` (the first seed's held-out
+cells with the ensemble's predictions and confidences and the first member's embeddings), ``model/`` and ``model-2/``
+(the members, each with its tokenizer and model card), ``confusion_matrix.png`` and ``umap.png``.
 
-Run: ``make demo`` or ``python examples/demo_pbmc.py [--seeds 0 1 2] [--quick] [--output-dir demo_output]
-[--ensemble-size 2] [--jobs N]``.
+Run: ``make demo-pbmc68k`` or ``python examples/demo_pbmc.py [--seeds 0 1 2] [--quick] [--output-dir demo_output]
+[--jobs N]``. The ablations behind this recipe are ``benchmarks/pbmc_ablations.py``.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import functools
 import json
 import logging
-import multiprocessing
 import os
 import shutil
 import sys
 import tempfile
 import time
 import warnings
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
-# A compact scBERT for a 765-gene panel: narrow, one layer, small heads. The per-position ("conv") head reads every
-# gene's final encoding, as the published head does, which suits a small panel of informative genes.
+# A compact scBERT for a 765-gene panel: narrow, one layer, small heads, the per-gene ("conv") head as published.
 MODEL_CONFIG = {
     "hidden_size": 64,
     "num_hidden_layers": 1,
@@ -66,13 +56,24 @@ MODEL_CONFIG = {
 }
 PRETRAIN = {"num_train_epochs": 5, "learning_rate": 1e-3, "per_device_train_batch_size": 32}
 FINETUNE = {"num_train_epochs": 30, "learning_rate": 1e-3, "per_device_train_batch_size": 32}
+# Plain cross-entropy: the class-weighted loss made this head collapse to one class on some seeds at this size.
 CLASS_WEIGHTING = "none"
-# Fine-tunings of the same pretrained model whose probabilities are averaged. On 558 cells, one fine-tuning's held-out
-# accuracy moves by up to 0.1 with its seed alone; the average of two is steadier and better (docs/training.md).
+# On 558 cells one fine-tuning's held-out accuracy moves by up to 0.1 with its seed alone; the average of two
+# members' probabilities is steadier and better (docs/training.md). Member m of a split seeded s trains with seed
+# s + 1000 m.
 ENSEMBLE_SIZE = 2
 MEMBER_SEED_STRIDE = 1000
-QUICK_STEPS = {"pretrain": 3, "finetune": 3}
-# Facts for the fine-tuned model's card (the rest is read from the run: labels, counts, contract, evaluation).
+RECIPE = {
+    "model_config": MODEL_CONFIG,
+    "pretrain": PRETRAIN,
+    "finetune": FINETUNE,
+    "class_weighting": CLASS_WEIGHTING,
+    "ensemble_size": ENSEMBLE_SIZE,
+}
+QUICK_STEPS = 3  # training steps of each run with --quick (the CI smoke run)
+HEAD_FIELDS = ("classifier_type", "classifier_hidden_sizes", "classifier_dropout", "classifier_input_dropout")
+LABEL_KEY = "bulk_labels"
+# Facts for the members' model cards (the rest is read from the run: labels, counts, contract, evaluation).
 CARD_FACTS = {
     "license": "apache-2.0",
     "species": "human",
@@ -81,15 +82,16 @@ CARD_FACTS = {
         "description": "700 10x Genomics PBMCs from Zheng et al. 2017 (68k PBMCs), as bundled with scanpy; "
         "labels from obs['bulk_labels']; the training 80% of a stratified split.",
     },
-    "description": "A compact scBERT trained by `make demo` of the scbert package, for demonstration only: a small "
-    "model on 558 cells, not a general PBMC annotator.",
+    "description": "A compact scBERT trained by `make demo-pbmc68k` of the scbert package, for demonstration only: a "
+    "small model on 558 cells, not a general PBMC annotator.",
 }
-LABEL_KEY = "bulk_labels"
 
 
 def load_pbmc():
-    """pbmc68k_reduced as counts (CSR, float32) over its 765 genes, with the log-normalised values kept for the
-    baseline in ``.layers['log1p']``."""
+    """pbmc68k_reduced as counts (CSR) over its 765 genes; the shipped log-normalised values in ``.layers['log1p']``.
+
+    Its ``.raw.X`` is log-normalised (to 1e4, natural log); counts are ``rint(expm1(raw.X) * n_counts / 1e4)``.
+    """
     import anndata as ad
     import scanpy as sc
     import scipy.sparse as sp
@@ -107,10 +109,10 @@ def load_pbmc():
     return adata
 
 
-def training_arguments(output_dir: Path, *, seed: int, recipe: dict, max_steps: int | None):
+def training_arguments(output_dir: Path, *, seed: int, options: dict, quick: bool):
+    """``TrainingArguments`` for one run: no checkpoints, no evaluation, a cosine schedule."""
     from transformers import TrainingArguments
 
-    defaults = {"weight_decay": 0.01, "warmup_steps": 0.1, "lr_scheduler_type": "cosine"}
     return TrainingArguments(
         output_dir=str(output_dir),
         seed=seed,
@@ -119,21 +121,9 @@ def training_arguments(output_dir: Path, *, seed: int, recipe: dict, max_steps: 
         logging_strategy="epoch",
         report_to=[],
         disable_tqdm=True,
-        dataloader_drop_last=False,
-        max_steps=max_steps if max_steps is not None else -1,
-        **{**defaults, **recipe},
+        max_steps=QUICK_STEPS if quick else -1,
+        **{"weight_decay": 0.01, "warmup_steps": 0.1, "lr_scheduler_type": "cosine", **options},
     )
-
-
-def logistic_regression_baseline(adata, train_index: np.ndarray, test_index: np.ndarray) -> np.ndarray:
-    from sklearn.linear_model import LogisticRegression
-
-    features = adata.layers["log1p"]
-    labels = adata.obs[LABEL_KEY].astype(str).to_numpy()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # lbfgs convergence chatter
-        classifier = LogisticRegression(C=1.0, max_iter=2000).fit(features[train_index], labels[train_index])
-    return classifier.predict(features[test_index])
 
 
 def scores(truth, predicted) -> dict[str, float]:
@@ -146,125 +136,84 @@ def scores(truth, predicted) -> dict[str, float]:
     }
 
 
-def token_baselines(train, test, num_positions: int) -> dict:
-    """Logistic regression (C=1) on the scBERT tokens themselves, encoded three ways: the bin as a number
-    (``linear``); one indicator per bin (``one_hot``: a free response per gene and bin, as a lookup table gives); one
-    indicator per "bin >= k" (``cumulative``: the same functions, but each indicator learns from every cell at or
-    above its bin)."""
+def logistic_regression(adata, train_index: np.ndarray, test_index: np.ndarray) -> np.ndarray:
+    """The baseline: logistic regression (L2, C=1, lbfgs) on the log-normalised values as shipped."""
     from sklearn.linear_model import LogisticRegression
 
-    def bins(split):
-        matrix = np.zeros((len(split), num_positions), dtype=np.float32)
-        for row, (genes, values) in enumerate(zip(split["gene_indices"], split["bins"])):
-            matrix[row, genes] = values
-        return matrix
-
-    x_train, x_test = bins(train), bins(test)
-    levels = range(1, int(max(x_train.max(), x_test.max())) + 1)
-    encodings = {
-        "linear": lambda m: m,
-        "one_hot": lambda m: np.concatenate([m == k for k in levels], axis=1),
-        "cumulative": lambda m: np.concatenate([m >= k for k in levels], axis=1),
-    }
-    results = {}
-    for name, encode in encodings.items():
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # lbfgs convergence chatter
-            classifier = LogisticRegression(C=1.0, max_iter=2000).fit(encode(x_train), train["label"])
-        results[name] = scores(test["label"], classifier.predict(encode(x_test)))
-    return results
+    features, labels = adata.layers["log1p"], adata.obs[LABEL_KEY].astype(str).to_numpy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # lbfgs convergence chatter
+        classifier = LogisticRegression(C=1.0, max_iter=2000).fit(features[train_index], labels[train_index])
+    return classifier.predict(features[test_index])
 
 
-def member_dir(work_dir: Path, member: int) -> Path:
-    """Where ensemble member ``member`` (0-based) is saved: ``model/``, then ``model-2/``, ``model-3/``, ..."""
-    return work_dir / ("model" if member == 0 else f"model-{member + 1}")
-
-
-def finetune_member(train, member: int, *, work_dir: Path, seed: int, recipe: dict, quick: bool, threads: int) -> str:
-    """Fine-tune one ensemble member from ``work_dir/pretrained`` and return its folder (it runs in a worker)."""
-    import torch
-    from transformers.utils import logging as hf_logging
-
-    from modeling_scbert.training import finetune
-
-    torch.set_num_threads(threads)
-    hf_logging.set_verbosity_error()  # a worker process does not inherit main()'s setting
-    output_dir = member_dir(work_dir, member)
-    finetune(
-        train,
-        training_args=training_arguments(
-            output_dir,
-            # Members differ only in this seed: the head's initialisation, the order of the cells and the dropout.
-            seed=seed + MEMBER_SEED_STRIDE * member,
-            recipe=recipe["finetune"],
-            max_steps=QUICK_STEPS["finetune"] if quick else None,
-        ),
-        model=str(work_dir / "pretrained"),
-        preset="full",
-        class_weighting=recipe["class_weighting"],
-        config_overrides={
-            k: recipe["model_config"][k]
-            for k in ("classifier_type", "classifier_hidden_sizes", "classifier_dropout", "classifier_input_dropout")
-        },
-        card_facts=CARD_FACTS,
-    )
-    return str(output_dir)
-
-
-def run_seed(
-    adata,
-    dataset,
-    tokenizer,
-    *,
-    seed: int,
-    work_dir: Path,
-    recipe: dict,
-    quick: bool,
-    with_token_baselines: bool,
-    pool,
-    threads: int,
-) -> tuple[dict, object]:
+def run_seed(adata, dataset, tokenizer, *, seed: int, work_dir: Path, recipe: dict, quick: bool, jobs: int | None):
+    """Steps 1-5 for one seed; returns its figures, the annotated held-out cells and the training and test splits."""
     from modeling_scbert.annotate import annotate
+    from modeling_scbert.ensemble import finetune_ensemble
     from modeling_scbert.hub import write_model_card
     from modeling_scbert.training import pretrain
     from tokenization.data import stratified_split
 
     started = time.perf_counter()
+    # 1. A stratified 80/20 split of the encoded cells.
     splits = stratified_split(dataset, eval_fraction=0.2, seed=seed)
     train, test = splits["train"], splits["eval"]
-    names = list(adata.obs_names)
-    position = {name: i for i, name in enumerate(names)}
-    train_index = np.array([position[c] for c in train["cell_id"]])
-    test_index = np.array([position[c] for c in test["cell_id"]])
+    position = {name: i for i, name in enumerate(adata.obs_names)}
+    train_index = np.array([position[cell] for cell in train["cell_id"]])
+    test_index = np.array([position[cell] for cell in test["cell_id"]])
 
+    # 2. Masked-expression pretraining of a new compact model on the training cells (their labels unused).
+    pretrained = work_dir / "pretrained"
     pretrain(
         train,
-        training_args=training_arguments(
-            work_dir / "pretrained",
-            seed=seed,
-            recipe=recipe["pretrain"],
-            max_steps=QUICK_STEPS["pretrain"] if quick else None,
-        ),
-        model=None,
+        training_args=training_arguments(pretrained, seed=seed, options=recipe["pretrain"], quick=quick),
         tokenizer=tokenizer,
         config_overrides=recipe["model_config"],
     )
-    fine_tune = functools.partial(
-        finetune_member, train, work_dir=work_dir, seed=seed, recipe=recipe, quick=quick, threads=threads
-    )
-    model_dirs = list((map if pool is None else pool.map)(fine_tune, range(recipe["ensemble_size"])))
 
+    # 3. The ensemble: members differ only in their seed (the head's initialisation, the cells' order, the dropout).
+    member_seeds = [seed + MEMBER_SEED_STRIDE * member for member in range(recipe["ensemble_size"])]
+    trained = finetune_ensemble(
+        train,
+        seeds=member_seeds,
+        output_dir=work_dir / "members",
+        training_args=training_arguments(work_dir / "members", seed=seed, options=recipe["finetune"], quick=quick),
+        processes=jobs,
+        model=str(pretrained),
+        preset="full",
+        class_weighting=recipe["class_weighting"],
+        config_overrides={key: recipe["model_config"][key] for key in HEAD_FIELDS},
+        card_facts=CARD_FACTS,
+    )
+    model_dirs = [work_dir / ("model" if m == 0 else f"model-{m + 1}") for m in range(len(trained))]
+    for source, destination in zip(trained, model_dirs):
+        os.replace(source, destination)
+    shutil.rmtree(work_dir / "members")
+    shutil.rmtree(pretrained)
+
+    # 4. Annotation of the held-out cells: by each member, then by both (averaged probabilities).
     held_out = adata[test_index].copy()
     del held_out.layers["log1p"]
     truth = held_out.obs[LABEL_KEY].astype(str).to_numpy()
+    member_scores = []
+    for path in model_dirs:
+        alone = annotate(held_out, str(path), copy=True, progress=False)
+        member_scores.append(scores(truth, alone.obs["scbert_cell_type"].astype(str)))
+    annotate(held_out, [str(path) for path in model_dirs], progress=False)
+    ensemble = scores(truth, held_out.obs["scbert_cell_type"].astype(str))
 
-    def annotated_scores(annotated) -> dict[str, float]:
-        return scores(truth, annotated.obs["scbert_cell_type"].astype(str).to_numpy())
-
-    member_scores = [annotated_scores(annotate(held_out, path, copy=True, progress=False)) for path in model_dirs]
-    annotate(held_out, model_dirs, progress=False)
-    ensemble = annotated_scores(held_out)
-    baseline = scores(truth, logistic_regression_baseline(adata, train_index, test_index))
+    # 5. The baseline on the same split.
+    baseline = scores(truth, logistic_regression(adata, train_index, test_index))
+    for member, path in enumerate(model_dirs):  # each card reports its own model; the ensemble's figures are below
+        evaluation = {"dataset_name": "pbmc68k_reduced, held-out cells", "split": f"stratified 20% (seed {seed})"}
+        facts = {**CARD_FACTS, "evaluation": {**evaluation, "num_cells": len(test_index), **member_scores[member]}}
+        if len(model_dirs) > 1:
+            facts["description"] += (
+                f" Member {member + 1} of an ensemble of {len(model_dirs)} fine-tuned from the same pretrained model "
+                "(`scbert annotate --model` with every member averages their probabilities)."
+            )
+        write_model_card(path, facts)
     result = {
         "seed": seed,
         **ensemble,
@@ -276,27 +225,11 @@ def run_seed(
         "n_test": len(test_index),
         "seconds": round(time.perf_counter() - started, 1),
     }
-    if with_token_baselines:
-        result["token_baselines"] = token_baselines(train, test, tokenizer.num_genes + 1)
-    for member, path in enumerate(model_dirs):
-        # Each card reports its own model's figures; the ensemble's are in metrics.json.
-        evaluation = {
-            "dataset_name": "pbmc68k_reduced, held-out cells",
-            "split": f"stratified 20% (seed {seed})",
-            "num_cells": len(test_index),
-            **member_scores[member],
-        }
-        facts = {**CARD_FACTS, "evaluation": evaluation}
-        if len(model_dirs) > 1:
-            facts["description"] += (
-                f" Member {member + 1} of an ensemble of {len(model_dirs)} fine-tuned from the same pretrained model "
-                "(`scbert annotate --model` with every member averages their probabilities)."
-            )
-        write_model_card(path, facts)
-    return result, held_out
+    return result, held_out, train, test
 
 
 def plot(held_out, output_dir: Path, model_dir: Path) -> None:
+    """``confusion_matrix.png``, and ``umap.png`` of the member's embeddings by prediction and by truth."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -306,12 +239,11 @@ def plot(held_out, output_dir: Path, model_dir: Path) -> None:
 
     from modeling_scbert.annotate import embed
 
-    classes = list(held_out.obs[LABEL_KEY].cat.categories)
     figure, axis = plt.subplots(figsize=(9, 8))
     ConfusionMatrixDisplay.from_predictions(
         held_out.obs[LABEL_KEY].astype(str),
         held_out.obs["scbert_cell_type"].astype(str),
-        labels=classes,
+        labels=list(held_out.obs[LABEL_KEY].cat.categories),
         xticks_rotation=90,
         ax=axis,
         colorbar=False,
@@ -321,100 +253,72 @@ def plot(held_out, output_dir: Path, model_dir: Path) -> None:
     figure.savefig(output_dir / "confusion_matrix.png", dpi=120)
     plt.close(figure)
 
-    embed(held_out, str(model_dir), progress=False)
+    embed(held_out, str(model_dir), progress=False)  # .obsm['X_scbert']
     sc.pp.neighbors(held_out, use_rep="X_scbert", n_neighbors=10, random_state=0)
     sc.tl.umap(held_out, random_state=0)
-    figure = sc.pl.umap(
-        held_out, color=["scbert_cell_type", LABEL_KEY], show=False, return_fig=True, wspace=0.6, title=None
-    )
+    figure = sc.pl.umap(held_out, color=["scbert_cell_type", LABEL_KEY], show=False, return_fig=True, wspace=0.6)
     figure.savefig(output_dir / "umap.png", dpi=120, bbox_inches="tight")
     plt.close(figure)
 
 
-def parallelism(jobs: int | None, ensemble_size: int) -> tuple[int, int]:
-    """How many members train at once, and torch threads for each."""
-    import torch
+def summarise(results: list[dict], *, seeds: list[int], recipe: dict, quick: bool, seconds: float) -> dict:
+    """``metrics.json``: the means over the seeds (and each seed with the spread when there are several)."""
+    keys = ("accuracy", "macro_f1", "baseline_accuracy", "baseline_macro_f1")
+    metrics = {key: float(np.mean([r[key] for r in results])) for key in keys}
+    metrics.update(n_train=results[0]["n_train"], n_test=results[0]["n_test"], seconds=seconds)
+    metrics.update(seeds=seeds, quick=quick, recipe=recipe)
+    metrics["member_mean"] = {
+        key: float(np.mean([value for r in results for value in r[f"member_{key}"]]))
+        for key in ("accuracy", "macro_f1")
+    }
+    if len(results) > 1:
+        metrics["per_seed"] = results
+        metrics["std"] = {key: float(np.std([r[key] for r in results])) for key in keys}
+    return metrics
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    if jobs is None:
-        jobs = 1 if torch.cuda.is_available() else min(ensemble_size, cores)
-    jobs = max(1, min(jobs, ensemble_size))
-    return jobs, max(1, cores // jobs)
 
+def main(argv: list[str] | None = None, *, recipe: dict | None = None, on_seed=None) -> dict:
+    """Run the demo; returns ``metrics.json``'s content.
 
-def main(argv: list[str] | None = None) -> dict:
+    ``recipe`` replaces :data:`RECIPE` and ``on_seed(result, train, test, tokenizer)`` may add to each seed's
+    figures: both are for ``benchmarks/pbmc_ablations.py``.
+    """
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="one split and run per seed")
     parser.add_argument("--quick", action="store_true", help="a few training steps only (CI smoke run)")
     parser.add_argument("--output-dir", default="demo_output", help="where results go (replaced)")
-    parser.add_argument(
-        "--model-config", type=json.loads, default={}, help="JSON merged into the model config (ablations)"
-    )
-    parser.add_argument("--finetune-args", type=json.loads, default={}, help="JSON merged into FINETUNE (ablations)")
-    parser.add_argument("--class-weighting", choices=("none", "balanced"), default=CLASS_WEIGHTING)
-    parser.add_argument(
-        "--token-baselines",
-        action="store_true",
-        help="also fit logistic regression on the scBERT tokens (as numbers, one-hot, cumulative indicators)",
-    )
-    parser.add_argument(
-        "--ensemble-size",
-        type=int,
-        default=ENSEMBLE_SIZE,
-        help=f"fine-tunings per seed whose probabilities are averaged (default: {ENSEMBLE_SIZE})",
-    )
-    parser.add_argument(
-        "--jobs",
-        type=int,
-        help="fine-tunings run at once, in worker processes (default: one per CPU core, up to the ensemble size; "
-        "1 on a GPU)",
-    )
+    parser.add_argument("--jobs", type=int, help="members fine-tuned at once (default: one per core; 1 on a GPU)")
     args = parser.parse_args(argv)
-    if args.ensemble_size < 1:
-        parser.error("--ensemble-size must be at least 1")
-    recipe = {
-        "model_config": {**MODEL_CONFIG, **args.model_config},
-        "pretrain": PRETRAIN,
-        "finetune": {**FINETUNE, **args.finetune_args},
-        "class_weighting": args.class_weighting,
-        "ensemble_size": args.ensemble_size,
-    }
+    recipe = recipe or RECIPE
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from transformers.utils import logging as hf_logging
 
-    hf_logging.set_verbosity_error()
     from tokenization import ScBertTokenizer
+    from tokenization.atomic_files import write_text_atomically
     from tokenization.data import to_dataset
 
+    hf_logging.set_verbosity_error()
     started = time.perf_counter()
     output_dir = Path(args.output_dir)
-    if output_dir.exists():
-        shutil.rmtree(output_dir)
+    shutil.rmtree(output_dir, ignore_errors=True)
     output_dir.mkdir(parents=True)
+
+    # The cells, and a tokenizer whose panel is their 765 genes.
     adata = load_pbmc()
     tokenizer = ScBertTokenizer.from_adata(adata)
     print(
         f"pbmc68k_reduced: {adata.n_obs} cells, panel of {tokenizer.num_genes} genes, {LABEL_KEY} with "
         f"{adata.obs[LABEL_KEY].nunique()} types"
     )
-
-    jobs, threads = parallelism(args.jobs, args.ensemble_size)
     results = []
-    with contextlib.ExitStack() as stack:
-        scratch = stack.enter_context(tempfile.TemporaryDirectory(prefix="scbert-demo-"))
-        # This model is too small for two threads to speed up one training (its operations are short), so the
-        # cores train members side by side instead. Spawned workers: a forked one would inherit torch's threads.
-        pool = None
-        if jobs > 1:
-            pool = stack.enter_context(
-                ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"))
-            )
+    with tempfile.TemporaryDirectory(prefix="scbert-demo-") as scratch:
+        # Encoded once (sparse, in Arrow) and split per seed.
         dataset = to_dataset(adata, tokenizer=tokenizer, label_key=LABEL_KEY, cache_dir=scratch)
         for i, seed in enumerate(args.seeds):
             work_dir = output_dir if i == 0 else Path(scratch) / f"seed-{seed}"
-            result, held_out = run_seed(
+            result, held_out, train, test = run_seed(
                 adata,
                 dataset,
                 tokenizer,
@@ -422,11 +326,13 @@ def main(argv: list[str] | None = None) -> dict:
                 work_dir=work_dir,
                 recipe=recipe,
                 quick=args.quick,
-                with_token_baselines=args.token_baselines,
-                pool=pool,
-                threads=threads,
+                jobs=args.jobs,
             )
+            if on_seed is not None:
+                on_seed(result, train, test, tokenizer)
             results.append(result)
+            if i == 0:
+                first_held_out = held_out
             print(
                 f"seed {seed}: scBERT accuracy {result['accuracy']:.3f}, macro-F1 {result['macro_f1']:.3f} | "
                 f"logistic regression accuracy {result['baseline_accuracy']:.3f}, macro-F1 "
@@ -435,46 +341,19 @@ def main(argv: list[str] | None = None) -> dict:
                 flush=True,
             )
             if len(result["member_accuracy"]) > 1:
-                print(
-                    "  each fine-tuning alone: "
-                    + ", ".join(
-                        f"accuracy {a:.3f} / macro-F1 {f:.3f}"
-                        for a, f in zip(result["member_accuracy"], result["member_macro_f1"])
-                    )
-                )
-            for name, scores in result.get("token_baselines", {}).items():
-                print(
-                    f"  logistic regression on the tokens ({name}): accuracy {scores['accuracy']:.3f}, macro-F1 "
-                    f"{scores['macro_f1']:.3f}"
-                )
-            if i == 0:
-                shutil.rmtree(output_dir / "pretrained", ignore_errors=True)
-                first_held_out = held_out
-    # Plotted once every seed is trained: scanpy's neighbours/UMAP change torch's thread count, which must not
-    # change the training of later seeds.
+                alone = zip(result["member_accuracy"], result["member_macro_f1"])
+                print("  each member alone: " + ", ".join(f"accuracy {a:.3f} / macro-F1 {f:.3f}" for a, f in alone))
+    # Plotted once every seed is trained: scanpy's neighbours/UMAP change torch's thread count.
     plot(first_held_out, output_dir, output_dir / "model")
     first_held_out.write_h5ad(output_dir / "annotated.h5ad")
-
-    keys = ("accuracy", "macro_f1", "baseline_accuracy", "baseline_macro_f1")
-    metrics = {key: float(np.mean([r[key] for r in results])) for key in keys}
-    metrics.update(n_train=results[0]["n_train"], n_test=results[0]["n_test"])
-    metrics["seconds"] = round(time.perf_counter() - started, 1)
-    metrics["seeds"] = list(args.seeds)
-    metrics["quick"] = bool(args.quick)
-    metrics["recipe"] = recipe
-    metrics["member_mean"] = {
-        "accuracy": float(np.mean([a for r in results for a in r["member_accuracy"]])),
-        "macro_f1": float(np.mean([f for r in results for f in r["member_macro_f1"]])),
-    }
-    if args.token_baselines:
-        metrics["token_baselines"] = {
-            name: {key: float(np.mean([r["token_baselines"][name][key] for r in results])) for key in scores}
-            for name, scores in results[0]["token_baselines"].items()
-        }
-    if len(results) > 1:
-        metrics["per_seed"] = results
-        metrics["std"] = {key: float(np.std([r[key] for r in results])) for key in keys}
-    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    metrics = summarise(
+        results,
+        seeds=list(args.seeds),
+        recipe=recipe,
+        quick=args.quick,
+        seconds=round(time.perf_counter() - started, 1),
+    )
+    write_text_atomically(output_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     print(
         f"\nmean over seeds {list(args.seeds)}:\n"
         f"  scBERT               accuracy {metrics['accuracy']:.3f}  macro-F1 {metrics['macro_f1']:.3f}\n"

@@ -12,32 +12,17 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def run_script(script: str, options: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, str(ROOT / script), *options]
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
 @pytest.mark.slow
 def test_demo_quick_writes_every_output(tmp_path):
     out = tmp_path / "demo_output"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "examples" / "demo_pbmc.py"),
-            "--quick",
-            "--seeds",
-            "0",
-            "1",
-            "--output-dir",
-            str(out),
-            "--token-baselines",
-            "--jobs",
-            "2",
-            "--model-config",
-            '{"classifier_input_dropout": 0.1}',
-        ],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    options = ["--quick", "--seeds", "0", "1", "--output-dir", str(out), "--jobs", "2"]
+    result = run_script("examples/demo_pbmc.py", options, tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     assert "logistic regression" in result.stdout
     metrics = json.loads((out / "metrics.json").read_text())
@@ -46,12 +31,6 @@ def test_demo_quick_writes_every_output(tmp_path):
     assert metrics["n_train"] + metrics["n_test"] == 700
     assert [entry["seed"] for entry in metrics["per_seed"]] == [0, 1]
     assert 0.7 < metrics["baseline_accuracy"] <= 1.0  # the baseline does not depend on the shortened training
-    # The recipe override reaches the fine-tuned model and is recorded.
-    assert metrics["recipe"]["model_config"]["classifier_input_dropout"] == 0.1
-    assert json.loads((out / "model" / "config.json").read_text())["classifier_input_dropout"] == 0.1
-    # Logistic regression on the tokens: the bins as numbers carry about what the log-normalised values carry.
-    assert set(metrics["token_baselines"]) == {"linear", "one_hot", "cumulative"}
-    assert abs(metrics["token_baselines"]["linear"]["accuracy"] - metrics["baseline_accuracy"]) < 0.1
     for name in (
         "confusion_matrix.png",
         "umap.png",
@@ -70,6 +49,24 @@ def test_demo_quick_writes_every_output(tmp_path):
     assert annotated.n_obs == metrics["n_test"]
     assert {"scbert_cell_type", "scbert_confidence", "bulk_labels"} <= set(annotated.obs.columns)
     assert annotated.obsm["X_scbert"].shape[0] == annotated.n_obs
+
+
+@pytest.mark.slow
+def test_pbmc_ablations_quick_change_the_recipe_and_add_token_baselines(tmp_path):
+    """The demo's experiment switches live in benchmarks/pbmc_ablations.py (issue 14)."""
+    out = tmp_path / "demo_output"
+    options = ["--quick", "--seeds", "0", "--output-dir", str(out), "--token-baselines", "--ensemble-size", "1"]
+    options += ["--model-config", '{"classifier_input_dropout": 0.1}']
+    result = run_script("benchmarks/pbmc_ablations.py", options, tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    # The recipe override reaches the fine-tuned model and is recorded.
+    assert metrics["recipe"]["model_config"]["classifier_input_dropout"] == 0.1
+    assert json.loads((out / "model" / "config.json").read_text())["classifier_input_dropout"] == 0.1
+    assert metrics["recipe"]["ensemble_size"] == 1 and not (out / "model-2").exists()
+    # Logistic regression on the tokens: the bins as numbers carry about what the log-normalised values carry.
+    assert set(metrics["token_baselines"]) == {"linear", "one_hot", "cumulative"}
+    assert abs(metrics["token_baselines"]["linear"]["accuracy"] - metrics["baseline_accuracy"]) < 0.1
 
 
 def write_kang_like_sources(folder: Path, *, n_cells: int = 90, n_genes: int = 60) -> None:
