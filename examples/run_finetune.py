@@ -43,7 +43,7 @@ import yaml
 from transformers import EarlyStoppingCallback, HfArgumentParser, Trainer, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
-from modeling_scbert import ScBertConfig, ScBertForSequenceClassification
+from modeling_scbert import ScBertConfig, ScBertForSequenceClassification, training_cli
 from modeling_scbert.hub import push_model_folder
 from modeling_scbert.reading import ScBertReadingArguments
 from modeling_scbert.training import (
@@ -64,17 +64,10 @@ from tokenization.pipeline_scbert import save_pipeline_code
 
 logger = logging.getLogger(__name__)
 
-# Fine-tuning defaults that differ from TrainingArguments'; a flag on the command line still wins. The collator reads
-# the sparse token columns (gene_indices, bins) that the model's forward does not name, so they must be kept.
-FINETUNE_DEFAULTS = {
-    "eval_strategy": "epoch",
-    "save_strategy": "epoch",
-    "load_best_model_at_end": True,
-    "metric_for_best_model": "macro_f1",
-    "save_total_limit": 2,
-    "logging_strategy": "epoch",
-    "remove_unused_columns": False,
-}
+# The defaults of `scbert finetune` (evaluate and save every epoch, keep the best by macro-F1, 10% warmup); a flag on
+# the command line still wins. The collator reads the sparse token columns (gene_indices, bins) that the model's
+# forward does not name, so they must be kept.
+FINETUNE_DEFAULTS = {**training_cli.FINETUNE_DEFAULTS, "remove_unused_columns": False}
 
 
 def read_cells(path: str | None):
