@@ -22,7 +22,7 @@ import torch
 from tokenization import ScBertTokenizer
 
 from .configuration_scbert import ScBertConfig
-from .hub import ScBertCardData, write_model_card
+from .model_card import ScBertCardData, write_model_card
 from .modeling_scbert import ScBertForMaskedLM, ScBertForSequenceClassification
 
 logger = logging.getLogger(__name__)

@@ -49,10 +49,11 @@ from tokenization.data import (
 from tokenization.pipeline_scbert import save_pipeline_code
 
 from .configuration_scbert import ScBertConfig
-from .hub import ScBertModelCardCallback, push_trainer_to_hub
 from .labels import class_names_from_labels, describe_data, unseen_labels
+from .model_card_data import report_to_evaluation
 from .modeling_scbert import ScBertForMaskedLM, ScBertForSequenceClassification
 from .reading import ScBertReadingArguments, takes_reading_options
+from .trainer import ScBertModelCardCallback, ScBertTrainer
 
 logger = logging.getLogger(__name__)
 
@@ -727,7 +728,7 @@ def finetune(
         logger.info("Class weights: %s", dict(zip(label_names, np.round(weights.numpy(), 3).tolist())))
         loss = ScBertWeightedLoss(weights)
 
-    trainer = Trainer(
+    trainer = ScBertTrainer(  # the stock Trainer; its card is ours
         model=model,
         args=training_args,
         train_dataset=train_dataset,
@@ -752,6 +753,7 @@ def finetune(
             np.asarray(train_dataset[LABEL_COLUMN]), np.asarray(prediction.label_ids), label_names=label_names
         )
         facts.setdefault("evaluation", {})["majority_class"] = majority
+        facts["evaluation"].update(report_to_evaluation(report, list(label_names)))  # per-class rows for the card
         _warn_if_no_better(metrics, majority)
         if trainer.is_world_process_zero():
             Path(training_args.output_dir).mkdir(parents=True, exist_ok=True)
@@ -759,10 +761,15 @@ def finetune(
             path.write_text(json.dumps(report, indent=2) + "\n")
             logger.info("Per-class report on the evaluation cells:\n%s", _format_report(report, label_names))
     if facts.get("license"):
-        # Saves model, tokenizer, metrics and our card, and pushes them in one commit when push_to_hub is set
-        # (Trainer.push_to_hub would replace the card with transformers' generic one).
-        push_trainer_to_hub(trainer, tokenizer=tokenizer, facts=facts, metrics=metrics)
+        if metrics is not None:
+            trainer.save_metrics("eval", metrics)
         trainer.save_state()
+        if training_args.push_to_hub:
+            # The stock push: saves model and tokenizer, ScBertTrainer.create_model_card renders our card, one commit.
+            trainer.push_to_hub(card_facts=facts)
+        else:
+            trainer.save_model()
+            trainer.create_model_card(card_facts=facts)
     else:
         _finish(trainer, tokenizer)
         if metrics is not None:
