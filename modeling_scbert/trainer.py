@@ -163,13 +163,15 @@ class ScBertTrainer(Trainer):
     *args, **kwargs
         Those of ``transformers.Trainer``.
     card_facts
-        Card facts (``license`` at least, to push; training data, ``label_counts``, evaluation dataset, ...). A
-        :class:`ScBertModelCardCallback` among ``callbacks`` gets them; one is added when there is none.
+        Card facts (``license`` at least, to push; training data, ``label_counts``, evaluation dataset, ...), for
+        the :class:`ScBertModelCardCallback` added when ``callbacks`` has none.
 
     Raises
     ------
     ModelCardError
         When ``card_facts`` names a fact that does not exist.
+    ValueError
+        When ``card_facts`` is given and ``callbacks`` holds a ``ScBertModelCardCallback`` too.
     """
 
     def __init__(self, *args: Any, card_facts: ScBertCardData | dict[str, Any] | None = None, **kwargs: Any):
@@ -177,7 +179,10 @@ class ScBertTrainer(Trainer):
         if self.card_callback is None:
             self.add_callback(ScBertModelCardCallback(facts=card_facts))
         elif card_facts is not None:
-            self.card_callback.facts = self.card_callback.facts.merged(card_facts)
+            raise ValueError(
+                "card_facts= and a ScBertModelCardCallback in callbacks= both give the card's facts; pass them to one: "
+                "ScBertModelCardCallback(facts=...) or card_facts=."
+            )
 
     @property
     def card_callback(self) -> ScBertModelCardCallback | None:

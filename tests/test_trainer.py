@@ -16,6 +16,7 @@ from test_hub import LABELS, make_annotator, run_client, tiny_config
 from transformers import TrainingArguments
 
 from modeling_scbert import ScBertForSequenceClassification, ScBertTokenizer
+from modeling_scbert.hub import push_trainer_to_hub
 from modeling_scbert.model_card import ModelCardError, validate_model_card, write_model_card
 from modeling_scbert.trainer import ScBertModelCardCallback, ScBertTrainer, count_parameters
 
@@ -107,6 +108,21 @@ def test_a_trainer_without_license_or_tokenizer_is_refused_a_card(tmp_path):
     trainer.processing_class = None
     with pytest.raises(ValueError, match="needs the model's ScBertTokenizer"):
         trainer.create_model_card(license="mit")
+    with pytest.raises(ValueError, match="pass them to one"):
+        ScBertTrainer(model=trainer.model, args=trainer.args, callbacks=[ScBertModelCardCallback()], card_facts=FACTS)
+
+
+def test_push_trainer_to_hub_of_an_scbert_trainer_without_push_saves_folder_and_card(tmp_path):
+    trainer = tiny_trainer(tmp_path, eval_strategy="no", max_steps=2)
+    trainer.train()
+    assert push_trainer_to_hub(trainer, metrics={"eval_accuracy": 0.5, "eval_macro_f1": 0.4}) is None
+    out = tmp_path / "run"
+    card = (out / "README.md").read_text()
+    assert "| accuracy | 0.500 |" in card and "| macro-F1 | 0.400 |" in card
+    assert json.loads((out / "eval_results.json").read_text())["eval_accuracy"] == 0.5
+    assert {"model.safetensors", "genes.txt", "trainer_state.json", "pipeline_scbert.py"} <= {
+        p.name for p in out.iterdir()
+    }
 
 
 @pytest.fixture
