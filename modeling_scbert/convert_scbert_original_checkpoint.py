@@ -21,7 +21,7 @@ from tokenization import ScBertTokenizer
 from tokenization.atomic_files import atomic_path
 
 from .configuration_scbert import ScBertConfig
-from .hub import ScBertCardData, write_model_card
+from .model_card import ScBertCardData, write_model_card
 from .modeling_scbert import ScBertForMaskedLM, ScBertForSequenceClassification
 
 logger = logging.getLogger(__name__)

@@ -31,10 +31,11 @@ from tokenization.data import DataCollatorForCellClassification, DataCollatorFor
 from tokenization.pipeline_scbert import save_pipeline_code
 
 from .configuration_scbert import ScBertConfig
-from .hub import ScBertModelCardCallback, push_trainer_to_hub
+from .model_card_data import report_to_evaluation
 from .model_resolution import NEW_MODEL_DEFAULTS, build_model, parse_config_overrides, resolve_tokenizer
 from .modeling_scbert import ScBertForMaskedLM, ScBertForSequenceClassification
 from .reading import ScBertReadingArguments, takes_reading_options
+from .trainer import ScBertModelCardCallback, ScBertTrainer
 from .trainer_plugins import (
     CLASS_WEIGHTINGS,
     FINETUNING_PRESET_CHOICES,
@@ -63,13 +64,10 @@ from .training_data import LABEL_COLUMN, check_labels, encode, encode_options, f
 
 logger = logging.getLogger(__name__)
 
-# Names that moved out of this module stay importable from it (re-exported from the modules below it, in __all__):
-# NEW_MODEL_DEFAULTS, the Trainer plug-ins, the argument dataclasses and argument_parser.
+# Names that moved to the modules below stay importable from here (__all__): defaults, plug-ins, arguments.
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# The Trainer's arguments, resuming and saving
-# ---------------------------------------------------------------------------------------------------------------------
+# --- The Trainer's arguments, resuming and saving -------------------------------------------------------------------
 
 
 def _trainer_arguments(training_args: TrainingArguments, **changes: Any) -> TrainingArguments:
@@ -108,9 +106,7 @@ def _finish(trainer: Trainer, tokenizer: ScBertTokenizer) -> None:
             save_pipeline_code(trainer.args.output_dir)  # pipeline("cell-type-annotation", ...) as remote code
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# The two workflows
-# ---------------------------------------------------------------------------------------------------------------------
+# --- The two workflows ----------------------------------------------------------------------------------------------
 
 
 @takes_reading_options
@@ -394,7 +390,7 @@ def finetune(
         logger.info("Class weights: %s", dict(zip(label_names, np.round(weights.numpy(), 3).tolist())))
         loss = ScBertWeightedLoss(weights)
 
-    trainer = Trainer(
+    trainer = ScBertTrainer(  # the stock Trainer; its card is ours
         model=model,
         args=training_args,
         train_dataset=train_dataset,
@@ -417,6 +413,7 @@ def finetune(
         )
         majority = majority_class_baseline(train_labels, np.asarray(prediction.label_ids), label_names=label_names)
         facts.setdefault("evaluation", {})["majority_class"] = majority
+        facts["evaluation"].update(report_to_evaluation(report, list(label_names)))  # per-class rows for the card
         warn_if_no_better(metrics, majority)
         if trainer.is_world_process_zero():
             Path(training_args.output_dir).mkdir(parents=True, exist_ok=True)
@@ -425,10 +422,15 @@ def finetune(
             table = format_classification_report(report, label_names)
             logger.info("Per-class report on the evaluation cells:\n%s", table)
     if facts.get("license"):
-        # Saves model, tokenizer, metrics and our card, and pushes them in one commit when push_to_hub is set
-        # (Trainer.push_to_hub would replace the card with transformers' generic one).
-        push_trainer_to_hub(trainer, tokenizer=tokenizer, facts=facts, metrics=metrics)
+        if metrics is not None:
+            trainer.save_metrics("eval", metrics)
         trainer.save_state()
+        if training_args.push_to_hub:
+            # The stock push: saves model and tokenizer, ScBertTrainer.create_model_card renders our card, one commit.
+            trainer.push_to_hub(card_facts=facts)
+        else:
+            trainer.save_model()
+            trainer.create_model_card(card_facts=facts)
     else:
         _finish(trainer, tokenizer)
         if metrics is not None:
@@ -437,9 +439,7 @@ def finetune(
     return trainer
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# From the command line (parsed by training_cli)
-# ---------------------------------------------------------------------------------------------------------------------
+# --- From the command line (parsed by training_cli) -----------------------------------------------------------------
 
 
 def pretrain_main(argv: Sequence[str] | None = None, *, prog: str = "scbert pretrain") -> Trainer:

@@ -38,6 +38,7 @@ __all__ = [
     "SynonymTable",
     "align_genes",
     "detect_identifier_type",
+    "ensembl_species_prefix",
     "load_builtin_synonyms",
     "read_gene_list",
     "strip_ensembl_version",
@@ -68,6 +69,12 @@ def strip_ensembl_version(names: Iterable[str]) -> list[str]:
         match = _ENSEMBL_RE.match(name)
         out.append(match.group(1) if match else name)
     return out
+
+
+def ensembl_species_prefix(name: str) -> str | None:
+    """The species prefix of an Ensembl gene id (``"ENSG"``, ``"ENSMUSG"``, ...), or ``None`` for another name."""
+    match = _ENSEMBL_RE.match(str(name).strip())
+    return match.group(1)[:-11] if match else None  # the id is the prefix, then 11 digits
 
 
 def detect_identifier_type(names: Sequence[str]) -> IdentifierType:
