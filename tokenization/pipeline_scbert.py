@@ -26,8 +26,9 @@ import numpy as np
 import torch
 from transformers import Pipeline
 
+from .atomic_files import write_text_atomically
 from .preprocessing import default_min_genes, low_signal
-from .tokenization_scbert import ScBertTokenizer, _atomic_write_text
+from .tokenization_scbert import ScBertTokenizer
 
 TASK = "cell-type-annotation"
 UNASSIGNED = "Unassigned"
@@ -234,7 +235,7 @@ def save_pipeline_code(save_directory: str | os.PathLike) -> list[str]:
     written = []
     for source in [__file__, *get_relative_import_files(__file__)]:
         target = directory / Path(source).name
-        _atomic_write_text(target, Path(source).read_text(encoding="utf-8"))
+        write_text_atomically(target, Path(source).read_text(encoding="utf-8"))
         written.append(str(target))
     config = json.loads(config_path.read_text(encoding="utf-8"))
     config["custom_pipelines"] = {
@@ -243,6 +244,6 @@ def save_pipeline_code(save_directory: str | os.PathLike) -> list[str]:
             "pt": ["AutoModelForSequenceClassification"],
         }
     }
-    _atomic_write_text(config_path, json.dumps(config, indent=2, sort_keys=True) + "\n")
+    write_text_atomically(config_path, json.dumps(config, indent=2, sort_keys=True) + "\n")
     written.append(str(config_path))
     return written
