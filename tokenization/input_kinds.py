@@ -364,7 +364,13 @@ def recover_counts(rows: sp.csr_matrix, *, log_base: float | None = math.e) -> n
 
 def linear_values(rows: sp.csr_matrix, *, input_kind: str) -> np.ndarray:
     """The chunk's values on a linear scale (float32, aligned with ``rows.data``): counts as they are, transformed
-    kinds undone and turned back into counts where that is exact (:func:`recover_counts`)."""
+    kinds undone and turned back into counts where that is exact (:func:`recover_counts`).
+
+    Raises
+    ------
+    ValueError
+        For an ``input_kind`` that is not one of :data:`INPUT_KINDS`.
+    """
     if input_kind in ("counts", "corrected_counts"):
         return rows.data.astype(np.float32)  # a copy: the arithmetic below writes into it
     if input_kind not in _LOG_BASES:

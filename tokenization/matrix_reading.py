@@ -56,6 +56,8 @@ def read_rows(block: Any) -> sp.csr_matrix:
     ------
     TypeError
         For values that are neither integers nor floats (complex, strings, objects).
+    ValueError
+        For a dense block that is not two-dimensional.
     """
     if sp.issparse(block):
         out = sp.csr_matrix(block, dtype=_float_dtype(block.dtype), copy=True)
@@ -91,6 +93,13 @@ def iter_row_chunks(matrix: Any, *, batch_size: int) -> Iterator[tuple[int, int,
         by column for every chunk, which is slow: convert it to CSR on disk for large files.
     batch_size
         Cells per chunk.
+
+    Raises
+    ------
+    ValueError
+        For a ``batch_size`` below 1.
+    TypeError
+        As :func:`read_rows`, for values that are neither integers nor floats.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be a positive number of cells; got {batch_size}.")
@@ -105,6 +114,11 @@ def sample_rows(matrix: Any, *, max_cells: int = DETECTION_SAMPLE_CELLS) -> sp.c
     """Read a bounded sample of cells from a few contiguous blocks spread over the matrix.
 
     Contiguous blocks keep the cost of reading a backed file low (one read per block, not per cell).
+
+    Raises
+    ------
+    TypeError
+        As :func:`read_rows`, for values that are neither integers nor floats.
     """
     matrix = row_sliceable(matrix)
     n_obs = matrix.shape[0]

@@ -123,7 +123,18 @@ class ScBertCellTypeAnnotationPipeline(Pipeline):
 
     def __call__(self, inputs: Any, **kwargs: Any) -> list:
         """Annotate the cells of ``inputs`` (an AnnData or an ``.h5ad`` path; a list of them gives a list of
-        results). Returns one result per cell, in order (see the class docstring)."""
+        results). Returns one result per cell, in order (see the class docstring).
+
+        Raises
+        ------
+        TypeError
+            For an input that is neither an AnnData nor a path, and for an unknown option.
+        FileNotFoundError
+            For a path that is not a file.
+        ValueError
+            For ``batch_size``, ``top_k`` or ``unassigned_threshold`` out of range, and whatever the tokenizer
+            refuses about the cells (too few panel genes, values that are not counts, ...).
+        """
         if isinstance(inputs, (list, tuple)):
             return [self(item, **kwargs) for item in inputs]
         batch_size = kwargs.pop("batch_size", None) or self._batch_size or DEFAULT_BATCH_SIZE

@@ -121,6 +121,11 @@ def bin_expression(
     Returns
     -------
     CSR matrix of shape ``(n_cells, num_genes)`` holding the non-zero tokens (uint8), column indices sorted.
+
+    Raises
+    ------
+    ValueError
+        For an ``input_kind`` that is not one of :data:`INPUT_KINDS`.
     """
     n_cells = rows.shape[0]
     values = linear_values(rows, input_kind=input_kind)

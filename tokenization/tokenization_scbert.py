@@ -59,6 +59,13 @@ class ScBertTokenizer(ScBertCellEncodingMixin):
     min_gene_overlap
         Default minimum fraction of panel genes a dataset must contain; encoding below it is refused.
 
+    Raises
+    ------
+    TypeError
+        For a single string as ``genes`` (use :meth:`from_gene_file`).
+    ValueError
+        For an empty panel, blank or repeated names, and contract options out of range (quoting the value).
+
     Examples
     --------
     >>> tokenizer = ScBertTokenizer.from_pretrained("path/or/hub-id")  # doctest: +SKIP
@@ -151,6 +158,12 @@ class ScBertTokenizer(ScBertCellEncodingMixin):
         -------
         A tokenizer whose panel is the dataset's genes, Ensembl versions stripped and duplicates dropped (the first
         occurrence kept).
+
+        Raises
+        ------
+        ValueError
+            For a ``gene_key`` that is not a ``.var`` column (listing the columns), and contract options out of
+            range.
         """
         names = strip_ensembl_version(_gene_names(adata, gene_key=gene_key))
         panel = list(dict.fromkeys(names))
@@ -168,6 +181,13 @@ class ScBertTokenizer(ScBertCellEncodingMixin):
             The file; blank lines and ``#`` comments are skipped.
         **kwargs
             Contract options passed to the constructor.
+
+        Raises
+        ------
+        FileNotFoundError
+            When the file does not exist.
+        ValueError
+            For an empty panel, repeated names, and contract options out of range.
         """
         return cls(read_gene_list(path), **kwargs)
 
@@ -183,6 +203,13 @@ class ScBertTokenizer(ScBertCellEncodingMixin):
         Returns
         -------
         The paths written.
+
+        Raises
+        ------
+        NotADirectoryError
+            When ``save_directory`` is a file.
+        OSError
+            From the filesystem (a full disk, no permission); the files there before are left as they were.
         """
         directory = Path(save_directory)
         if directory.is_file():
@@ -301,6 +328,11 @@ class ScBertTokenizer(ScBertCellEncodingMixin):
         Returns
         -------
         The commit URL.
+
+        Raises
+        ------
+        huggingface_hub.errors.HfHubHTTPError
+            When the Hub refuses (no token, no write access, an invalid ``repo_id``) or cannot be reached.
         """
         from huggingface_hub import create_repo, upload_folder
 
