@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import anndata as ad
 import datasets
@@ -13,6 +14,7 @@ import scipy.sparse as sp
 import torch
 from datasets.distributed import split_dataset_by_node
 
+import tokenization.data
 from tokenization import ScBertTokenizer
 from tokenization.data import (
     DataCollatorForCellClassification,
@@ -86,6 +88,60 @@ def test_output_dir_is_never_overwritten(cells, tokenizer, tmp_path):
     (tmp_path / "ds" / "keep.txt").write_text("x")
     with pytest.raises(FileExistsError):
         to_dataset(cells, tokenizer=tokenizer, output_dir=tmp_path / "ds")
+
+
+def rows_of(dataset) -> list[dict]:
+    return [dataset[i] for i in range(len(dataset))]
+
+
+def test_saved_dataset_equals_the_in_cache_one_row_for_row_across_shards(cells, tokenizer, tmp_path, monkeypatch):
+    # Tiny shards: the cells span several Arrow files, both while encoding and in the saved folder.
+    monkeypatch.setattr(tokenization.data, "MAX_SHARD_BYTES", 2_000)
+    options = {"tokenizer": tokenizer, "label_key": "cell_type", "batch_size": 8}
+    saved = to_dataset(cells, output_dir=tmp_path / "ds", **options)
+    cached = to_dataset(cells, cache_dir=tmp_path / "cache", **options)
+    assert len(list((tmp_path / "ds").glob("*.arrow"))) > 1
+    assert len(list(next((tmp_path / "cache").glob(".scbert-dataset-*")).glob("*.arrow"))) > 1
+    rows = rows_of(saved)
+    assert rows == rows_of(cached) == rows_of(datasets.load_from_disk(str(tmp_path / "ds")))
+    assert saved.features == cached.features
+    np.testing.assert_array_equal(densify(rows, num_genes=tokenizer.num_genes).numpy(), tokenizer(cells)["input_ids"])
+    assert [r["cell_id"] for r in rows] == list(cells.obs_names)
+    # The encoded files the saved folder was written from are gone; only the two datasets remain.
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["cache", "ds"]
+
+
+def test_a_failed_save_leaves_no_folder_and_no_temporary_files(cells, tokenizer, tmp_path, monkeypatch):
+    def crash(self, dataset_path, **kwargs):
+        (Path(dataset_path) / "data-00000-of-00001.arrow").write_bytes(b"half a file")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(datasets.Dataset, "save_to_disk", crash)
+    with pytest.raises(OSError, match="No space left on device"):
+        to_dataset(cells, tokenizer=tokenizer, output_dir=tmp_path / "ds")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_empty_output_folder_is_filled_and_missing_parents_are_made(cells, tokenizer, tmp_path):
+    (tmp_path / "empty").mkdir()
+    for folder in (tmp_path / "empty", tmp_path / "new" / "ds"):
+        dataset = to_dataset(cells, tokenizer=tokenizer, output_dir=folder)
+        assert len(dataset) == cells.n_obs == len(datasets.load_from_disk(str(folder)))
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["empty", "new"]
+    assert [path.name for path in (tmp_path / "new").iterdir()] == ["ds"]
+
+
+def test_no_cells_give_an_empty_dataset_with_its_columns(cells, tokenizer, tmp_path):
+    dataset = to_dataset(
+        cells[:0].copy(),
+        tokenizer=tokenizer,
+        label_key="cell_type",
+        label_names=["T", "B", "NK"],
+        output_dir=tmp_path / "ds",
+    )
+    assert len(dataset) == 0
+    assert dataset.column_names == ["gene_indices", "bins", "cell_id", "label"]
+    assert dataset.features["label"].names == ["T", "B", "NK"]
 
 
 @pytest.mark.parametrize("num_shards", [4, 3])

@@ -1,39 +1,35 @@
-"""AnnData -> Hugging Face ``datasets``, stored sparse, and the collators that densify per batch.
+"""AnnData -> Hugging Face ``datasets``: one sparse row per cell, encoded and written chunk by chunk.
 
-Each cell is one row with
-
-- ``gene_indices``: positions in the panel of the cell's non-zero tokens (int32, ascending),
-- ``bins``: those tokens (uint8, ``1..max_bin``),
-- ``cell_id``: ``adata.obs_names``,
-- ``label``: a ``ClassLabel`` from an ``.obs`` column, when ``label_key`` is given.
-
-Zero tokens, including the appended last token, are implicit; a collator turns a batch back into dense
-``input_ids`` of length ``num_genes + 1``.
+:func:`to_dataset` writes a dataset (memory-mapped from disk, or saved with ``save_to_disk``),
+:func:`to_iterable_dataset` streams one, :func:`stratified_split` holds out cells class by class. The columns are
+described in :mod:`tokenization.dataset_columns`; the collators that densify a batch live in
+:mod:`tokenization.collators` and are re-exported here.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import math
-import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
 from os import PathLike
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
-import torch
 from anndata import AnnData
 
+from .atomic_files import atomic_path
+from .cell_encoding import DEFAULT_BATCH_SIZE
+from .chunked_encoding import encode_chunks
+from .collators import DataCollatorForCellClassification, DataCollatorForMaskedExpression, densify
+from .dataset_columns import BINS, CELL_ID, GENE_INDICES, LABEL, cell_labels, dataset_features, record_batch
+from .encoding_plan import InputKindOption, plan_encoding
 from .genes import SynonymTable
-from .tokenization_scbert import DEFAULT_BATCH_SIZE, InputKindOption, ScBertTokenizer
+from .tokenization_scbert import ScBertTokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -46,69 +42,8 @@ __all__ = [
     "to_iterable_dataset",
 ]
 
-GENE_INDICES, BINS, LABEL, CELL_ID = "gene_indices", "bins", "label", "cell_id"
-IGNORE_INDEX = -100
-
-
-def _features(label_names: Sequence[str] | None):
-    import datasets
-
-    columns = {
-        GENE_INDICES: datasets.List(datasets.Value("int32")),
-        BINS: datasets.List(datasets.Value("uint8")),
-        CELL_ID: datasets.Value("string"),
-    }
-    if label_names is not None:
-        columns[LABEL] = datasets.ClassLabel(names=list(label_names))
-    return datasets.Features(columns)
-
-
-def _labels(
-    adata: AnnData, *, label_key: str | None, label_names: Sequence[str] | None
-) -> tuple[list[str] | None, np.ndarray | None]:
-    """Class names and per-cell class ids (int64) for ``.obs[label_key]``."""
-    if label_key is None:
-        if label_names is not None:
-            raise ValueError("label_names= needs label_key= (the .obs column holding the labels).")
-        return None, None
-    if label_key not in adata.obs.columns:
-        raise ValueError(
-            f"label_key={label_key!r} is not a column of adata.obs; the columns are {list(adata.obs.columns)}."
-        )
-    values = adata.obs[label_key]
-    missing = values.isna()
-    if missing.any():
-        raise ValueError(
-            f"adata.obs[{label_key!r}] has {int(missing.sum()):,} missing labels; drop those cells or fill them "
-            "(e.g. with 'Unknown') before building a labelled dataset."
-        )
-    if label_names is None:
-        if isinstance(values.dtype, pd.CategoricalDtype):
-            # The categories that some cell has, in category order: an unused category is not a class.
-            label_names = [str(c) for c in values.cat.remove_unused_categories().cat.categories]
-        else:
-            label_names = sorted({str(v) for v in values})
-    label_names = [str(n) for n in label_names]
-    index = {name: i for i, name in enumerate(label_names)}
-    strings = values.astype(str).to_numpy()
-    unknown = sorted(set(strings) - set(index))
-    if unknown:
-        raise ValueError(
-            f"adata.obs[{label_key!r}] has labels not in label_names: {unknown[:10]}; add them to label_names."
-        )
-    return label_names, np.array([index[s] for s in strings], dtype=np.int64)
-
-
-def _record_batch(schema: pa.Schema, tokens: Any, cell_ids: np.ndarray, labels: np.ndarray | None) -> pa.RecordBatch:
-    offsets = pa.array(tokens.indptr.astype(np.int32))
-    arrays = [
-        pa.ListArray.from_arrays(offsets, pa.array(tokens.indices.astype(np.int32, copy=False))),
-        pa.ListArray.from_arrays(offsets, pa.array(tokens.data.astype(np.uint8, copy=False))),
-        pa.array(cell_ids.astype(str), type=pa.string()),
-    ]
-    if labels is not None:
-        arrays.append(pa.array(labels, type=pa.int64()))
-    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+# Largest Arrow file written, both while encoding and in the saved folder (``save_to_disk``'s default).
+MAX_SHARD_BYTES = 500 * 1024**2
 
 
 def to_dataset(
@@ -146,20 +81,33 @@ def to_dataset(
         Class names in id order (e.g. a fine-tuned model's ``id2label``); by default the column's categories that
         some cell has (in category order), or its sorted unique values.
     output_dir
-        Write the dataset here in ``save_to_disk`` layout (reload with ``datasets.load_from_disk``).
+        Save the dataset here with ``Dataset.save_to_disk`` (reload with ``datasets.load_from_disk``). The cells are
+        first written to Arrow files in a hidden folder beside it, removed afterwards; the saved folder is built
+        under a temporary name and renamed into place, so a crash never leaves a half-written dataset.
     cache_dir
-        Where the Arrow file goes when ``output_dir`` is ``None``; the ``datasets`` cache by default.
+        Where the Arrow files go when ``output_dir`` is ``None``; the ``datasets`` cache by default.
     layer, gene_key, input_kind, synonyms, batch_size, min_gene_overlap, progress, use_raw, min_genes
         As for :meth:`ScBertTokenizer.__call__`.
 
     Returns
     -------
     The dataset, with columns ``gene_indices``, ``bins``, ``cell_id`` and (with ``label_key``) ``label``.
+
+    Raises
+    ------
+    FileExistsError
+        When ``output_dir`` exists and is not an empty folder.
+    ValueError
+        For a ``label_key`` that is not an ``.obs`` column, missing labels or labels not in ``label_names``, and
+        whatever :meth:`ScBertTokenizer.__call__` refuses (too few panel genes, values that are not counts or
+        (log-)normalised values, ...).
+    TypeError
+        For reading options that do not fit the input, as :meth:`ScBertTokenizer.__call__` says.
     """
     import datasets
 
-    label_names, labels = _labels(adata, label_key=label_key, label_names=label_names)
-    features = _features(label_names)
+    label_names, labels = cell_labels(adata, label_key=label_key, label_names=label_names)
+    features = dataset_features(label_names)
     chunks = tokenizer.iter_encoded(
         adata,
         layer=layer,
@@ -179,37 +127,53 @@ def to_dataset(
                 f"output_dir {str(output_dir)!r} already exists and is not an empty folder; pass a new path or "
                 "delete it first."
             )
-        parent = output_dir.parent
-    else:
+    write = functools.partial(
+        _write_shards,
+        chunks=chunks,
+        features=features,
+        cell_ids=adata.obs_names,
+        labels=labels,
+        max_shard_bytes=MAX_SHARD_BYTES,
+    )
+    if output_dir is None:
         parent = Path(cache_dir) if cache_dir is not None else Path(datasets.config.HF_DATASETS_CACHE) / "scbert"
-    parent.mkdir(parents=True, exist_ok=True)
-    # Build in a hidden sibling folder and rename it into place, so a crash never leaves a half-written dataset.
-    work_dir = Path(tempfile.mkdtemp(dir=parent, prefix=".scbert-dataset-"))
-    try:
-        shards = _write_shards(work_dir, chunks, schema=features.arrow_schema, cell_ids=adata.obs_names, labels=labels)
-        info = datasets.DatasetInfo(features=features)
-        if output_dir is None:
-            return datasets.concatenate_datasets([datasets.Dataset.from_file(str(p), info=info) for p in shards])
-        _write_saved_layout(work_dir, shards, info=info)
-        if output_dir.exists():
-            output_dir.rmdir()
-        os.replace(work_dir, output_dir)
-    except BaseException:
-        shutil.rmtree(work_dir, ignore_errors=True)
-        raise
+        parent.mkdir(parents=True, exist_ok=True)
+        # The Arrow files stay in this folder: the dataset returned is memory-mapped from them.
+        work_dir = Path(tempfile.mkdtemp(dir=parent, prefix=".scbert-dataset-"))
+        try:
+            return write(work_dir)
+        except BaseException:
+            shutil.rmtree(work_dir, ignore_errors=True)
+            raise
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    with (
+        tempfile.TemporaryDirectory(
+            dir=output_dir.parent, prefix=".scbert-shards-", ignore_cleanup_errors=True
+        ) as shard_dir,
+        atomic_path(output_dir, directory=True) as staging,
+    ):
+        # datasets writes its own layout from the encoded files: one more pass over the data on disk, never in memory.
+        dataset = write(Path(shard_dir))
+        # Without cells, datasets would plan zero files and the folder would not load: ask for one, empty.
+        shards = {"num_shards": 1} if len(dataset) == 0 else {"max_shard_size": MAX_SHARD_BYTES}
+        dataset.save_to_disk(str(staging), **shards)
+        del dataset  # its Arrow files are memory-mapped from the folder about to be removed
     return datasets.load_from_disk(str(output_dir))
 
 
 def _write_shards(
     directory: Path,
-    chunks: Iterator[tuple[int, int, Any]],
     *,
-    schema: pa.Schema,
+    chunks: Iterator[tuple[int, int, Any]],
+    features: Any,
     cell_ids: Sequence[str],
     labels: np.ndarray | None,
-    max_shard_bytes: int = 500 * 1024**2,
-) -> list[Path]:
-    """Stream record batches into Arrow files of at most about ``max_shard_bytes`` each."""
+    max_shard_bytes: int,
+):
+    """Stream record batches into Arrow files of at most about ``max_shard_bytes`` each; open them as one dataset."""
+    import datasets
+
+    schema = features.arrow_schema
     cell_ids = np.asarray(cell_ids)
     paths: list[Path] = []
     sink = writer = None
@@ -223,7 +187,7 @@ def _write_shards(
                 sink = pa.OSFile(str(paths[-1]), "wb")
                 writer = pa.ipc.new_stream(sink, schema)
             batch_labels = None if labels is None else labels[start:end]
-            writer.write_batch(_record_batch(schema, tokens, cell_ids[start:end], batch_labels))
+            writer.write_batch(record_batch(schema, tokens, cell_ids[start:end], batch_labels))
         if writer is None:  # no cells: still write one empty shard so the dataset has its columns
             paths.append(directory / "shard-00000.arrow")
             sink = pa.OSFile(str(paths[-1]), "wb")
@@ -232,42 +196,16 @@ def _write_shards(
         if writer is not None:
             writer.close()
             sink.close()
-    return paths
-
-
-def _write_saved_layout(directory: Path, shards: list[Path], *, info: Any) -> None:
-    """Rename shards and write the two JSON files that ``datasets.load_from_disk`` reads.
-
-    This is the layout ``Dataset.save_to_disk`` writes; producing it directly skips a second full copy of the data.
-    """
-    import datasets
-    from datasets.fingerprint import generate_random_fingerprint
-    from datasets.utils.py_utils import asdict
-
-    names = [f"data-{i:05d}-of-{len(shards):05d}.arrow" for i in range(len(shards))]
-    for shard, name in zip(shards, names, strict=True):
-        shard.rename(directory / name)
-    state = {
-        "_data_files": [{"filename": name} for name in names],
-        "_fingerprint": generate_random_fingerprint(),
-        "_format_columns": None,
-        "_format_kwargs": {},
-        "_format_type": None,
-        "_output_all_columns": False,
-        "_split": None,
-    }
-    (directory / datasets.config.DATASET_STATE_JSON_FILENAME).write_text(json.dumps(state, indent=2, sort_keys=True))
-    info_dict = asdict(info)
-    info_dict = {key: info_dict[key] for key in sorted(info_dict)}
-    (directory / datasets.config.DATASET_INFO_FILENAME).write_text(json.dumps(info_dict, indent=2))
+    info = datasets.DatasetInfo(features=features)
+    return datasets.concatenate_datasets([datasets.Dataset.from_file(str(path), info=info) for path in paths])
 
 
 def _generate_cells(
     shards: list[tuple[int, int]], *, tokenizer: ScBertTokenizer, plan: Any, batch_size: int, cell_ids, labels
 ) -> Iterator[dict[str, Any]]:
     for shard_start, shard_end in shards:
-        for start, _, tokens in tokenizer._iter_plan(
-            plan, batch_size=batch_size, progress=False, start=shard_start, end=shard_end
+        for start, _, tokens in encode_chunks(
+            plan, tokenizer=tokenizer, batch_size=batch_size, progress=False, start=shard_start, end=shard_end
         ):
             indptr = tokens.indptr
             for i in range(tokens.shape[0]):
@@ -320,13 +258,21 @@ def to_iterable_dataset(
     Returns
     -------
     The iterable dataset, with the columns of :func:`to_dataset`.
+
+    Raises
+    ------
+    ValueError
+        For ``num_shards`` below 1, label problems (as :func:`to_dataset`), and whatever
+        :meth:`ScBertTokenizer.__call__` refuses; raised here, before any cell is streamed.
+    TypeError
+        For reading options that do not fit the input.
     """
     import datasets
 
-    label_names, labels = _labels(adata, label_key=label_key, label_names=label_names)
-    plan = tokenizer._plan(
+    label_names, labels = cell_labels(adata, label_key=label_key, label_names=label_names)
+    plan = plan_encoding(
         adata,
-        gene_names=None,
+        tokenizer=tokenizer,
         layer=layer,
         gene_key=gene_key,
         input_kind=input_kind,
@@ -350,7 +296,7 @@ def to_iterable_dataset(
         labels=labels,
     )
     return datasets.IterableDataset.from_generator(
-        generator, features=_features(label_names), gen_kwargs={"shards": shards}
+        generator, features=dataset_features(label_names), gen_kwargs={"shards": shards}
     )
 
 
@@ -382,6 +328,12 @@ def stratified_split(
     Returns
     -------
     A ``datasets.DatasetDict`` with ``train`` and ``eval``.
+
+    Raises
+    ------
+    ValueError
+        For an ``eval_fraction`` outside ``(0, 1)`` or a ``label_column`` the dataset does not have (listing its
+        columns).
     """
     import datasets
 
@@ -404,139 +356,3 @@ def stratified_split(
     return datasets.DatasetDict(
         {"train": dataset.select(np.flatnonzero(~eval_mask)), "eval": dataset.select(np.flatnonzero(eval_mask))}
     )
-
-
-def _gather(features: Sequence[Mapping[str, Any]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Concatenate a batch's sparse rows: (cell of each entry, gene position, token)."""
-    indices = [np.asarray(f[GENE_INDICES], dtype=np.int64) for f in features]
-    bins = [np.asarray(f[BINS], dtype=np.int64) for f in features]
-    lengths = np.fromiter((len(i) for i in indices), dtype=np.int64, count=len(indices))
-    for i, (idx, b) in enumerate(zip(indices, bins, strict=True)):
-        if len(idx) != len(b):
-            raise ValueError(f"Cell {i} of the batch has {len(idx)} gene_indices but {len(b)} bins.")
-    cells = np.repeat(np.arange(len(features)), lengths)
-    if not indices:
-        return cells, np.zeros(0, np.int64), np.zeros(0, np.int64)
-    return cells, np.concatenate(indices), np.concatenate(bins)
-
-
-def _dense(cells: np.ndarray, genes: np.ndarray, bins: np.ndarray, *, batch_size: int, num_genes: int) -> np.ndarray:
-    if genes.size and (genes.min() < 0 or genes.max() >= num_genes):
-        raise ValueError(
-            f"gene_indices must lie in [0, {num_genes}) for a panel of {num_genes} genes; got values from "
-            f"{genes.min()} to {genes.max()}. Was the dataset built with a different tokenizer?"
-        )
-    input_ids = np.zeros((batch_size, num_genes + 1), dtype=np.int64)
-    input_ids.reshape(-1)[cells * (num_genes + 1) + genes] = bins
-    return input_ids
-
-
-def densify(features: Sequence[Mapping[str, Any]], *, num_genes: int) -> torch.Tensor:
-    """Turn sparse rows (``gene_indices``, ``bins``) into ``input_ids`` of shape ``(len(features), num_genes + 1)``.
-
-    Parameters
-    ----------
-    features
-        Rows of a dataset from :func:`to_dataset`.
-    num_genes
-        Panel length.
-
-    Returns
-    -------
-    int64 tensor; the appended last token is ``0``.
-    """
-    cells, genes, bins = _gather(features)
-    return torch.from_numpy(_dense(cells, genes, bins, batch_size=len(features), num_genes=num_genes))
-
-
-@dataclass
-class DataCollatorForMaskedExpression:
-    """Densify a batch and mask it for masked-expression pretraining, with the published rule.
-
-    Per cell, only non-zero tokens are eligible; ``ceil(mask_probability * n_nonzero)`` of them are selected
-    uniformly at random; each selected token becomes ``mask_token_id`` with probability ``replace_probability`` and
-    otherwise keeps its value (no random tokens). ``labels`` hold the original token at selected positions and
-    ``-100`` elsewhere. The appended last token is zero and so never selected.
-
-    Parameters
-    ----------
-    num_genes
-        Panel length (``tokenizer.num_genes``); sequences have ``num_genes + 1`` tokens.
-    mask_probability
-        Fraction of each cell's non-zero tokens selected (rounded up).
-    replace_probability
-        Probability that a selected token is replaced by the mask token.
-    mask_token_id
-        The mask token (``tokenizer.mask_token_id``).
-    seed
-        Seed of the collator's generator, for reproducible masks; random when ``None``.
-    generator
-        A ``torch.Generator`` to draw from instead (``seed`` is then ignored).
-    """
-
-    num_genes: int
-    mask_probability: float = 0.15
-    replace_probability: float = 0.9
-    mask_token_id: int = 6
-    seed: int | None = None
-    generator: torch.Generator | None = field(default=None, repr=False)
-
-    def __post_init__(self) -> None:
-        if not 0 < self.mask_probability <= 1:
-            raise ValueError(f"mask_probability must lie in (0, 1]; got {self.mask_probability}.")
-        if not 0 <= self.replace_probability <= 1:
-            raise ValueError(f"replace_probability must lie in [0, 1]; got {self.replace_probability}.")
-        if self.generator is None:
-            self.generator = torch.Generator()
-            if self.seed is None:
-                self.generator.seed()
-            else:
-                self.generator.manual_seed(self.seed)
-
-    def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
-        cells, genes, bins = _gather(features)
-        input_ids = _dense(cells, genes, bins, batch_size=len(features), num_genes=self.num_genes)
-        nonzero = bins != 0
-        if not nonzero.all():
-            cells, genes, bins = cells[nonzero], genes[nonzero], bins[nonzero]
-        lengths = np.bincount(cells, minlength=len(features))
-        # Python float arithmetic, so a count like 0.15 * 20 rounds up exactly as math.ceil would.
-        num_selected = np.ceil(self.mask_probability * lengths).astype(np.int64)
-
-        # Sorting (cell + uniform score) shuffles each cell's entries independently while keeping cells apart;
-        # the first num_selected entries of each cell are then a uniform random subset of its non-zero tokens.
-        draws = torch.rand(2, len(cells), generator=self.generator, dtype=torch.float64).numpy()
-        order = np.argsort(cells + draws[0])
-        starts = np.cumsum(lengths) - lengths
-        rank = np.arange(len(cells)) - starts[cells]
-        selected = np.zeros(len(cells), dtype=bool)
-        selected[order[rank < num_selected[cells]]] = True
-        replace = selected & (draws[1] < self.replace_probability)
-
-        stride = self.num_genes + 1
-        labels = np.full_like(input_ids, IGNORE_INDEX)
-        labels.reshape(-1)[cells[selected] * stride + genes[selected]] = bins[selected]
-        input_ids.reshape(-1)[cells[replace] * stride + genes[replace]] = self.mask_token_id
-        return {"input_ids": torch.from_numpy(input_ids), "labels": torch.from_numpy(labels)}
-
-
-@dataclass
-class DataCollatorForCellClassification:
-    """Densify a batch for cell-type classification.
-
-    Parameters
-    ----------
-    num_genes
-        Panel length (``tokenizer.num_genes``).
-    label_column
-        Feature holding the class id; when absent from the batch (prediction), no ``labels`` are returned.
-    """
-
-    num_genes: int
-    label_column: str = LABEL
-
-    def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
-        batch = {"input_ids": densify(features, num_genes=self.num_genes)}
-        if features and self.label_column in features[0]:
-            batch["labels"] = torch.tensor([int(f[self.label_column]) for f in features], dtype=torch.int64)
-        return batch

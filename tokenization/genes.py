@@ -211,6 +211,13 @@ class SynonymTable:
         Returns
         -------
         The table.
+
+        Raises
+        ------
+        FileNotFoundError
+            When ``path`` is not a file.
+        ValueError
+            With ``format="auto"``, for a header that matches none of the formats (saying what each looks like).
         """
         path = Path(path)
         if not path.is_file():

