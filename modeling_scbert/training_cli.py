@@ -241,8 +241,9 @@ def parse_pretrain_command(argv: Sequence[str] | None = None, *, prog: str = "sc
 def parse_finetune_command(argv: Sequence[str] | None = None, *, prog: str = "scbert finetune") -> dict[str, Any]:
     """The keyword arguments of :func:`modeling_scbert.training.finetune` that a command line asks for.
 
-    Defaults that differ from ``TrainingArguments``' (:data:`FINETUNE_DEFAULTS`): evaluate and save every epoch, keep
-    the best model by macro-F1 (``load_best_model_at_end``), keep two checkpoints, log every epoch. Without
+    Defaults that differ from ``TrainingArguments``' (:data:`FINETUNE_DEFAULTS`): warm the learning rate up over the
+    first 10% of the steps, evaluate and save every epoch, keep the best model by macro-F1
+    (``load_best_model_at_end``), keep two checkpoints, log every epoch. Without
     evaluation data (neither ``--validation_file`` nor ``--validation_fraction``) evaluation and keeping the best
     model are off. An option on the command line always wins; a ``.json`` / ``.yaml`` file of options starts from
     ``TrainingArguments``' own defaults.
