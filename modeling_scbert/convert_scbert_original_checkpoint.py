@@ -128,6 +128,9 @@ def load_original_state_dict(path: str | os.PathLike, *, trust_checkpoint: bool 
         path: The ``.pth`` file.
         trust_checkpoint: Allow full unpickling. By default only tensors and plain containers are read
             (``weights_only=True``), which cannot run code hidden in the file.
+
+    Raises:
+        CheckpointConversionError: The file is missing, is not a torch checkpoint, or holds no model weights.
     """
     path = Path(path)
     if not path.is_file():
@@ -154,7 +157,12 @@ def load_original_state_dict(path: str | os.PathLike, *, trust_checkpoint: bool 
 def infer_config(
     state_dict: dict[str, torch.Tensor], *, labels: list[str] | None = None, **overrides
 ) -> tuple[ScBertConfig, str]:
-    """Read the architecture off the tensor shapes. ``overrides`` are ``ScBertConfig`` fields that win."""
+    """Read the architecture off the tensor shapes. ``overrides`` are ``ScBertConfig`` fields that win.
+
+    Raises:
+        CheckpointConversionError: The tensors are not an scBERT checkpoint's, their shapes disagree, or the
+            architecture they give is not a valid ``ScBertConfig``.
+    """
     _require(state_dict, ["token_emb.weight", "pos_emb.emb.weight", "norm.weight"])
     layer_indices = sorted({int(m.group(1)) for key in state_dict if (m := _LAYER_KEY.match(key))})
     if not layer_indices:
@@ -225,7 +233,11 @@ def infer_config(
 def convert_state_dict(
     state_dict: dict[str, torch.Tensor], config: ScBertConfig, layout: str
 ) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """Rename the published tensors to ours, refusing missing, unexpected or mis-shaped ones by name."""
+    """Rename the published tensors to ours, refusing missing, unexpected or mis-shaped ones by name.
+
+    Raises:
+        CheckpointConversionError: Tensors are missing, unexpected or mis-shaped (each named).
+    """
     mapping = dict(_SHARED_KEYS)
     for i in range(config.num_hidden_layers):
         mapping.update({src.format(i=i): dst.format(i=i) for src, dst in _LAYER_KEYS.items()})
@@ -280,6 +292,11 @@ def convert_checkpoint(
         overwrite: Replace an existing ``output_dir``.
         trust_checkpoint: Allow full unpickling of the checkpoint (see :func:`load_original_state_dict`).
         **overrides: ``ScBertConfig`` fields that replace the inferred values.
+
+    Raises:
+        FileExistsError: ``output_dir`` exists and ``overwrite`` is false.
+        CheckpointConversionError: The checkpoint cannot be read or converted, or the tokenizer's panel is not the
+            checkpoint's.
 
     Returns:
         The conversion report.

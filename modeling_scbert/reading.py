@@ -119,6 +119,9 @@ def takes_reading_options(function: F) -> F:
     :meth:`~ScBertReadingArguments.from_kwargs` (which refuses any other name); this decorator only rewrites
     ``inspect.signature`` (what ``help()``, IDEs and the tests read), so that the signature lists every option
     under its name and default.
+
+    Raises:
+        TypeError: ``function`` does not end in ``**read_options``.
     """
     signature = inspect.signature(function)
     parameters = list(signature.parameters.values())
