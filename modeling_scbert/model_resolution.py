@@ -80,6 +80,11 @@ def _check_config_keys(overrides: dict[str, Any]) -> None:
         raise ValueError(f"config_overrides has unknown ScBertConfig fields {unknown}; known fields: {sorted(known)}.")
 
 
+def builds_new_model(model: Any) -> bool:
+    """Whether ``model`` (what a run starts from) means a new model without pretrained weights: ``None`` or a config."""
+    return model is None or isinstance(model, ScBertConfig)
+
+
 def build_model(
     model_class: type[PreTrainedModel],
     model: str | PathLike | ScBertConfig | PreTrainedModel | None,
@@ -123,7 +128,7 @@ def build_model(
             raise TypeError(f"Expected a {model_class.__name__}; got a {type(model).__name__}.")
         tokenizer.check_model_config(model.config)
         return model
-    if model is None or isinstance(model, ScBertConfig):
+    if builds_new_model(model):
         if model is None:
             config = ScBertConfig(num_genes=tokenizer.num_genes, **{**NEW_MODEL_DEFAULTS, **config_overrides})
         else:
@@ -169,4 +174,4 @@ def resolve_tokenizer(
     )
 
 
-__all__ = ["NEW_MODEL_DEFAULTS", "build_model", "parse_config_overrides", "resolve_tokenizer"]
+__all__ = ["NEW_MODEL_DEFAULTS", "build_model", "builds_new_model", "parse_config_overrides", "resolve_tokenizer"]

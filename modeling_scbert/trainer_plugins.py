@@ -25,7 +25,7 @@ import torch
 from accelerate.utils import extract_model_from_parallel
 from transformers import EvalPrediction, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from .configuration_scbert import ScBertConfig
+from .model_resolution import builds_new_model
 from .modeling_scbert import ScBertForSequenceClassification
 
 logger = logging.getLogger(__name__)
@@ -230,7 +230,7 @@ def auto_finetuning_preset(model: ScBertForSequenceClassification, start: Any) -
         What the model was built from (the ``model`` argument of :func:`~modeling_scbert.training.finetune`):
         ``None`` or a config means a new model without pretrained weights.
     """
-    if start is None or isinstance(start, ScBertConfig):
+    if builds_new_model(start):
         preset, why = "full", "a new model has no pretrained layers to keep frozen"
     elif model.config.num_hidden_layers < 2:
         preset, why = "full", "the published recipe trains the second-to-last layer, and this model has one"

@@ -32,7 +32,13 @@ from tokenization.pipeline_scbert import save_pipeline_code
 
 from .configuration_scbert import ScBertConfig
 from .model_card_data import report_to_evaluation
-from .model_resolution import NEW_MODEL_DEFAULTS, build_model, parse_config_overrides, resolve_tokenizer
+from .model_resolution import (
+    NEW_MODEL_DEFAULTS,
+    build_model,
+    builds_new_model,
+    parse_config_overrides,
+    resolve_tokenizer,
+)
 from .modeling_scbert import ScBertForMaskedLM, ScBertForSequenceClassification
 from .reading import ScBertReadingArguments, takes_reading_options
 from .trainer import ScBertModelCardCallback, ScBertTrainer
@@ -63,9 +69,6 @@ from .training_cli import (
 from .training_data import LABEL_COLUMN, check_labels, encode, encode_options, finetuning_datasets
 
 logger = logging.getLogger(__name__)
-
-# Names that moved to the modules below stay importable from here (__all__): defaults, plug-ins, arguments.
-
 
 # --- The Trainer's arguments, resuming and saving -------------------------------------------------------------------
 
@@ -351,7 +354,7 @@ def finetune(
     if preset == "auto":
         preset = auto_finetuning_preset(model, start)
     apply_finetuning_preset(model, preset)
-    if (start is None or isinstance(start, ScBertConfig)) and not training_args.warmup_steps:
+    if builds_new_model(start) and not training_args.warmup_steps:
         logger.warning(
             "A new model without learning-rate warmup can collapse to the majority class (docs/training.md); pass "
             "TrainingArguments(warmup_steps=0.1), the `scbert finetune` default."
@@ -419,8 +422,7 @@ def finetune(
             Path(training_args.output_dir).mkdir(parents=True, exist_ok=True)
             path = Path(training_args.output_dir) / "classification_report.json"
             write_text_atomically(path, json.dumps(report, indent=2) + "\n")
-            table = format_classification_report(report, label_names)
-            logger.info("Per-class report on the evaluation cells:\n%s", table)
+            logger.info("Per-class report:\n%s", format_classification_report(report, label_names))
     if facts.get("license"):
         if metrics is not None:
             trainer.save_metrics("eval", metrics)
@@ -445,8 +447,7 @@ def finetune(
 def pretrain_main(argv: Sequence[str] | None = None, *, prog: str = "scbert pretrain") -> Trainer:
     """Masked-expression pretraining from the command line (also takes one ``.json`` / ``.yaml`` file of options).
 
-    The options are those of :func:`~modeling_scbert.training_cli.argument_parser`; what they ask for is read by
-    :func:`~modeling_scbert.training_cli.parse_pretrain_command`, then :func:`pretrain` runs.
+    :func:`~modeling_scbert.training_cli.parse_pretrain_command` reads the options, then :func:`pretrain` runs.
 
     Raises
     ------
@@ -462,9 +463,7 @@ def pretrain_main(argv: Sequence[str] | None = None, *, prog: str = "scbert pret
 def finetune_main(argv: Sequence[str] | None = None, *, prog: str = "scbert finetune") -> Trainer:
     """Fine-tuning from the command line (also takes one ``.json`` / ``.yaml`` file of options).
 
-    Defaults that differ from ``TrainingArguments``: evaluate and save every epoch, keep the best model by macro-F1
-    (``load_best_model_at_end``), keep two checkpoints, log every epoch. Without evaluation data these are turned
-    off (see :func:`~modeling_scbert.training_cli.parse_finetune_command`, which reads what the options ask for).
+    :func:`~modeling_scbert.training_cli.parse_finetune_command` reads the options and says their defaults.
 
     Raises
     ------
@@ -477,6 +476,7 @@ def finetune_main(argv: Sequence[str] | None = None, *, prog: str = "scbert fine
     return finetune(**parse_finetune_command(argv, prog=prog))
 
 
+# Names that moved to the modules below stay importable from here: defaults, plug-ins, arguments.
 __all__ = [
     "COMMAND_ARGUMENTS",
     "NEW_MODEL_DEFAULTS",
