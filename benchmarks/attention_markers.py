@@ -83,8 +83,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
 
     import anndata as ad
 
-    from modeling_scbert.annotate import load_annotator
-    from modeling_scbert.attention import gene_attention_scores, top_attention_genes
+    from modeling_scbert.annotation.attention import gene_attention_scores, top_attention_genes
+    from modeling_scbert.annotation.inference import load_annotator
 
     model, tokenizer = load_annotator(args.model)
     adata = ad.read_h5ad(args.input)

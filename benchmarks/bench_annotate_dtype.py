@@ -20,7 +20,7 @@ import scipy.sparse as sp
 import torch
 
 from modeling_scbert import ScBertConfig, ScBertForSequenceClassification
-from modeling_scbert.annotate import annotate, embed
+from modeling_scbert.annotation.annotate import annotate, embed
 from tokenization import ScBertTokenizer
 
 SIZES = {

@@ -30,8 +30,8 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).res
 from demo_kang import COMPACT, LABEL_KEY, N_TOP_GENES, select_genes  # noqa: E402
 
 from modeling_scbert import ScBertConfig, ScBertForSequenceClassification  # noqa: E402
-from modeling_scbert.datasets import load_kang2018  # noqa: E402
-from modeling_scbert.training import NEW_MODEL_DEFAULTS  # noqa: E402
+from modeling_scbert.public_data import load_kang2018  # noqa: E402
+from modeling_scbert.training.model_setup import NEW_MODEL_DEFAULTS  # noqa: E402
 from tokenization import ScBertTokenizer  # noqa: E402
 
 

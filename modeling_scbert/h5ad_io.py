@@ -16,7 +16,7 @@ from typing import Literal
 
 from anndata import AnnData
 
-from tokenization.atomic_files import atomic_path, write_text_atomically
+from tokenization.atomic_files import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -216,12 +216,4 @@ def _patch_copy(
                 write_elem(file[group], key, values[key])
 
 
-__all__ = [
-    "COPY_LAYOUT",
-    "REWRITE_LAYOUT",
-    "check_output_path",
-    "plan_h5ad_output",
-    "read_h5ad",
-    "write_h5ad_with_slots",
-    "write_text_atomically",
-]
+__all__ = ["check_output_path", "plan_h5ad_output", "read_h5ad", "write_h5ad_with_slots"]

@@ -27,7 +27,7 @@ logger = logging.get_logger(__name__)
 
 # Tokens per chunk in the attention and the feed-forward when `config.attention_chunk_size` is None: large enough for
 # efficient matrix products, small enough that a chunk's (heads x tokens x features) temporaries stay in cache.
-DEFAULT_CHUNK_SIZE = 512
+ATTENTION_CHUNK_TOKENS = 512
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -652,7 +652,7 @@ class ScBertSelfAttention(nn.Module):
                 value,
                 self.random_features,
                 epsilon=self.config.kernel_epsilon,
-                chunk_size=self.config.attention_chunk_size or DEFAULT_CHUNK_SIZE,
+                chunk_size=self.config.attention_chunk_size or ATTENTION_CHUNK_TOKENS,
                 mask=None if attention_mask is None else attention_mask[sample : sample + 1],
             )
             outputs.append(self.output(context.flatten(-2)))
@@ -679,7 +679,7 @@ class ScBertSelfAttention(nn.Module):
     def _stream(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         """Inference: the same attention with q, k and v projected chunk by chunk, so that no (tokens x heads x
         head_dim) tensor exists for a whole cell; only the small key summary is kept between the two passes."""
-        chunk_size = self.config.attention_chunk_size or DEFAULT_CHUNK_SIZE
+        chunk_size = self.config.attention_chunk_size or ATTENTION_CHUNK_TOKENS
         epsilon = self.config.kernel_epsilon
         compute_dtype = torch.promote_types(hidden_states.dtype, torch.float32)
         output = torch.empty_like(hidden_states)
@@ -733,7 +733,7 @@ class ScBertLayer(GradientCheckpointingLayer):
         self.feed_forward_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.feed_forward = ScBertFeedForward(config)
         self.config = config
-        self.chunk_size = config.attention_chunk_size or DEFAULT_CHUNK_SIZE
+        self.chunk_size = config.attention_chunk_size or ATTENTION_CHUNK_TOKENS
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         hidden_states = hidden_states + self.attention(self.attention_norm(hidden_states), attention_mask)
@@ -1197,7 +1197,7 @@ def gene_attention(
             f"`attention_mask` shape {tuple(attention_mask.shape)} must equal `input_ids` shape "
             f"{tuple(input_ids.shape)}."
         )
-    chunk_size = chunk_size or base.config.attention_chunk_size or DEFAULT_CHUNK_SIZE
+    chunk_size = chunk_size or base.config.attention_chunk_size or ATTENTION_CHUNK_TOKENS
     captured: list[tuple[torch.Tensor, torch.Tensor | None]] = []
 
     def capture(module, args, kwargs):

@@ -11,7 +11,7 @@ import torch
 from conftest import save_tiny_annotator
 
 from modeling_scbert import ScBertForSequenceClassification
-from modeling_scbert.annotate import UNASSIGNED, annotate, embed
+from modeling_scbert.annotation.annotate import UNASSIGNED, annotate, embed
 from modeling_scbert.cli import main as cli_main
 from tokenization import ScBertTokenizer
 

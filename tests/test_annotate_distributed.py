@@ -17,8 +17,8 @@ import pytest
 import scipy.sparse as sp
 from test_annotate import CLASSES, GENES, make_adata, save_annotator
 
-from modeling_scbert.annotate import annotate, embed
-from modeling_scbert.distributed import InferenceProcesses
+from modeling_scbert.annotation.annotate import annotate, embed
+from modeling_scbert.annotation.distributed import InferenceProcesses
 from tokenization import ScBertTokenizer
 
 N_CELLS = 41  # odd: the two shares differ by one cell
@@ -31,10 +31,10 @@ SCRIPT = textwrap.dedent(
     import anndata as ad
     import numpy as np
 
-    from modeling_scbert.annotate import annotate, embed
+    from modeling_scbert.annotation.annotate import annotate, embed
     from modeling_scbert.cli import main as cli_main
     from modeling_scbert import distributed
-    from modeling_scbert.distributed import inference_processes
+    from modeling_scbert.annotation.distributed import inference_processes
     from tokenization import ScBertTokenizer
 
     out, data, model_a, model_b = (Path(p) for p in sys.argv[1:5])

@@ -7,7 +7,7 @@ import pytest
 import torch
 from test_annotate import make_adata, save_annotator
 
-from modeling_scbert.annotate import annotate, embed
+from modeling_scbert.annotation.annotate import annotate, embed
 from modeling_scbert.cli import main as cli_main
 
 # Largest absolute difference of any class probability from float32 (bfloat16 / float16, measured by the benchmark:

@@ -8,7 +8,7 @@ import scipy.sparse as sp
 import torch
 
 from modeling_scbert import ScBertForSequenceClassification, ScBertTokenizer, gene_attention
-from modeling_scbert.attention import gene_attention_scores, top_attention_genes
+from modeling_scbert.annotation.attention import gene_attention_scores, top_attention_genes
 from modeling_scbert.cli import main as cli_main
 from tests.test_annotate import CLASSES, GENES, save_annotator
 

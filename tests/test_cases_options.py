@@ -20,9 +20,9 @@ import torch
 from transformers import TrainingArguments
 
 from modeling_scbert import ScBertConfig, ScBertForSequenceClassification
-from modeling_scbert.annotate import annotate
+from modeling_scbert.annotation.annotate import annotate
 from modeling_scbert.cli import main as cli_main
-from modeling_scbert.training import finetune
+from modeling_scbert.training.workflows import finetune
 from tokenization import ScBertTokenizer
 
 MARKERS = (  # noqa: SIM905 (written as the case scripts write it)

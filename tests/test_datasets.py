@@ -9,13 +9,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from modeling_scbert.datasets import (
-    KANG2018_FILES,
-    DataFetchError,
-    fetch_kang2018,
-    join_kang2018,
-    load_kang2018,
-)
+from modeling_scbert.public_data import KANG2018_FILES, DataFetchError, fetch_kang2018, join_kang2018, load_kang2018
 
 GENES = [f"GENE{j}" for j in range(10)]
 LABELLED_GENES = ["GENE1", "GENE4", "GENE5", "GENE8"]  # the labels file keeps a subset, as genevector's 1,000 genes

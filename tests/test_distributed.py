@@ -23,7 +23,7 @@ SCRIPT = textwrap.dedent(
     from transformers import TrainingArguments
     from transformers.utils import logging as hf_logging
 
-    from modeling_scbert.training import finetune
+    from modeling_scbert.training.workflows import finetune
 
     hf_logging.set_verbosity_error()
     out, per_device_batch, weighting = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3]

@@ -10,8 +10,8 @@ from safetensors.torch import load_file
 from transformers import TrainerCallback, TrainingArguments
 
 from modeling_scbert import ScBertForSequenceClassification
-from modeling_scbert.annotate import annotate
-from modeling_scbert.ensemble import ensemble_processes, finetune_ensemble, member_dir
+from modeling_scbert.annotation.annotate import annotate
+from modeling_scbert.training.ensemble import ensemble_processes, finetune_ensemble, member_dir
 
 TINY = {
     "hidden_size": 16,
@@ -164,7 +164,7 @@ def test_bad_seeds_are_refused_before_training(tmp_path, seeds, error, message):
 
 
 def test_processes_split_the_cores_and_never_exceed_the_members(monkeypatch):
-    monkeypatch.setattr("modeling_scbert.ensemble.available_cores", lambda: 8)
+    monkeypatch.setattr("modeling_scbert.training.ensemble.available_cores", lambda: 8)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert ensemble_processes(None, 3) == (3, 2)
     assert ensemble_processes(2, 5) == (2, 4)

@@ -34,12 +34,12 @@ from conftest import save_tiny_annotator
 from transformers import TrainingArguments
 
 from modeling_scbert import ScBertForSequenceClassification
-from modeling_scbert.annotate import annotate, embed
+from modeling_scbert.annotation.annotate import annotate, embed
 from modeling_scbert.cli import COMMANDS, command_parser
 from modeling_scbert.cli import main as cli_main
 from modeling_scbert.convert_scbert_original_checkpoint import convert_checkpoint
-from modeling_scbert.hub import push_model_folder
-from modeling_scbert.training import finetune, pretrain
+from modeling_scbert.hub.push import push_model_folder
+from modeling_scbert.training.workflows import finetune, pretrain
 from tokenization import ScBertTokenizer
 from tokenization.data import to_dataset
 

@@ -78,7 +78,7 @@ def test_run_pretrain_then_run_finetune_from_it(tmp_path):
     state = json.loads((annotator / "trainer_state.json").read_text())
     assert state["best_metric"] is not None  # the best epoch by macro-F1 was kept
     # The folder annotates (model, tokenizer and pipeline code saved together).
-    from modeling_scbert.annotate import annotate
+    from modeling_scbert.annotation.annotate import annotate
 
     annotated = annotate(ad.read_h5ad(cells), str(annotator), copy=True, progress=False)
     assert set(annotated.obs["scbert_cell_type"].astype(str)) <= set(CELL_TYPES)

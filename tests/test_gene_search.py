@@ -145,7 +145,7 @@ def test_every_option_these_errors_name_exists_in_the_tokenizer_annotate_and_emb
     import inspect
     import re
 
-    from modeling_scbert.annotate import annotate, embed
+    from modeling_scbert.annotation.annotate import annotate, embed
 
     messages = []
     tokenizer = ScBertTokenizer(GENES)

@@ -12,9 +12,10 @@ import pytest
 import scipy.sparse as sp
 from conftest import save_tiny_annotator
 
-from modeling_scbert import annotate as annotate_module
-from modeling_scbert.annotate import plan_h5ad_output, write_h5ad_with_slots
+from modeling_scbert import h5ad_io
+from modeling_scbert.annotation import inference
 from modeling_scbert.cli import main as cli_main
+from modeling_scbert.h5ad_io import plan_h5ad_output, write_h5ad_with_slots
 
 pytestmark = pytest.mark.filterwarnings("ignore:Element .* was written without encoding metadata")
 
@@ -117,12 +118,12 @@ def test_a_file_that_cannot_be_written_is_refused_before_the_model_loads(model_d
     path = tmp_path / "cells.h5ad"
     write_current(path)
     loaded = []
-    monkeypatch.setattr(annotate_module, "load_annotator", lambda *args, **kwargs: loaded.append(args))
+    monkeypatch.setattr(inference, "load_annotator", lambda *args, **kwargs: loaded.append(args))
 
     def unwritable(source):
         raise ValueError(f"Could not read the .obs of {str(source)!r}")
 
-    monkeypatch.setattr(annotate_module, "plan_h5ad_output", unwritable)
+    monkeypatch.setattr(h5ad_io, "plan_h5ad_output", unwritable)
     for command in ("annotate", "embed"):
         out = tmp_path / "out.h5ad"
         assert cli_main([command, "--model", model_dir, "--input", str(path), "--output", str(out)]) == 2

@@ -21,16 +21,9 @@ from safetensors.torch import load_file
 
 from modeling_scbert import ScBertConfig, ScBertForMaskedLM, ScBertForSequenceClassification, ScBertTokenizer
 from modeling_scbert.cli import main as cli_main
-from modeling_scbert.hub import (
-    ModelCardError,
-    ScBertCardData,
-    check_repo_id,
-    find_placeholders,
-    push_model_folder,
-    render_model_card,
-    validate_model_card,
-    write_model_card,
-)
+from modeling_scbert.hub.card import find_placeholders, render_model_card, validate_model_card, write_model_card
+from modeling_scbert.hub.card_data import ModelCardError, ScBertCardData
+from modeling_scbert.hub.push import check_repo_id, push_model_folder
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 LABELS = ["B cell", "T cell", "NK cell"]
@@ -285,7 +278,7 @@ def test_push_then_load_anywhere_and_at_a_pinned_revision(tmp_path, hub):
 
     push = f"""
         import json
-        from modeling_scbert.hub import push_model_folder
+        from modeling_scbert.hub.push import push_model_folder
         facts = {json.dumps(FACTS)}
         first = push_model_folder({str(first)!r}, "my-lab/annotator", facts=facts)
         second = push_model_folder({str(second)!r}, "my-lab/annotator", facts=facts, commit_message="retrained")
@@ -416,7 +409,8 @@ def test_a_trainer_run_with_push_to_hub_ends_with_the_scbert_card(tmp_path, hub)
         import json, torch
         from transformers import Trainer, TrainingArguments
         from modeling_scbert import ScBertConfig, ScBertForSequenceClassification, ScBertTokenizer
-        from modeling_scbert.hub import ScBertModelCardCallback, push_trainer_to_hub
+        from modeling_scbert.hub.push import push_trainer_to_hub
+        from modeling_scbert.training.run_card import ScBertModelCardCallback
 
         labels = {LABELS!r}
         torch.manual_seed(0)

@@ -1,4 +1,4 @@
-"""Loading a model with its tokenizer (modeling_scbert.inference, ScBertTokenizer.from_pretrained), and the one rule
+"""Loading a model with its tokenizer (modeling_scbert.annotation.inference, ScBertTokenizer.from_pretrained), and the one rule
 that a model's panel is its tokenizer's (ScBertTokenizer.check_model_config), as every entry point applies it."""
 
 import pytest
@@ -7,10 +7,11 @@ from conftest import save_tiny_annotator
 from transformers import TrainerControl, TrainerState, TrainingArguments, pipeline
 
 from modeling_scbert import ScBertForSequenceClassification
-from modeling_scbert.annotate import annotate, embed
+from modeling_scbert.annotation.annotate import annotate, embed
+from modeling_scbert.annotation.inference import load_annotator, resolve_model
 from modeling_scbert.cli import main as cli_main
-from modeling_scbert.inference import load_annotator, resolve_model
-from modeling_scbert.training import ScBertFeatureRedrawCallback, finetune
+from modeling_scbert.training.trainer import ScBertFeatureRedrawCallback
+from modeling_scbert.training.workflows import finetune
 from tests.test_annotate import CLASSES, GENES, make_adata
 from tokenization import ScBertTokenizer
 from tokenization.pipeline_scbert import TASK, ScBertCellTypeAnnotationPipeline, save_pipeline_code

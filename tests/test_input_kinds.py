@@ -13,7 +13,8 @@ import scanpy as sc
 import scipy.sparse as sp
 
 from tokenization import ScBertTokenizer
-from tokenization.preprocessing import INPUT_KINDS, check_input_kind, read_rows
+from tokenization.preprocessing import INPUT_KINDS, check_input_kind
+from tokenization.reading import read_rows
 
 N_CELLS, N_GENES = 40, 60
 GENES = [f"GENE{i}" for i in range(N_GENES)]

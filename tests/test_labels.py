@@ -12,8 +12,8 @@ import scipy.sparse as sp
 from transformers import TrainingArguments
 
 from modeling_scbert.cli import main as cli_main
-from modeling_scbert.labels import class_names_from_labels, describe_data, unseen_labels
-from modeling_scbert.training import finetune
+from modeling_scbert.training.labels import class_names_from_labels, describe_data, unseen_labels
+from modeling_scbert.training.workflows import finetune
 
 TINY = {
     "hidden_size": 16,
@@ -45,7 +45,7 @@ def arguments(tmp_path, **overrides) -> TrainingArguments:
 
 def test_categorical_labels_keep_category_order_of_present_categories_and_log_the_unused(caplog):
     labels = pd.Categorical(["T", "B", "T", "NK"], categories=["NK", "Hepatocyte", "T", "B", "Kupffer"])
-    with caplog.at_level(logging.WARNING, logger="modeling_scbert.labels"):
+    with caplog.at_level(logging.WARNING, logger="modeling_scbert.training.labels"):
         names = class_names_from_labels(cells(labels), label_key="cell_type", what="the training cells")
     assert names == ["NK", "T", "B"]
     warning = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
@@ -83,7 +83,7 @@ def test_unseen_evaluation_types_are_refused_per_type_or_dropped(caplog):
     message = str(error.value)
     assert "the evaluation file 'e'" in message and "2 of 'Platelet'" in message and "1 of 'pDC'" in message
     assert "drop_unseen_labels=True" in message and "--drop_unseen_labels" in message
-    with caplog.at_level(logging.WARNING, logger="modeling_scbert.labels"):
+    with caplog.at_level(logging.WARNING, logger="modeling_scbert.training.labels"):
         dropped = unseen_labels(evaluation, label_key="cell_type", class_names=["B", "T"], what="e", drop=True)
     assert dropped == ["Platelet", "pDC"] and "Leaving 3 evaluation cells out" in caplog.text
     assert unseen_labels(cells(["T", "B"]), label_key="cell_type", class_names=["B", "T"], what="e", drop=False) == []

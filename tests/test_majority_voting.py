@@ -6,9 +6,9 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from modeling_scbert.annotate import annotate
+from modeling_scbert.annotation.annotate import annotate
+from modeling_scbert.annotation.majority_voting import leiden_resolution, majority_vote
 from modeling_scbert.cli import main as cli_main
-from modeling_scbert.majority_voting import leiden_resolution, majority_vote
 from tests.test_annotate import GENES, save_annotator
 
 

@@ -6,8 +6,9 @@ from huggingface_hub import CardData, ModelCard
 from test_hub import FACTS, make_annotator, tiny_config
 
 from modeling_scbert import ScBertForMaskedLM, ScBertTokenizer
-from modeling_scbert.hub import check_repo_id
-from modeling_scbert.model_card import ScBertCardData, write_model_card
+from modeling_scbert.hub.card import write_model_card
+from modeling_scbert.hub.card_data import ScBertCardData
+from modeling_scbert.hub.push import check_repo_id
 from tokenization.genes import ensembl_species_prefix
 
 

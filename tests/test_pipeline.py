@@ -11,7 +11,7 @@ import pytest
 import scipy.sparse as sp
 from transformers import pipeline
 
-from modeling_scbert.annotate import UNASSIGNED, annotate
+from modeling_scbert.annotation.annotate import UNASSIGNED, annotate
 from tests.test_annotate import CLASSES, make_adata, save_annotator
 from tokenization.pipeline_scbert import TASK, ScBertCellTypeAnnotationPipeline, save_pipeline_code
 

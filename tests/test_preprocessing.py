@@ -8,14 +8,8 @@ import pytest
 import scanpy as sc
 import scipy.sparse as sp
 
-from tokenization.preprocessing import (
-    bin_expression,
-    check_chunk,
-    check_input_kind,
-    detect_input_kind,
-    recover_counts,
-    sample_rows,
-)
+from tokenization.preprocessing import bin_expression, check_chunk, check_input_kind, detect_input_kind, recover_counts
+from tokenization.reading import sample_rows
 
 CONTRACT = {"normalization_target": 1e4, "log_base": 2.0, "max_bin": 5}
 

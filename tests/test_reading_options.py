@@ -13,14 +13,14 @@ import scipy.sparse as sp
 from conftest import save_tiny_annotator
 from transformers import TrainingArguments
 
-from modeling_scbert import annotate as annotate_module
-from modeling_scbert import training as training_module
-from modeling_scbert.annotate import annotate, embed
+from modeling_scbert.annotation import annotate as annotate_module
+from modeling_scbert.annotation.annotate import annotate, embed
 from modeling_scbert.cli import COMMANDS, command_parser
 from modeling_scbert.cli import main as cli_main
-from modeling_scbert.reading import ScBertReadingArguments
-from modeling_scbert.training import finetune, pretrain
+from modeling_scbert.training import workflows as training_module
+from modeling_scbert.training.workflows import finetune, pretrain
 from tokenization import ScBertTokenizer
+from tokenization.reading import ScBertReadingArguments
 
 GENES = [f"GENE{j}" for j in range(12)]
 READING_COMMANDS = {"annotate": annotate, "embed": embed, "pretrain": pretrain, "finetune": finetune}

@@ -16,9 +16,11 @@ from test_hub import LABELS, make_annotator, run_client, tiny_config
 from transformers import TrainingArguments
 
 from modeling_scbert import ScBertForSequenceClassification, ScBertTokenizer
-from modeling_scbert.hub import push_trainer_to_hub
-from modeling_scbert.model_card import ModelCardError, validate_model_card, write_model_card
-from modeling_scbert.trainer import ScBertModelCardCallback, ScBertTrainer, count_parameters
+from modeling_scbert.hub.card import validate_model_card, write_model_card
+from modeling_scbert.hub.card_data import ModelCardError
+from modeling_scbert.hub.push import push_trainer_to_hub
+from modeling_scbert.training.run_card import ScBertModelCardCallback, count_parameters
+from modeling_scbert.training.trainer import ScBertTrainer
 
 FACTS = {"license": "apache-2.0", "evaluation": {"dataset_name": "toy cells", "split": "train"}}
 
@@ -165,7 +167,7 @@ def test_push_model_folder_leaves_pickles_hidden_files_and_subfolders_local(tmp_
         (folder / name).parent.mkdir(exist_ok=True)
         (folder / name).write_bytes(b"local only")
     script = f"""
-        from modeling_scbert.hub import push_model_folder
+        from modeling_scbert.hub.push import push_model_folder
         push_model_folder({str(folder)!r}, "my-lab/model", facts={{"license": "apache-2.0"}})
     """
     result = run_client(script, hub, tmp_path)

@@ -2,7 +2,7 @@ import torch
 from transformers import TrainerControl, TrainerState, TrainingArguments
 
 from modeling_scbert import ScBertConfig, ScBertForMaskedLM
-from modeling_scbert.training import ScBertFeatureRedrawCallback
+from modeling_scbert.training.trainer import ScBertFeatureRedrawCallback
 
 
 def _features(model):

@@ -1,4 +1,4 @@
-"""The command lines of `scbert pretrain` / `scbert finetune` (modeling_scbert.training_cli): the defaults of
+"""The command lines of `scbert pretrain` / `scbert finetune` (modeling_scbert.training.arguments): the defaults of
 fine-tuning come from the parser, and an option on the command line always wins, in any spelling argparse takes."""
 
 import anndata as ad
@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from modeling_scbert.training_cli import (
+from modeling_scbert.training.arguments import (
     FINETUNE_DEFAULTS,
     argument_parser,
     parse_finetune_command,

@@ -14,15 +14,9 @@ from transformers import TrainerCallback, TrainingArguments
 
 from modeling_scbert import ScBertConfig, ScBertForMaskedLM, ScBertForSequenceClassification
 from modeling_scbert.cli import main as cli_main
-from modeling_scbert.training import (
-    ScBertFeatureRedrawCallback,
-    ScBertWeightedLoss,
-    apply_finetuning_preset,
-    balanced_class_weights,
-    finetune,
-    parse_config_overrides,
-    pretrain,
-)
+from modeling_scbert.training.model_setup import apply_finetuning_preset, parse_config_overrides
+from modeling_scbert.training.trainer import ScBertFeatureRedrawCallback, ScBertWeightedLoss, balanced_class_weights
+from modeling_scbert.training.workflows import finetune, pretrain
 
 TINY = {
     "hidden_size": 16,
@@ -310,8 +304,8 @@ def test_default_preset_is_full_for_a_new_model_and_published_for_a_pretrained_o
 
 
 def test_majority_class_baseline_and_when_it_warns(caplog):
-    from modeling_scbert.trainer_plugins import majority_class_baseline
-    from modeling_scbert.trainer_plugins import warn_if_no_better as _warn_if_no_better
+    from modeling_scbert.training.metrics import majority_class_baseline
+    from modeling_scbert.training.metrics import warn_if_no_better as _warn_if_no_better
 
     majority = majority_class_baseline([0, 0, 0, 1, 2], [0, 0, 1, 2], label_names=["B", "T", "NK"])
     assert majority["label"] == "B"

@@ -13,34 +13,254 @@ import logging
 import math
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
+import torch
 from anndata import AnnData
 
 from .atomic_files import atomic_path
-from .cell_encoding import DEFAULT_BATCH_SIZE
-from .chunked_encoding import encode_chunks
-from .collators import DataCollatorForCellClassification, DataCollatorForMaskedExpression, densify
-from .dataset_columns import BINS, CELL_ID, GENE_INDICES, LABEL, cell_labels, dataset_features, record_batch
-from .encoding_plan import InputKindOption, plan_encoding
+from .encoding import InputKindOption, encode_chunks, plan_encoding
 from .genes import SynonymTable
-from .tokenization_scbert import ScBertTokenizer
+from .tokenization_scbert import ENCODING_CHUNK_CELLS, ScBertTokenizer
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "DataCollatorForCellClassification",
-    "DataCollatorForMaskedExpression",
-    "densify",
-    "stratified_split",
-    "to_dataset",
-    "to_iterable_dataset",
-]
+GENE_INDICES, BINS, LABEL, CELL_ID = "gene_indices", "bins", "label", "cell_id"
+
+
+def dataset_features(label_names: Sequence[str] | None):
+    """The ``datasets.Features`` of an encoded dataset; with a ``ClassLabel`` column ``label`` when ``label_names``
+    are given."""
+    import datasets
+
+    columns = {
+        GENE_INDICES: datasets.List(datasets.Value("int32")),
+        BINS: datasets.List(datasets.Value("uint8")),
+        CELL_ID: datasets.Value("string"),
+    }
+    if label_names is not None:
+        columns[LABEL] = datasets.ClassLabel(names=list(label_names))
+    return datasets.Features(columns)
+
+
+def cell_labels(
+    adata: AnnData, *, label_key: str | None, label_names: Sequence[str] | None
+) -> tuple[list[str] | None, np.ndarray | None]:
+    """Class names and per-cell class ids (int64) for ``.obs[label_key]``; ``(None, None)`` without ``label_key``.
+
+    Raises
+    ------
+    ValueError
+        For ``label_names`` without ``label_key``, a ``label_key`` that is not an ``.obs`` column (listing the
+        columns), missing labels, or labels not in ``label_names``.
+    """
+    if label_key is None:
+        if label_names is not None:
+            raise ValueError("label_names= needs label_key= (the .obs column holding the labels).")
+        return None, None
+    if label_key not in adata.obs.columns:
+        raise ValueError(
+            f"label_key={label_key!r} is not a column of adata.obs; the columns are {list(adata.obs.columns)}."
+        )
+    values = adata.obs[label_key]
+    missing = values.isna()
+    if missing.any():
+        raise ValueError(
+            f"adata.obs[{label_key!r}] has {int(missing.sum()):,} missing labels; drop those cells or fill them "
+            "(e.g. with 'Unknown') before building a labelled dataset."
+        )
+    if label_names is None:
+        if isinstance(values.dtype, pd.CategoricalDtype):
+            # The categories that some cell has, in category order: an unused category is not a class.
+            label_names = [str(c) for c in values.cat.remove_unused_categories().cat.categories]
+        else:
+            label_names = sorted({str(v) for v in values})
+    label_names = [str(n) for n in label_names]
+    index = {name: i for i, name in enumerate(label_names)}
+    strings = values.astype(str).to_numpy()
+    unknown = sorted(set(strings) - set(index))
+    if unknown:
+        raise ValueError(
+            f"adata.obs[{label_key!r}] has labels not in label_names: {unknown[:10]}; add them to label_names."
+        )
+    return label_names, np.array([index[s] for s in strings], dtype=np.int64)
+
+
+def record_batch(schema: pa.Schema, tokens: Any, cell_ids: np.ndarray, labels: np.ndarray | None) -> pa.RecordBatch:
+    """One Arrow record batch of encoded cells: ``tokens`` (CSR, as ``iter_encoded`` yields it) with their ids and
+    class ids, in the columns of ``schema``."""
+    offsets = pa.array(tokens.indptr.astype(np.int32))
+    arrays = [
+        pa.ListArray.from_arrays(offsets, pa.array(tokens.indices.astype(np.int32, copy=False))),
+        pa.ListArray.from_arrays(offsets, pa.array(tokens.data.astype(np.uint8, copy=False))),
+        pa.array(cell_ids.astype(str), type=pa.string()),
+    ]
+    if labels is not None:
+        arrays.append(pa.array(labels, type=pa.int64()))
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+IGNORE_INDEX = -100
+
+
+def _gather(features: Sequence[Mapping[str, Any]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Concatenate a batch's sparse rows: (cell of each entry, gene position, token)."""
+    indices = [np.asarray(f[GENE_INDICES], dtype=np.int64) for f in features]
+    bins = [np.asarray(f[BINS], dtype=np.int64) for f in features]
+    lengths = np.fromiter((len(i) for i in indices), dtype=np.int64, count=len(indices))
+    for i, (idx, b) in enumerate(zip(indices, bins, strict=True)):
+        if len(idx) != len(b):
+            raise ValueError(f"Cell {i} of the batch has {len(idx)} gene_indices but {len(b)} bins.")
+    cells = np.repeat(np.arange(len(features)), lengths)
+    if not indices:
+        return cells, np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return cells, np.concatenate(indices), np.concatenate(bins)
+
+
+def _dense(cells: np.ndarray, genes: np.ndarray, bins: np.ndarray, *, batch_size: int, num_genes: int) -> np.ndarray:
+    if genes.size and (genes.min() < 0 or genes.max() >= num_genes):
+        raise ValueError(
+            f"gene_indices must lie in [0, {num_genes}) for a panel of {num_genes} genes; got values from "
+            f"{genes.min()} to {genes.max()}. Was the dataset built with a different tokenizer?"
+        )
+    input_ids = np.zeros((batch_size, num_genes + 1), dtype=np.int64)
+    input_ids.reshape(-1)[cells * (num_genes + 1) + genes] = bins
+    return input_ids
+
+
+def densify(features: Sequence[Mapping[str, Any]], *, num_genes: int) -> torch.Tensor:
+    """Turn sparse rows (``gene_indices``, ``bins``) into ``input_ids`` of shape ``(len(features), num_genes + 1)``.
+
+    Parameters
+    ----------
+    features
+        Rows of a dataset from :func:`~tokenization.data.to_dataset`.
+    num_genes
+        Panel length.
+
+    Returns
+    -------
+    int64 tensor; the appended last token is ``0``.
+
+    Raises
+    ------
+    ValueError
+        For a row whose ``gene_indices`` and ``bins`` differ in length, or gene indices outside the panel (a dataset
+        built with another tokenizer).
+    """
+    cells, genes, bins = _gather(features)
+    return torch.from_numpy(_dense(cells, genes, bins, batch_size=len(features), num_genes=num_genes))
+
+
+@dataclass
+class DataCollatorForMaskedExpression:
+    """Densify a batch and mask it for masked-expression pretraining, with the published rule.
+
+    Per cell, only non-zero tokens are eligible; ``ceil(mask_probability * n_nonzero)`` of them are selected
+    uniformly at random; each selected token becomes ``mask_token_id`` with probability ``replace_probability`` and
+    otherwise keeps its value (no random tokens). ``labels`` hold the original token at selected positions and
+    ``-100`` elsewhere. The appended last token is zero and so never selected.
+
+    Parameters
+    ----------
+    num_genes
+        Panel length (``tokenizer.num_genes``); sequences have ``num_genes + 1`` tokens.
+    mask_probability
+        Fraction of each cell's non-zero tokens selected (rounded up).
+    replace_probability
+        Probability that a selected token is replaced by the mask token.
+    mask_token_id
+        The mask token (``tokenizer.mask_token_id``).
+    seed
+        Seed of the collator's generator, for reproducible masks; random when ``None``.
+    generator
+        A ``torch.Generator`` to draw from instead (``seed`` is then ignored).
+
+    Raises
+    ------
+    ValueError
+        When built, for probabilities out of range; when called, as :func:`densify`.
+    """
+
+    num_genes: int
+    mask_probability: float = 0.15
+    replace_probability: float = 0.9
+    mask_token_id: int = 6
+    seed: int | None = None
+    generator: torch.Generator | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.mask_probability <= 1:
+            raise ValueError(f"mask_probability must lie in (0, 1]; got {self.mask_probability}.")
+        if not 0 <= self.replace_probability <= 1:
+            raise ValueError(f"replace_probability must lie in [0, 1]; got {self.replace_probability}.")
+        if self.generator is None:
+            self.generator = torch.Generator()
+            if self.seed is None:
+                self.generator.seed()
+            else:
+                self.generator.manual_seed(self.seed)
+
+    def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        cells, genes, bins = _gather(features)
+        input_ids = _dense(cells, genes, bins, batch_size=len(features), num_genes=self.num_genes)
+        nonzero = bins != 0
+        if not nonzero.all():
+            cells, genes, bins = cells[nonzero], genes[nonzero], bins[nonzero]
+        lengths = np.bincount(cells, minlength=len(features))
+        # Python float arithmetic, so a count like 0.15 * 20 rounds up exactly as math.ceil would.
+        num_selected = np.ceil(self.mask_probability * lengths).astype(np.int64)
+
+        # Sorting (cell + uniform score) shuffles each cell's entries independently while keeping cells apart;
+        # the first num_selected entries of each cell are then a uniform random subset of its non-zero tokens.
+        draws = torch.rand(2, len(cells), generator=self.generator, dtype=torch.float64).numpy()
+        order = np.argsort(cells + draws[0])
+        starts = np.cumsum(lengths) - lengths
+        rank = np.arange(len(cells)) - starts[cells]
+        selected = np.zeros(len(cells), dtype=bool)
+        selected[order[rank < num_selected[cells]]] = True
+        replace = selected & (draws[1] < self.replace_probability)
+
+        stride = self.num_genes + 1
+        labels = np.full_like(input_ids, IGNORE_INDEX)
+        labels.reshape(-1)[cells[selected] * stride + genes[selected]] = bins[selected]
+        input_ids.reshape(-1)[cells[replace] * stride + genes[replace]] = self.mask_token_id
+        return {"input_ids": torch.from_numpy(input_ids), "labels": torch.from_numpy(labels)}
+
+
+@dataclass
+class DataCollatorForCellClassification:
+    """Densify a batch for cell-type classification.
+
+    Parameters
+    ----------
+    num_genes
+        Panel length (``tokenizer.num_genes``).
+    label_column
+        Feature holding the class id; when absent from the batch (prediction), no ``labels`` are returned.
+
+    Raises
+    ------
+    ValueError
+        When called, as :func:`densify`.
+    """
+
+    num_genes: int
+    label_column: str = LABEL
+
+    def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        batch = {"input_ids": densify(features, num_genes=self.num_genes)}
+        if features and self.label_column in features[0]:
+            batch["labels"] = torch.tensor([int(f[self.label_column]) for f in features], dtype=torch.int64)
+        return batch
+
 
 # Largest Arrow file written, both while encoding and in the saved folder (``save_to_disk``'s default).
 MAX_SHARD_BYTES = 500 * 1024**2
@@ -58,7 +278,7 @@ def to_dataset(
     gene_key: str | None = None,
     input_kind: InputKindOption = "auto",
     synonyms: SynonymTable | str | PathLike | None = None,
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    batch_size: int = ENCODING_CHUNK_CELLS,
     min_gene_overlap: float | None = None,
     progress: bool | None = None,
     use_raw: bool = False,
@@ -230,7 +450,7 @@ def to_iterable_dataset(
     gene_key: str | None = None,
     input_kind: InputKindOption = "auto",
     synonyms: SynonymTable | str | PathLike | None = None,
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    batch_size: int = ENCODING_CHUNK_CELLS,
     min_gene_overlap: float | None = None,
     use_raw: bool = False,
     min_genes: int | None = None,
@@ -356,3 +576,18 @@ def stratified_split(
     return datasets.DatasetDict(
         {"train": dataset.select(np.flatnonzero(~eval_mask)), "eval": dataset.select(np.flatnonzero(eval_mask))}
     )
+
+
+__all__ = [
+    "DataCollatorForCellClassification",
+    "DataCollatorForMaskedExpression",
+    "IGNORE_INDEX",
+    "MAX_SHARD_BYTES",
+    "cell_labels",
+    "dataset_features",
+    "densify",
+    "record_batch",
+    "stratified_split",
+    "to_dataset",
+    "to_iterable_dataset",
+]

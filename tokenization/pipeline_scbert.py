@@ -28,13 +28,12 @@ from transformers import Pipeline
 
 from .atomic_files import write_text_atomically
 from .preprocessing import default_min_genes, low_signal
-from .tokenization_scbert import ScBertTokenizer
+from .tokenization_scbert import ENCODING_CHUNK_CELLS, ScBertTokenizer
 
 TASK = "cell-type-annotation"
 UNASSIGNED = "Unassigned"
-DEFAULT_BATCH_SIZE = 32
-# Cells read and encoded at a time: memory stays bounded for backed files larger than memory.
-ENCODING_CHUNK_SIZE = 2048
+# Cells per forward pass, here and in modeling_scbert's annotate, embed and gene attention.
+INFERENCE_BATCH_CELLS = 32
 
 
 class ScBertCellTypeAnnotationPipeline(Pipeline):
@@ -133,7 +132,7 @@ class ScBertCellTypeAnnotationPipeline(Pipeline):
         """
         if isinstance(inputs, (list, tuple)):
             return [self(item, **kwargs) for item in inputs]
-        batch_size = kwargs.pop("batch_size", None) or self._batch_size or DEFAULT_BATCH_SIZE
+        batch_size = kwargs.pop("batch_size", None) or self._batch_size or INFERENCE_BATCH_CELLS
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1; got {batch_size}.")
         preprocess, forward, postprocess = self._sanitize_parameters(**kwargs)
@@ -154,7 +153,7 @@ class ScBertCellTypeAnnotationPipeline(Pipeline):
         self,
         inputs: Any,
         *,
-        batch_size: int = DEFAULT_BATCH_SIZE,
+        batch_size: int = INFERENCE_BATCH_CELLS,
         layer: str | None = None,
         gene_key: str | None = None,
         input_kind: str = "auto",
@@ -168,7 +167,7 @@ class ScBertCellTypeAnnotationPipeline(Pipeline):
             gene_key=gene_key,
             input_kind=input_kind,
             min_genes=min_genes,
-            batch_size=ENCODING_CHUNK_SIZE,
+            batch_size=ENCODING_CHUNK_CELLS,
             progress=False,
             return_detected_genes=True,
             **read_options,
@@ -254,3 +253,6 @@ def save_pipeline_code(save_directory: str | os.PathLike) -> list[str]:
     write_text_atomically(config_path, json.dumps(config, indent=2, sort_keys=True) + "\n")
     written.append(str(config_path))
     return written
+
+
+__all__ = ["INFERENCE_BATCH_CELLS", "TASK", "UNASSIGNED", "ScBertCellTypeAnnotationPipeline", "save_pipeline_code"]

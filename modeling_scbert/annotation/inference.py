@@ -20,11 +20,9 @@ from tqdm.auto import tqdm
 
 from tokenization import ScBertTokenizer
 
+from ..modeling_scbert import ScBertForSequenceClassification, ScBertPreTrainedModel
 from .distributed import InferenceProcesses
-from .modeling_scbert import ScBertForSequenceClassification, ScBertPreTrainedModel
 
-DEFAULT_BATCH_SIZE = 32
-DEFAULT_CHUNK_SIZE = 2048
 # Compute precisions of annotate / embed: autocast for the linear layers, the FAVOR+ kernel stays in float32.
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -229,8 +227,6 @@ def _iter_batches(
 
 
 __all__ = [
-    "DEFAULT_BATCH_SIZE",
-    "DEFAULT_CHUNK_SIZE",
     "DTYPES",
     "adata_to_write",
     "autocast",

@@ -24,6 +24,7 @@ from tokenization.genes import detect_identifier_type, ensembl_species_prefix
 
 __all__ = [
     "CARD_FACTS_NAME",
+    "PER_CLASS_METRICS",
     "TAGS",
     "ModelCardError",
     "ScBertCardData",
@@ -35,7 +36,7 @@ __all__ = [
 CARD_FACTS_NAME = "scbert_card.json"
 TAGS = ["single-cell", "scRNA-seq", "cell-type-annotation", "scbert", "performer", "biology"]
 _METRIC_PREFIXES = ("eval_", "test_", "predict_")
-_PER_CLASS_METRICS = ("precision", "recall", "f1", "support")
+PER_CLASS_METRICS = ("precision", "recall", "f1", "support")
 # Ensembl gene-id prefixes of the species scBERT users meet; a symbol panel says nothing certain about species.
 _ENSEMBL_SPECIES = {
     "ENSG": "human",
@@ -311,7 +312,7 @@ def metrics_to_evaluation(metrics: dict[str, Any], labels: list[str]) -> dict[st
             break
     per_class = {}
     for label in labels:
-        row = {m: plain[f"{m}_{label}"] for m in _PER_CLASS_METRICS if f"{m}_{label}" in plain}
+        row = {m: plain[f"{m}_{label}"] for m in PER_CLASS_METRICS if f"{m}_{label}" in plain}
         if row:
             per_class[label] = row
     if per_class:

@@ -21,37 +21,21 @@ from huggingface_hub.utils import HFValidationError, validate_repo_id
 from tokenization import ScBertTokenizer
 from tokenization.pipeline_scbert import save_pipeline_code
 
-from .model_card import find_placeholders, render_model_card, validate_model_card, write_model_card
-from .model_card_data import (
-    CARD_FACTS_NAME,
-    ModelCardError,
+from ..modeling_scbert import ScBertForSequenceClassification
+from ..training.run_card import hyperparameters_from_args
+from ..training.trainer import ScBertTrainer
+from .card import write_model_card
+from .card_data import (
     ScBertCardData,
     metrics_to_evaluation,
     read_config,
     read_tokenizer,
     state_hyperparameters,
 )
-from .modeling_scbert import ScBertForSequenceClassification
-from .trainer import ScBertModelCardCallback, ScBertTrainer, hyperparameters_from_args
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "CARD_FACTS_NAME",
-    "HubAuthenticationError",
-    "ModelCardError",
-    "ScBertCardData",
-    "ScBertModelCardCallback",
-    "ScBertTrainer",
-    "check_repo_id",
-    "find_placeholders",
-    "metrics_to_evaluation",
-    "push_model_folder",
-    "push_trainer_to_hub",
-    "render_model_card",
-    "validate_model_card",
-    "write_model_card",
-]
+__all__ = ["HubAuthenticationError", "check_repo_id", "push_model_folder", "push_trainer_to_hub"]
 
 # What never goes to the Hub: sub-folders (checkpoints, logs), hidden and private files, and pickles (unsafe to
 # load, and the Trainer's are not needed to use the model). Patterns match paths relative to the folder.

@@ -19,29 +19,13 @@ from huggingface_hub import ModelCard
 
 from tokenization.atomic_files import write_text_atomically
 
-from .model_card_data import (
-    TAGS,
-    ModelCardError,
-    ScBertCardData,
-    metrics_to_evaluation,
-    read_config,
-    read_tokenizer,
-)
+from .card_data import PER_CLASS_METRICS, TAGS, ModelCardError, ScBertCardData, read_config, read_tokenizer
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "README_NAME",
-    "ModelCardError",
-    "ScBertCardData",
-    "find_placeholders",
-    "metrics_to_evaluation",
-    "render_model_card",
-    "validate_model_card",
-    "write_model_card",
-]
+__all__ = ["README_NAME", "find_placeholders", "render_model_card", "validate_model_card", "write_model_card"]
 
-CARD_TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "hub_cards"
+CARD_TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "hub_cards"
 ANNOTATOR_TEMPLATE = "annotator.md.j2"
 BACKBONE_TEMPLATE = "backbone.md.j2"
 README_NAME = "README.md"
@@ -84,7 +68,6 @@ _FACT_KEYS = {
     ),
     "provenance": ("source_file", "sha256", "layout"),
 }
-_PER_CLASS_METRICS = ("precision", "recall", "f1", "support")
 
 
 def _environment(template_dir: Path):
@@ -160,7 +143,7 @@ def render_model_card(
     structured = {name: _complete(name, getattr(data, name)) for name in _FACT_KEYS}
     if structured["evaluation"] and structured["evaluation"]["per_class"]:
         structured["evaluation"]["per_class"] = {
-            label: {metric: row.get(metric) for metric in _PER_CLASS_METRICS}
+            label: {metric: row.get(metric) for metric in PER_CLASS_METRICS}
             for label, row in structured["evaluation"]["per_class"].items()
         }
     context = {

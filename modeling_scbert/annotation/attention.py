@@ -21,20 +21,21 @@ from anndata import AnnData
 from transformers import AutoConfig
 
 from tokenization import ScBertTokenizer
+from tokenization.encoding import load_synonyms as _load_synonyms
 from tokenization.genes import align_genes
-from tokenization.tokenization_scbert import _gene_names, _load_synonyms
+from tokenization.pipeline_scbert import INFERENCE_BATCH_CELLS
+from tokenization.reading import ScBertReadingArguments, takes_reading_options
+from tokenization.reading import adata_gene_names as _gene_names
+from tokenization.tokenization_scbert import ENCODING_CHUNK_CELLS
 
+from ..modeling_scbert import ScBertForSequenceClassification, ScBertModel, ScBertPreTrainedModel, gene_attention
 from .inference import (
-    DEFAULT_BATCH_SIZE,
-    DEFAULT_CHUNK_SIZE,
     adata_to_write,
     encoded_batches,
     inference_device,
     label_names,
     resolve_model,
 )
-from .modeling_scbert import ScBertForSequenceClassification, ScBertModel, ScBertPreTrainedModel, gene_attention
-from .reading import ScBertReadingArguments, takes_reading_options
 
 logger = logging.getLogger(__name__)
 
@@ -66,9 +67,9 @@ def gene_attention_scores(
     groupby: str | None = None,
     attention_layer: int = -1,
     key_added: str = "scbert_attention",
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    batch_size: int = INFERENCE_BATCH_CELLS,
     device: str | torch.device | None = None,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    chunk_size: int = ENCODING_CHUNK_CELLS,
     progress: bool | None = None,
     copy: bool = False,
     **read_options: Any,

@@ -23,10 +23,10 @@ from anndata import AnnData
 from transformers import HfArgumentParser, TrainingArguments
 
 from tokenization.data import to_dataset
+from tokenization.reading import ScBertReadingArguments
 
-from .model_resolution import resolve_tokenizer
-from .reading import ScBertReadingArguments
-from .trainer_plugins import CLASS_WEIGHTINGS, FINETUNING_PRESET_CHOICES
+from .model_setup import FINETUNING_PRESET_CHOICES, resolve_tokenizer
+from .trainer import CLASS_WEIGHTINGS
 
 
 @dataclass
@@ -175,7 +175,7 @@ def _read_data(path: str | None, *, split: str):
         import datasets
 
         return datasets.load_from_disk(path)
-    from .h5ad_io import read_h5ad
+    from ..h5ad_io import read_h5ad
 
     return read_h5ad(path, backed="r", what=f"{split} file")
 

@@ -30,7 +30,7 @@ import torch
 from transformers import PreTrainedModel, TrainingArguments
 from transformers.utils import logging as hf_logging
 
-from .training import finetune
+from .workflows import finetune
 
 logger = logging.getLogger(__name__)
 

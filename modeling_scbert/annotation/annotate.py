@@ -23,29 +23,24 @@ import torch
 from anndata import AnnData
 
 from tokenization import ScBertTokenizer
-from tokenization.atomic_files import write_text_atomically
+from tokenization.pipeline_scbert import INFERENCE_BATCH_CELLS, UNASSIGNED
 from tokenization.preprocessing import default_min_genes, low_signal
+from tokenization.reading import ScBertReadingArguments, takes_reading_options
+from tokenization.tokenization_scbert import ENCODING_CHUNK_CELLS
 
+from ..modeling_scbert import ScBertForSequenceClassification, ScBertModel, ScBertPreTrainedModel, pool_cell_embeddings
 from .distributed import InferenceProcesses, inference_processes
-from .h5ad_io import check_output_path, plan_h5ad_output, read_h5ad, write_h5ad_with_slots
 from .inference import (
-    DEFAULT_BATCH_SIZE,
-    DEFAULT_CHUNK_SIZE,
-    DTYPES,
     adata_to_write,
     autocast,
     dtype_name,
     encoded_batches,
     label_names,
-    load_annotator,
     resolve_model,
 )
-from .modeling_scbert import ScBertForSequenceClassification, ScBertModel, ScBertPreTrainedModel, pool_cell_embeddings
-from .reading import ScBertReadingArguments, takes_reading_options
 
 logger = logging.getLogger(__name__)
 
-UNASSIGNED = "Unassigned"
 # Why a cell is labelled UNASSIGNED, in .obs[f"{key_added}_unassigned_reason"].
 UNASSIGNED_REASONS = ["no panel counts", "few panel genes", "low confidence"]
 # A fine-tuned classifier, or the folder or Hub id it was saved to.
@@ -94,10 +89,10 @@ def annotate(
     unassigned_threshold: float | None = None,
     key_added: str = "scbert",
     return_probabilities: bool = False,
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    batch_size: int = INFERENCE_BATCH_CELLS,
     device: str | torch.device | None = None,
     dtype: Literal["float32", "bfloat16", "float16"] | torch.dtype = "float32",
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    chunk_size: int = ENCODING_CHUNK_CELLS,
     progress: bool | None = None,
     distributed: bool = True,
     copy: bool = False,
@@ -330,10 +325,10 @@ def embed(
     *,
     tokenizer: ScBertTokenizer | str | PathLike | None = None,
     key_added: str = "scbert",
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    batch_size: int = INFERENCE_BATCH_CELLS,
     device: str | torch.device | None = None,
     dtype: Literal["float32", "bfloat16", "float16"] | torch.dtype = "float32",
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    chunk_size: int = ENCODING_CHUNK_CELLS,
     progress: bool | None = None,
     distributed: bool = True,
     copy: bool = False,
@@ -446,19 +441,4 @@ def _flag_low_signal(reasons: np.ndarray, detected_genes: np.ndarray, *, min_gen
         )
 
 
-# Re-exported from the modules that own them (imports point down): the command line and earlier code import them here.
-__all__ = [
-    "DEFAULT_BATCH_SIZE",
-    "DEFAULT_CHUNK_SIZE",
-    "DTYPES",
-    "UNASSIGNED",
-    "annotate",
-    "check_ensemble",
-    "check_output_path",
-    "embed",
-    "load_annotator",
-    "plan_h5ad_output",
-    "read_h5ad",
-    "write_h5ad_with_slots",
-    "write_text_atomically",
-]
+__all__ = ["annotate", "check_ensemble", "embed"]

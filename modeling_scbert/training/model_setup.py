@@ -15,11 +15,14 @@ from os import PathLike
 from typing import Any
 
 from anndata import AnnData
-from transformers import PreTrainedModel
+from transformers import (
+    PreTrainedModel,
+)
 
 from tokenization import ScBertTokenizer
 
-from .configuration_scbert import ScBertConfig
+from ..configuration_scbert import ScBertConfig
+from ..modeling_scbert import ScBertForSequenceClassification
 
 logger = logging.getLogger(__name__)
 
@@ -174,4 +177,88 @@ def resolve_tokenizer(
     )
 
 
-__all__ = ["NEW_MODEL_DEFAULTS", "build_model", "builds_new_model", "parse_config_overrides", "resolve_tokenizer"]
+FINETUNING_PRESETS = ("published", "full")
+
+
+# "auto": "full" for a model without pretrained weights or with one layer (nothing to keep frozen), else "published".
+FINETUNING_PRESET_CHOICES = ("auto", *FINETUNING_PRESETS)
+
+
+def apply_finetuning_preset(model: ScBertForSequenceClassification, preset: str) -> list[str]:
+    """Choose which parameters fine-tuning trains.
+
+    ``"published"`` is the recipe of the scBERT paper: every parameter is frozen except those of the second-to-last
+    encoder layer (``scbert.encoder.layers[-2]``), the final LayerNorm (``scbert.final_layer_norm``) and the
+    classification head (``classifier``). ``"full"`` trains every parameter. Buffers (the frozen gene table, the
+    random features) are never trained either way.
+
+    Parameters
+    ----------
+    model
+        The model, modified in place (``requires_grad``).
+    preset
+        ``"published"`` or ``"full"``.
+
+    Returns
+    -------
+    Names of the trainable parameters.
+
+    Raises
+    ------
+    ValueError
+        For an unknown ``preset``, or ``"published"`` on a model with fewer than two encoder layers.
+    """
+    if preset not in FINETUNING_PRESETS:
+        raise ValueError(f"preset must be one of {FINETUNING_PRESETS}; got {preset!r}.")
+    if preset == "full":
+        model.requires_grad_(True)
+    else:
+        layers = model.scbert.encoder.layers
+        if len(layers) < 2:
+            raise ValueError(
+                f"The 'published' preset trains the second-to-last encoder layer, but this model has {len(layers)} "
+                "layer; use preset='full'."
+            )
+        model.requires_grad_(False)
+        for module in (layers[-2], model.scbert.final_layer_norm, model.classifier):
+            module.requires_grad_(True)
+    trainable = [name for name, parameter in model.named_parameters() if parameter.requires_grad]
+    total = sum(p.numel() for p in model.parameters())
+    count = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    logger.info("Fine-tuning preset %r: %s of %s parameters trainable.", preset, f"{count:,}", f"{total:,}")
+    return trainable
+
+
+def auto_finetuning_preset(model: ScBertForSequenceClassification, start: Any) -> str:
+    """The preset ``"auto"`` stands for: ``"full"`` for a model without pretrained weights or with fewer than two
+    layers (the published recipe trains the second-to-last), else ``"published"``.
+
+    Parameters
+    ----------
+    model
+        The model to fine-tune.
+    start
+        What the model was built from (the ``model`` argument of :func:`~modeling_scbert.training.finetune`):
+        ``None`` or a config means a new model without pretrained weights.
+    """
+    if builds_new_model(start):
+        preset, why = "full", "a new model has no pretrained layers to keep frozen"
+    elif model.config.num_hidden_layers < 2:
+        preset, why = "full", "the published recipe trains the second-to-last layer, and this model has one"
+    else:
+        preset, why = "published", "the model is pretrained"
+    logger.info("Fine-tuning preset 'auto': %r (%s).", preset, why)
+    return preset
+
+
+__all__ = [
+    "FINETUNING_PRESETS",
+    "FINETUNING_PRESET_CHOICES",
+    "NEW_MODEL_DEFAULTS",
+    "apply_finetuning_preset",
+    "auto_finetuning_preset",
+    "build_model",
+    "builds_new_model",
+    "parse_config_overrides",
+    "resolve_tokenizer",
+]

@@ -29,44 +29,40 @@ from tokenization import ScBertTokenizer
 from tokenization.atomic_files import write_text_atomically
 from tokenization.data import DataCollatorForCellClassification, DataCollatorForMaskedExpression
 from tokenization.pipeline_scbert import save_pipeline_code
+from tokenization.reading import takes_reading_options
 
-from .configuration_scbert import ScBertConfig
-from .model_card_data import report_to_evaluation
-from .model_resolution import (
-    NEW_MODEL_DEFAULTS,
+from ..configuration_scbert import ScBertConfig
+from ..hub.card_data import report_to_evaluation
+from ..modeling_scbert import ScBertForMaskedLM, ScBertForSequenceClassification
+from .arguments import (
+    parse_finetune_command,
+    parse_pretrain_command,
+)
+from .data import LABEL_COLUMN, check_labels, encode, encode_options, finetuning_datasets
+from .metrics import (
+    classification_report,
+    compute_classification_metrics,
+    format_classification_report,
+    majority_class_baseline,
+    warn_if_no_better,
+)
+from .model_setup import (
+    FINETUNING_PRESET_CHOICES,
+    apply_finetuning_preset,
+    auto_finetuning_preset,
     build_model,
     builds_new_model,
     parse_config_overrides,
     resolve_tokenizer,
 )
-from .modeling_scbert import ScBertForMaskedLM, ScBertForSequenceClassification
-from .reading import ScBertReadingArguments, takes_reading_options
-from .trainer import ScBertModelCardCallback, ScBertTrainer
-from .trainer_plugins import (
+from .run_card import ScBertModelCardCallback, run_card_facts
+from .trainer import (
     CLASS_WEIGHTINGS,
-    FINETUNING_PRESET_CHOICES,
     ScBertFeatureRedrawCallback,
+    ScBertTrainer,
     ScBertWeightedLoss,
-    apply_finetuning_preset,
-    auto_finetuning_preset,
     balanced_class_weights,
-    classification_report,
-    compute_classification_metrics,
-    format_classification_report,
-    majority_class_baseline,
-    run_card_facts,
-    warn_if_no_better,
 )
-from .training_cli import (
-    COMMAND_ARGUMENTS,
-    ScBertDataArguments,
-    ScBertFinetuningArguments,
-    ScBertModelArguments,
-    argument_parser,
-    parse_finetune_command,
-    parse_pretrain_command,
-)
-from .training_data import LABEL_COLUMN, check_labels, encode, encode_options, finetuning_datasets
 
 logger = logging.getLogger(__name__)
 
@@ -476,25 +472,4 @@ def finetune_main(argv: Sequence[str] | None = None, *, prog: str = "scbert fine
     return finetune(**parse_finetune_command(argv, prog=prog))
 
 
-# Names that moved to the modules below stay importable from here: defaults, plug-ins, arguments.
-__all__ = [
-    "COMMAND_ARGUMENTS",
-    "NEW_MODEL_DEFAULTS",
-    "ScBertDataArguments",
-    "ScBertFeatureRedrawCallback",
-    "ScBertFinetuningArguments",
-    "ScBertModelArguments",
-    "ScBertReadingArguments",
-    "ScBertWeightedLoss",
-    "apply_finetuning_preset",
-    "argument_parser",
-    "balanced_class_weights",
-    "classification_report",
-    "compute_classification_metrics",
-    "finetune",
-    "finetune_main",
-    "majority_class_baseline",
-    "parse_config_overrides",
-    "pretrain",
-    "pretrain_main",
-]
+__all__ = ["finetune", "finetune_main", "pretrain", "pretrain_main"]

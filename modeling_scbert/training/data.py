@@ -17,9 +17,9 @@ from anndata import AnnData
 
 from tokenization import ScBertTokenizer
 from tokenization.data import stratified_split, to_dataset
+from tokenization.reading import ScBertReadingArguments
 
 from .labels import class_names_from_labels, describe_data, unseen_labels
-from .reading import ScBertReadingArguments
 
 logger = logging.getLogger(__name__)
 

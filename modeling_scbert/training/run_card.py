@@ -1,33 +1,73 @@
-"""A ``Trainer`` whose pushes carry the scBERT model card: :class:`ScBertTrainer` and :class:`ScBertModelCardCallback`.
-
-``ScBertTrainer`` is the stock ``Trainer`` with two hooks overridden, as TRL's trainers do: ``create_model_card``
-renders the scBERT card (so the stock ``trainer.push_to_hub()`` pushes model, tokenizer and our card in one commit),
-and ``save_model`` adds the ``cell-type-annotation`` pipeline code to a classifier's folder. The facts the card states
-are captured while training by :class:`ScBertModelCardCallback`: the run's settings and length (``on_train_end``) and
-the latest evaluation (``on_evaluate`` / ``on_predict``); nothing is read back from the files a run writes.
+"""The model card of one training run: the facts a run knows (labels, hyperparameters, parameter counts,
+evaluation), gathered while it trains and written with the final model.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from accelerate.utils import extract_model_from_parallel
-from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from tokenization import ScBertTokenizer
 from tokenization.atomic_files import write_text_atomically
-from tokenization.pipeline_scbert import save_pipeline_code
 
-from .model_card import README_NAME, render_model_card, validate_model_card
-from .model_card_data import ScBertCardData, metrics_to_evaluation, state_hyperparameters
-from .modeling_scbert import ScBertForSequenceClassification
+from ..hub.card import README_NAME, render_model_card
+from ..hub.card_data import ScBertCardData, metrics_to_evaluation, state_hyperparameters
+from ..modeling_scbert import ScBertForSequenceClassification
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ScBertModelCardCallback", "ScBertTrainer", "count_parameters", "hyperparameters_from_args"]
+
+def run_card_facts(
+    given: dict[str, Any] | None,
+    train_labels: np.ndarray,
+    label_names: Sequence[str],
+    *,
+    num_eval_cells: int | None,
+    model: ScBertForSequenceClassification,
+    preset: str,
+) -> dict[str, Any]:
+    """The model-card facts a fine-tuning run knows (label counts, cell numbers, the fine-tuning choices), under the
+    caller's ``given`` facts (which win; dicts are merged key by key).
+
+    Parameters
+    ----------
+    given
+        The caller's facts (``finetune``'s ``card_facts``).
+    train_labels
+        Class ids of the training cells.
+    label_names
+        The class names, in class-id order.
+    num_eval_cells
+        Number of evaluation cells, or ``None`` without evaluation.
+    model
+        The model being fine-tuned (its ``_name_or_path``, when a Hub id, is the base model).
+    preset
+        The fine-tuning preset used.
+    """
+    counts = np.bincount(train_labels, minlength=len(label_names))
+    facts: dict[str, Any] = {
+        "label_counts": {name: int(count) for name, count in zip(label_names, counts, strict=True)},
+        "training_data": {"num_cells": int(counts.sum())},
+        "hyperparameters": {"fine-tuning preset": preset},
+    }
+    base = getattr(model.config, "_name_or_path", "")
+    if base and not os.path.isdir(base) and "/" in base:
+        facts["base_model"] = base  # a Hub id; local folders are not citable
+    if num_eval_cells is not None:
+        facts["evaluation"] = {"dataset_name": "held-out labelled cells", "num_cells": num_eval_cells}
+    for key, value in (given or {}).items():
+        if isinstance(value, dict) and isinstance(facts.get(key), dict):
+            facts[key] = {**facts[key], **value}
+        else:
+            facts[key] = value
+    return facts
 
 
 def hyperparameters_from_args(args: Any) -> dict[str, Any]:
@@ -152,108 +192,4 @@ class ScBertModelCardCallback(TrainerCallback):
         self._write(args, state, kwargs.get("model"), kwargs.get("processing_class"), "end")
 
 
-class ScBertTrainer(Trainer):
-    """The stock ``Trainer``, whose model card is the scBERT card and whose saved classifiers carry their pipeline.
-
-    ``trainer.push_to_hub()`` (stock) then saves model and tokenizer, renders the card from the facts captured while
-    training (see :class:`ScBertModelCardCallback`) and pushes them in one commit.
-
-    Parameters
-    ----------
-    *args, **kwargs
-        Those of ``transformers.Trainer``.
-    card_facts
-        Card facts (``license`` at least, to push; training data, ``label_counts``, evaluation dataset, ...), for
-        the :class:`ScBertModelCardCallback` added when ``callbacks`` has none.
-
-    Raises
-    ------
-    ModelCardError
-        When ``card_facts`` names a fact that does not exist.
-    ValueError
-        When ``card_facts`` is given and ``callbacks`` holds a ``ScBertModelCardCallback`` too.
-    """
-
-    def __init__(self, *args: Any, card_facts: ScBertCardData | dict[str, Any] | None = None, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        if self.card_callback is None:
-            self.add_callback(ScBertModelCardCallback(facts=card_facts))
-        elif card_facts is not None:
-            raise ValueError(
-                "card_facts= and a ScBertModelCardCallback in callbacks= both give the card's facts; pass them to one: "
-                "ScBertModelCardCallback(facts=...) or card_facts=."
-            )
-
-    @property
-    def card_callback(self) -> ScBertModelCardCallback | None:
-        """The callback that captures the card's facts."""
-        found = [c for c in self.callback_handler.callbacks if isinstance(c, ScBertModelCardCallback)]
-        return found[0] if found else None
-
-    def save_model(self, output_dir: str | None = None, **kwargs: Any) -> None:
-        """Save as the stock ``Trainer`` does; a classifier's folder also gets the pipeline code.
-
-        Raises
-        ------
-        OSError
-            When the folder cannot be written.
-        """
-        super().save_model(output_dir, **kwargs)
-        folder = Path(output_dir if output_dir is not None else self.args.output_dir)
-        model = extract_model_from_parallel(self.model, keep_torch_compile=False)
-        is_classifier = isinstance(model, ScBertForSequenceClassification)
-        if self.args.should_save and is_classifier and (folder / "config.json").is_file():
-            save_pipeline_code(folder)  # pipeline("cell-type-annotation", ...) as remote code
-
-    def create_model_card(
-        self,
-        card_facts: ScBertCardData | dict[str, Any] | None = None,
-        *,
-        license: str | None = None,
-        finetuned_from: str | None = None,
-        **ignored: Any,
-    ) -> None:
-        """Write the scBERT card to ``output_dir/README.md``, checked against the saved model folder.
-
-        Called by ``push_to_hub`` after saving. The card is rendered from the model's config, the tokenizer, the facts
-        the :class:`ScBertModelCardCallback` captured and ``card_facts``; all of them are also written to
-        ``scbert_card.json``, so that ``scbert push`` of the folder renders the same card.
-
-        Parameters
-        ----------
-        card_facts
-            Facts known only after training (final evaluation, majority-class baseline, ...); they win over the
-            others.
-        license, finetuned_from
-            As in ``Trainer.create_model_card``: the card's ``license`` and ``base_model``.
-        **ignored
-            ``Trainer.create_model_card``'s other options (``model_name``, ``tags``, ``language``, ``tasks``,
-            ``dataset``, ...): the card's title is the repository's name and its tags are scBERT's.
-
-        Raises
-        ------
-        ValueError
-            When the ``Trainer`` has no ``ScBertTokenizer`` (pass it as ``processing_class``).
-        ModelCardError
-            When the card has no license, or does not match the saved folder.
-        """
-        if not self.is_world_process_zero():
-            return
-        tokenizer = self.processing_class
-        if self.card_callback is not None and self.card_callback.tokenizer is not None:
-            tokenizer = self.card_callback.tokenizer
-        if not isinstance(tokenizer, ScBertTokenizer):
-            raise ValueError(
-                "The scBERT model card needs the model's ScBertTokenizer: give it to the Trainer as processing_class= "
-                f"(got {type(tokenizer).__name__})."
-            )
-        callback = self.card_callback or ScBertModelCardCallback()
-        callback.record_run(self.args, self.state)
-        extra = ScBertCardData(license=license, base_model=finetuned_from).merged(card_facts)
-        data = callback.card_data(self.model, tokenizer).merged(extra)
-        output_dir = Path(self.args.output_dir)
-        text = render_model_card(data, repo_id=self.hub_model_id, local_name=output_dir.resolve().name)
-        validate_model_card(text, output_dir)
-        data.save(output_dir)
-        write_text_atomically(output_dir / README_NAME, text)
-        logger.info("Wrote the model card %s", os.fspath(output_dir / README_NAME))
+__all__ = ["ScBertModelCardCallback", "count_parameters", "hyperparameters_from_args", "run_card_facts"]

@@ -1,0 +1,134 @@
+"""What a fine-tuned classifier is scored by: the metrics the Trainer reports, the per-class report, and the
+majority-class floor it must beat.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from transformers import EvalPrediction
+
+logger = logging.getLogger(__name__)
+
+
+def compute_classification_metrics(eval_prediction: EvalPrediction) -> dict[str, float]:
+    """``compute_metrics`` for cell-type classification: accuracy, macro-F1 and weighted F1.
+
+    Macro-F1 weighs every cell type equally, so rare types count as much as common ones; it is the default
+    ``metric_for_best_model`` of :func:`~modeling_scbert.training.finetune`.
+    """
+    from sklearn.metrics import accuracy_score, f1_score
+
+    logits = eval_prediction.predictions
+    if isinstance(logits, tuple):
+        logits = logits[0]
+    predictions = np.asarray(logits).argmax(axis=-1)
+    labels = np.asarray(eval_prediction.label_ids)
+    return {
+        "accuracy": float(accuracy_score(labels, predictions)),
+        "macro_f1": float(f1_score(labels, predictions, average="macro", zero_division=0)),
+        "weighted_f1": float(f1_score(labels, predictions, average="weighted", zero_division=0)),
+    }
+
+
+def classification_report(labels: Sequence[int], predictions: Sequence[int], *, label_names: Sequence[str]) -> dict:
+    """Per-class precision, recall, F1 and support (scikit-learn's ``classification_report``) as a dict."""
+    from sklearn.metrics import classification_report as sklearn_report
+
+    return sklearn_report(
+        labels,
+        predictions,
+        labels=list(range(len(label_names))),
+        target_names=list(label_names),
+        output_dict=True,
+        zero_division=0,
+    )
+
+
+def format_classification_report(report: dict, label_names: Sequence[str]) -> str:
+    """The report of :func:`classification_report` as a fixed-width table (one row per class, then the averages),
+    for the log."""
+    width = max(12, *(len(name) for name in label_names))
+    lines = [f"{'':>{width}}  precision  recall  f1-score  support"]
+    for name in [*label_names, "macro avg", "weighted avg"]:
+        row = report[name]
+        lines.append(
+            f"{name:>{width}}  {row['precision']:9.3f}  {row['recall']:6.3f}  {row['f1-score']:8.3f}  "
+            f"{int(row['support']):7d}"
+        )
+    lines.append(f"{'accuracy':>{width}}  {report['accuracy']:.3f}")
+    return "\n".join(lines)
+
+
+def majority_class_baseline(
+    train_labels: Sequence[int] | np.ndarray, eval_labels: Sequence[int] | np.ndarray, *, label_names: Sequence[str]
+) -> dict[str, Any]:
+    """Scores of the predictor that always answers the most frequent training class, on the evaluation labels.
+
+    A classifier that does not beat it has learned nothing usable (it may still have a fine-looking accuracy on an
+    imbalanced reference).
+
+    Returns
+    -------
+    ``{"label": name, "accuracy": float, "macro_f1": float}``; macro-F1 over the classes present in
+    ``eval_labels`` or predicted, as :func:`compute_classification_metrics` computes it.
+
+    Raises
+    ------
+    ValueError
+        When ``train_labels`` or ``eval_labels`` is empty.
+    """
+    from sklearn.metrics import f1_score
+
+    train_labels, eval_labels = np.asarray(train_labels), np.asarray(eval_labels)
+    if train_labels.size == 0 or eval_labels.size == 0:
+        raise ValueError("The majority-class baseline needs training and evaluation labels; one of them is empty.")
+    majority = int(np.bincount(train_labels, minlength=len(label_names)).argmax())
+    constant = np.full_like(eval_labels, majority)
+    return {
+        "label": str(label_names[majority]),
+        "accuracy": float(np.mean(eval_labels == majority)),
+        "macro_f1": float(f1_score(eval_labels, constant, average="macro", zero_division=0)),
+    }
+
+
+def warn_if_no_better(metrics: dict[str, Any], majority: dict[str, Any]) -> bool:
+    """Log a warning when the final evaluation does not beat the majority-class predictor on accuracy or on
+    macro-F1; returns whether it warned.
+
+    Parameters
+    ----------
+    metrics
+        The final evaluation's metrics (``eval_accuracy``, ``eval_macro_f1``); without them nothing is checked.
+    majority
+        What :func:`majority_class_baseline` returned for the same evaluation cells.
+    """
+    accuracy, macro_f1 = metrics.get("eval_accuracy"), metrics.get("eval_macro_f1")
+    if accuracy is None or macro_f1 is None:
+        return False
+    if accuracy > majority["accuracy"] and macro_f1 > majority["macro_f1"]:
+        return False
+    logger.warning(
+        "The fine-tuned model is no better than always predicting the most frequent training class %r on the "
+        "evaluation cells: accuracy %.3f against %.3f, macro-F1 %.3f against %.3f. It has not learned to tell the "
+        "cell types apart; do not annotate with it. Check the learning rate and the number of epochs, the head "
+        "(config classifier_type), and the genes the panel keeps.",
+        majority["label"],
+        accuracy,
+        majority["accuracy"],
+        macro_f1,
+        majority["macro_f1"],
+    )
+    return True
+
+
+__all__ = [
+    "classification_report",
+    "compute_classification_metrics",
+    "format_classification_report",
+    "majority_class_baseline",
+    "warn_if_no_better",
+]

@@ -1,0 +1,234 @@
+"""The Trainer and what it takes for scBERT: :class:`ScBertTrainer` (a stock ``Trainer`` whose pushes carry the
+scBERT model card), the FAVOR+ feature-redraw callback, and the class-weighted loss.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate.utils import extract_model_from_parallel
+from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+from tokenization import ScBertTokenizer
+from tokenization.atomic_files import write_text_atomically
+from tokenization.pipeline_scbert import save_pipeline_code
+
+from ..hub.card import README_NAME, render_model_card, validate_model_card
+from ..hub.card_data import ScBertCardData
+from ..modeling_scbert import ScBertForSequenceClassification
+from .run_card import ScBertModelCardCallback
+
+logger = logging.getLogger(__name__)
+
+CLASS_WEIGHTINGS = ("none", "balanced")
+
+
+class ScBertFeatureRedrawCallback(TrainerCallback):
+    """Redraw the FAVOR+ random features every ``interval`` optimisation steps, as the published training did.
+
+    The draw uses a generator seeded from ``(seed, global_step)``, so every process of a distributed run draws the
+    same features without communicating, and a resumed run draws what the uninterrupted run would have.
+
+    Args:
+        interval: Steps between redraws. ``None`` uses the model's ``config.feature_redraw_interval``; 0 or ``None``
+            there never redraws.
+        seed: Base seed. ``None`` uses ``TrainingArguments.seed``.
+    """
+
+    def __init__(self, interval: int | None = None, seed: int | None = None):
+        self.interval = interval
+        self.seed = seed
+
+    def on_step_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model=None, **kwargs
+    ) -> None:
+        if model is None:
+            return
+        model = extract_model_from_parallel(model, keep_torch_compile=False)  # DDP, FSDP, DeepSpeed, compiled
+        interval = self.interval if self.interval is not None else model.config.feature_redraw_interval
+        if not interval or state.global_step % interval:
+            return
+        seed = self.seed if self.seed is not None else args.seed
+        generator = torch.Generator(device="cpu").manual_seed(seed * 1_000_003 + state.global_step)
+        model.redraw_random_features(generator=generator)
+        logger.debug("Redrew FAVOR+ random features at step %d", state.global_step)
+
+
+def balanced_class_weights(labels: Sequence[int] | np.ndarray, num_labels: int) -> torch.Tensor:
+    """Per-class weights ``n_cells / (num_labels * n_cells_of_class)`` (scikit-learn's ``"balanced"``).
+
+    A class absent from ``labels`` gets weight 0 (it cannot contribute to the loss anyway).
+
+    Parameters
+    ----------
+    labels
+        Class ids of the training cells.
+    num_labels
+        Number of classes.
+
+    Returns
+    -------
+    float32 tensor of shape ``(num_labels,)``.
+
+    Raises
+    ------
+    ValueError
+        When ``labels`` hold a class id of ``num_labels`` or more.
+    """
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_labels).astype(np.float64)
+    if counts.shape[0] > num_labels:
+        raise ValueError(f"labels contain class ids up to {counts.shape[0] - 1}, but num_labels is {num_labels}.")
+    weights = np.divide(counts.sum(), num_labels * counts, out=np.zeros_like(counts), where=counts > 0)
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+@dataclass
+class ScBertWeightedLoss:
+    """Class-weighted cross-entropy for ``Trainer(compute_loss_func=...)``.
+
+    The loss is ``sum_i w[y_i] * CE_i / num_items_in_batch``, where ``num_items_in_batch`` is the Trainer's count of
+    labelled cells over the whole accumulated, all-process batch. This is how the Trainer expects a
+    ``compute_loss_func`` to normalise: it then neither divides by the gradient-accumulation steps nor averages
+    differently across processes, so gradients match a single-process run on the same global batch. With
+    :func:`balanced_class_weights` the weights average 1 over the training cells, so the scale of the loss is that of
+    the unweighted mean.
+
+    Parameters
+    ----------
+    class_weights
+        ``(num_labels,)`` weights.
+    """
+
+    class_weights: torch.Tensor
+
+    def __call__(self, outputs: Any, labels: torch.Tensor, num_items_in_batch: int | torch.Tensor | None = None):
+        logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
+        weights = self.class_weights.to(device=logits.device, dtype=torch.float32)
+        losses = torch.nn.functional.cross_entropy(logits.float(), labels.view(-1), weight=weights, reduction="sum")
+        count = labels.numel() if num_items_in_batch is None else num_items_in_batch
+        if torch.is_tensor(count):
+            count = count.to(losses.device)
+        return losses / count
+
+
+class ScBertTrainer(Trainer):
+    """The stock ``Trainer``, whose model card is the scBERT card and whose saved classifiers carry their pipeline.
+
+    ``trainer.push_to_hub()`` (stock) then saves model and tokenizer, renders the card from the facts captured while
+    training (see :class:`ScBertModelCardCallback`) and pushes them in one commit.
+
+    Parameters
+    ----------
+    *args, **kwargs
+        Those of ``transformers.Trainer``.
+    card_facts
+        Card facts (``license`` at least, to push; training data, ``label_counts``, evaluation dataset, ...), for
+        the :class:`ScBertModelCardCallback` added when ``callbacks`` has none.
+
+    Raises
+    ------
+    ModelCardError
+        When ``card_facts`` names a fact that does not exist.
+    ValueError
+        When ``card_facts`` is given and ``callbacks`` holds a ``ScBertModelCardCallback`` too.
+    """
+
+    def __init__(self, *args: Any, card_facts: ScBertCardData | dict[str, Any] | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        if self.card_callback is None:
+            self.add_callback(ScBertModelCardCallback(facts=card_facts))
+        elif card_facts is not None:
+            raise ValueError(
+                "card_facts= and a ScBertModelCardCallback in callbacks= both give the card's facts; pass them to one: "
+                "ScBertModelCardCallback(facts=...) or card_facts=."
+            )
+
+    @property
+    def card_callback(self) -> ScBertModelCardCallback | None:
+        """The callback that captures the card's facts."""
+        found = [c for c in self.callback_handler.callbacks if isinstance(c, ScBertModelCardCallback)]
+        return found[0] if found else None
+
+    def save_model(self, output_dir: str | None = None, **kwargs: Any) -> None:
+        """Save as the stock ``Trainer`` does; a classifier's folder also gets the pipeline code.
+
+        Raises
+        ------
+        OSError
+            When the folder cannot be written.
+        """
+        super().save_model(output_dir, **kwargs)
+        folder = Path(output_dir if output_dir is not None else self.args.output_dir)
+        model = extract_model_from_parallel(self.model, keep_torch_compile=False)
+        is_classifier = isinstance(model, ScBertForSequenceClassification)
+        if self.args.should_save and is_classifier and (folder / "config.json").is_file():
+            save_pipeline_code(folder)  # pipeline("cell-type-annotation", ...) as remote code
+
+    def create_model_card(
+        self,
+        card_facts: ScBertCardData | dict[str, Any] | None = None,
+        *,
+        license: str | None = None,
+        finetuned_from: str | None = None,
+        **ignored: Any,
+    ) -> None:
+        """Write the scBERT card to ``output_dir/README.md``, checked against the saved model folder.
+
+        Called by ``push_to_hub`` after saving. The card is rendered from the model's config, the tokenizer, the facts
+        the :class:`ScBertModelCardCallback` captured and ``card_facts``; all of them are also written to
+        ``scbert_card.json``, so that ``scbert push`` of the folder renders the same card.
+
+        Parameters
+        ----------
+        card_facts
+            Facts known only after training (final evaluation, majority-class baseline, ...); they win over the
+            others.
+        license, finetuned_from
+            As in ``Trainer.create_model_card``: the card's ``license`` and ``base_model``.
+        **ignored
+            ``Trainer.create_model_card``'s other options (``model_name``, ``tags``, ``language``, ``tasks``,
+            ``dataset``, ...): the card's title is the repository's name and its tags are scBERT's.
+
+        Raises
+        ------
+        ValueError
+            When the ``Trainer`` has no ``ScBertTokenizer`` (pass it as ``processing_class``).
+        ModelCardError
+            When the card has no license, or does not match the saved folder.
+        """
+        if not self.is_world_process_zero():
+            return
+        tokenizer = self.processing_class
+        if self.card_callback is not None and self.card_callback.tokenizer is not None:
+            tokenizer = self.card_callback.tokenizer
+        if not isinstance(tokenizer, ScBertTokenizer):
+            raise ValueError(
+                "The scBERT model card needs the model's ScBertTokenizer: give it to the Trainer as processing_class= "
+                f"(got {type(tokenizer).__name__})."
+            )
+        callback = self.card_callback or ScBertModelCardCallback()
+        callback.record_run(self.args, self.state)
+        extra = ScBertCardData(license=license, base_model=finetuned_from).merged(card_facts)
+        data = callback.card_data(self.model, tokenizer).merged(extra)
+        output_dir = Path(self.args.output_dir)
+        text = render_model_card(data, repo_id=self.hub_model_id, local_name=output_dir.resolve().name)
+        validate_model_card(text, output_dir)
+        data.save(output_dir)
+        write_text_atomically(output_dir / README_NAME, text)
+        logger.info("Wrote the model card %s", os.fspath(output_dir / README_NAME))
+
+
+__all__ = [
+    "CLASS_WEIGHTINGS",
+    "ScBertFeatureRedrawCallback",
+    "ScBertTrainer",
+    "ScBertWeightedLoss",
+    "balanced_class_weights",
+]
