@@ -130,8 +130,7 @@ def training_arguments(output_dir: Path, *, seed: int, recipe: dict, quick: bool
 
 def train(reference, all_cells, *, seeds: list[int], output_dir: Path, options: dict) -> list[str]:
     """(Pretrain once,) then fine-tune one model per seed on the reference, side by side; returns their folders."""
-    from modeling_scbert.training.ensemble import finetune_ensemble
-    from modeling_scbert.training.workflows import pretrain
+    from modeling_scbert import finetune_ensemble, pretrain
 
     model = None
     if options["pretrain_epochs"]:

@@ -149,10 +149,9 @@ def logistic_regression(adata, train_index: np.ndarray, test_index: np.ndarray) 
 
 def run_seed(adata, dataset, tokenizer, *, seed: int, work_dir: Path, recipe: dict, quick: bool, jobs: int | None):
     """Steps 1-5 for one seed; returns its figures, the annotated held-out cells and the training and test splits."""
+    from modeling_scbert import finetune_ensemble, pretrain
     from modeling_scbert.annotation.annotate import annotate
     from modeling_scbert.hub.card import write_model_card
-    from modeling_scbert.training.ensemble import finetune_ensemble
-    from modeling_scbert.training.workflows import pretrain
     from tokenization.data import stratified_split
 
     started = time.perf_counter()
