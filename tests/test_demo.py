@@ -53,7 +53,7 @@ def test_demo_quick_writes_every_output(tmp_path):
 
 @pytest.mark.slow
 def test_pbmc_ablations_quick_change_the_recipe_and_add_token_baselines(tmp_path):
-    """The demo's experiment switches live in benchmarks/pbmc_ablations.py (issue 14)."""
+    """The demo's experiment switches live in benchmarks/pbmc_ablations.py."""
     out = tmp_path / "demo_output"
     options = ["--quick", "--seeds", "0", "--output-dir", str(out), "--token-baselines", "--ensemble-size", "1"]
     options += ["--model-config", '{"classifier_input_dropout": 0.1}']

@@ -1,4 +1,4 @@
-"""Every option an error message names exists, under that name, where the user met the error (issue 11, kind 3).
+"""Every option an error message names exists, under that name, where the user met the error.
 
 Two checks:
 

@@ -44,7 +44,7 @@ def test_exact_alignment_map_and_report():
 
 
 def test_duplicates_map_to_one_panel_gene_to_be_summed():
-    # Issue 11 changed this on purpose: every copy of a duplicated name maps to the panel gene (their values are
+    # On purpose: every copy of a duplicated name maps to the panel gene (their values are
     # summed), so an expressed copy is never hidden behind an empty first one.
     alignment = align_genes(["A", "B"], ["A", "B", "A", "ENSG00000000001.1", "ENSG00000000001.2"])
     np.testing.assert_array_equal(alignment.data_to_panel, [0, 1, 0, -1, -1])

@@ -1,4 +1,4 @@
-"""Every .h5ad that anndata reads can be annotated and embedded (issue 11, kind 6): the input is copied and patched
+"""Every .h5ad that anndata reads can be annotated and embedded: the input is copied and patched
 where its layout allows, written with anndata's own writer where it does not (anndata < 0.7), and a failure leaves
 no file behind."""
 

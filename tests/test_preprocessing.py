@@ -97,7 +97,7 @@ def test_detect_counts_and_log1p():
 
 
 def test_normalised_but_not_logged_is_detected_and_verified():
-    # Issue 11 changed this on purpose: normalised (not logged) values are a verified kind now, not a refusal.
+    # On purpose: normalised (not logged) values are a verified kind now, not a refusal.
     rng = np.random.default_rng(0)
     adata = ad.AnnData(rng.poisson(2.0, size=(50, 30)).astype(np.float32))
     sc.pp.normalize_total(adata, target_sum=1e4)

@@ -1,5 +1,5 @@
 """The reading options are defined once and reach the tokenizer from every entry point; every option of every
-command is accepted in both spellings (issue 11, kind 3)."""
+command is accepted in both spellings."""
 
 import dataclasses
 import inspect

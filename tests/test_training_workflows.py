@@ -139,7 +139,7 @@ def test_finetune_from_scratch_keeps_labels_in_config_and_best_model_by_macro_f1
         preset="full",
         class_weighting="balanced",
         early_stopping_patience=5,
-        # A new model's head is the per-gene "conv" head (issue 12). At width 16 and learning rate 1e-2 its per-gene
+        # A new model's head is the per-gene "conv" head. At width 16 and learning rate 1e-2 its per-gene
         # ReLU scores die within a few steps from the default initialiser_range 0.02 (the model then predicts one
         # class: 0.333 here), as the demo's compact model does; a wider initialisation learns the toy data.
         config_overrides={**TINY, "initializer_range": 0.1},

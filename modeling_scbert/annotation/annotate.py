@@ -129,7 +129,7 @@ def annotate(
     dtype
         ``"float32"``, or ``"bfloat16"`` / ``"float16"``: autocast for the linear layers while the FAVOR+ kernel stays
         in float32 (faster on GPUs). Probabilities under bfloat16 stay within 0.03 of float32's on small models
-        (float16: 0.01; docs/scale_out.md, tests/test_annotate_precision.py); near-ties can change label.
+        (float16: 0.01; docs/scale_out.md, tests/test_annotation_precision.py); near-ties can change label.
     chunk_size
         Cells read and encoded at a time (memory stays bounded for backed data).
     progress

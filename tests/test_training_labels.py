@@ -1,4 +1,4 @@
-"""The class list comes from the training cells (issue 11, kind 4): present labels only, natural order, missing
+"""The class list comes from the training cells: present labels only, natural order, missing
 labels refused, evaluation types unseen in training refused or (with ``drop_unseen_labels``) left out."""
 
 import json

@@ -1,6 +1,6 @@
-"""The handed real-world cases of issue 11 that concern options, class lists and output files (cases 07, 08, 09,
-11, 12, 13; case 14 is in test_h5ad_output.py), each with its right value. Cases 11, 12 and 13 passed before the
-issue and are kept as regression tests. Inputs are built as the case scripts in ../shared/cases build them."""
+"""Real-world options, class lists and output files, as users meet them (modelled on public bug reports; the inputs
+are built as ../shared/cases/case_07, 08, 09, 11, 12 and 13 build them; case 14 is in test_h5ad_output.py), each with
+its right value. Cases 11, 12 and 13 are regression guards."""
 
 import contextlib
 import hashlib

@@ -1,4 +1,4 @@
-"""Issue 11's handed cases (../shared/cases/case_01, 02, 03, 05, 06, 15, 16, 17), each with the right value: the
+"""Inputs as users really have them (modelled on public bug reports; ../shared/cases/case_01, 02, 03, 05, 06, 15, 16, 17), each with the right value: the
 right tokens or labels, or an error that can be acted on, with the input unchanged and no partial file."""
 
 from __future__ import annotations

@@ -56,7 +56,7 @@ SCRIPT = textwrap.dedent(
     config = {"hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2, "head_dim": 8,
               "intermediate_size": 32, "num_random_features": 8, "classifier_hidden_sizes": [16],
               "initializer_range": 0.1, "feature_redraw_interval": 2,  # a redraw mid-run, on both ranks alike
-              # No dropout (a new model's head has 0.3 since issue 12): its masks differ between one and two processes.
+              # No dropout (a new model's head has 0.3): its masks differ between one and two processes.
               "classifier_input_dropout": 0.0}
     trainer = finetune(cells, training_args=args, label_key="cell_type", preset="full", class_weighting=weighting,
                        config_overrides=config, encode_kwargs={"cache_dir": str(out / f"cache-{rank}")})

@@ -68,7 +68,7 @@ def test_annotate_writes_exactly_the_documented_slots(model_dir):
     before, x_before = _slots(adata), adata.X.copy()
     assert annotate(adata, str(model_dir), progress=False) is None  # copy=False: in place, returns None
     after = _slots(adata)
-    # Issue 11 added the reason column on purpose (cells without signal in the panel are "Unassigned").
+    # The reason column is part of the output on purpose (cells without signal in the panel are "Unassigned").
     assert after["obs"] - before["obs"] == {"scbert_cell_type", "scbert_confidence", "scbert_unassigned_reason"}
     assert after["uns"] - before["uns"] == {"scbert"}
     assert {k: v for k, v in after.items() if k not in ("obs", "uns")} == {
@@ -219,7 +219,7 @@ def test_cli_annotate_writes_output_and_csv_and_never_touches_the_input(model_di
     assert _digest(h5ad) == digest
     result, source = ad.read_h5ad(out), ad.read_h5ad(h5ad)
     assert (result.X != source.X).nnz == 0
-    # Issue 11 added the reason column on purpose.
+    # The reason column is part of the output on purpose.
     assert set(result.obs.columns) == {"truth", "scbert_cell_type", "scbert_confidence", "scbert_unassigned_reason"}
     assert result.obsm["scbert_probabilities"].shape == (25, 3)
     assert result.uns["note"] == "kept" and result.uns["scbert"]["params"]["unassigned_threshold"] == 0.5

@@ -1,4 +1,4 @@
-"""Issue 11, kind 3 (missing genes) and kind 5 (genes lost in alignment): look for the genes where they are, name
+"""Missing genes and genes lost in alignment: look for the genes where they are, name
 the argument that reaches them; built-in HGNC synonyms; duplicated names summed; lost genes reported."""
 
 from __future__ import annotations

@@ -13,14 +13,14 @@ import torch
 from hub_server import FakeHub
 from huggingface_hub import ModelCard
 from test_hub import LABELS, make_annotator, run_client, tiny_config
-from transformers import TrainingArguments
+from transformers import TrainerControl, TrainerState, TrainingArguments
 
-from modeling_scbert import ScBertForSequenceClassification, ScBertTokenizer
+from modeling_scbert import ScBertConfig, ScBertForMaskedLM, ScBertForSequenceClassification, ScBertTokenizer
 from modeling_scbert.hub.card import validate_model_card, write_model_card
 from modeling_scbert.hub.card_data import ModelCardError
 from modeling_scbert.hub.push import push_trainer_to_hub
 from modeling_scbert.training.run_card import ScBertModelCardCallback, count_parameters
-from modeling_scbert.training.trainer import ScBertTrainer
+from modeling_scbert.training.trainer import ScBertFeatureRedrawCallback, ScBertTrainer
 
 FACTS = {"license": "apache-2.0", "evaluation": {"dataset_name": "toy cells", "split": "train"}}
 
@@ -177,3 +177,39 @@ def test_push_model_folder_leaves_pickles_hidden_files_and_subfolders_local(tmp_
     assert not files & {"training_args.bin", "optimizer.pt", ".secret", "_private.txt"}
     assert not any(name.startswith("checkpoint-1") for name in files)
     assert not hub.unhandled, hub.unhandled
+
+
+def _features(model):
+    return [layer.attention.random_features.clone() for layer in model.scbert.encoder.layers]
+
+
+def test_feature_redraw_callback_fires_at_its_interval(tmp_path):
+    config = ScBertConfig(
+        num_genes=10, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, head_dim=8, feature_redraw_interval=3
+    )
+    model = ScBertForMaskedLM(config)
+    twin = ScBertForMaskedLM(config)  # a second "process": same interval and seed
+    args = TrainingArguments(output_dir=str(tmp_path), seed=7, report_to=[], use_cpu=True)
+    callback = ScBertFeatureRedrawCallback()
+    changed_at = []
+    for step in range(1, 10):
+        before = _features(model)
+        state = TrainerState(global_step=step)
+        callback.on_step_end(args, state, TrainerControl(), model=model)
+        callback.on_step_end(args, state, TrainerControl(), model=twin)
+        if any(not torch.equal(a, b) for a, b in zip(before, _features(model))):
+            changed_at.append(step)
+            for a, b in zip(_features(model), _features(twin)):
+                assert torch.equal(a, b)  # every process draws the same features
+    assert changed_at == [3, 6, 9]
+
+
+def test_feature_redraw_can_be_disabled(tmp_path):
+    config = ScBertConfig(num_genes=10, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, head_dim=8)
+    model = ScBertForMaskedLM(config)
+    args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True)
+    before = _features(model)
+    ScBertFeatureRedrawCallback(interval=0).on_step_end(
+        args, TrainerState(global_step=1000), TrainerControl(), model=model
+    )
+    assert all(torch.equal(a, b) for a, b in zip(before, _features(model)))

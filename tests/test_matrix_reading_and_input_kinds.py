@@ -1,4 +1,4 @@
-"""Issue 11, kinds 1 and 2: every input kind verified (and refused when the data contradicts it), and one matrix
+"""Every input kind verified (and refused when the data contradicts it), and one matrix
 reader for every format x dtype x backed, giving identical tokens and leaving the user's object as it was."""
 
 from __future__ import annotations
