@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
-from test_annotate import CLASSES, GENES, make_adata, save_annotator
+from test_annotation_annotate import CLASSES, GENES, make_adata, save_annotator
 
 from modeling_scbert.annotation.annotate import annotate, embed
 from modeling_scbert.annotation.distributed import InferenceProcesses

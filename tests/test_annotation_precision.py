@@ -5,7 +5,7 @@ import anndata as ad
 import numpy as np
 import pytest
 import torch
-from test_annotate import make_adata, save_annotator
+from test_annotation_annotate import make_adata, save_annotator
 
 from modeling_scbert.annotation.annotate import annotate, embed
 from modeling_scbert.cli import main as cli_main

@@ -138,7 +138,7 @@ def test_stock_push_to_hub_of_an_scbert_trainer_carries_the_scbert_card(tmp_path
         import sys
         from pathlib import Path
         sys.path.insert(0, {str(Path(__file__).parent)!r})
-        from test_trainer import tiny_trainer
+        from test_training_trainer import tiny_trainer
         trainer = tiny_trainer(Path({str(tmp_path)!r}), save_strategy="epoch", push_to_hub=True,
                                hub_model_id="my-lab/trained")
         trainer.train()
