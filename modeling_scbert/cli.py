@@ -419,8 +419,10 @@ def build_parser() -> argparse.ArgumentParser:
 def command_parser(command: str) -> argparse.ArgumentParser:
     """The parser of one ``scbert`` command (for pretrain / finetune, their ``HfArgumentParser``).
 
-    Raises:
-        ValueError: ``command`` is not an ``scbert`` command.
+    Raises
+    ------
+    ValueError
+        ``command`` is not an ``scbert`` command.
     """
     if command in TRAINING_COMMANDS:
         from .training.arguments import argument_parser

@@ -125,13 +125,18 @@ def file_sha256(path: str | os.PathLike) -> str:
 def load_original_state_dict(path: str | os.PathLike, *, trust_checkpoint: bool = False) -> dict[str, torch.Tensor]:
     """Read the model weights of a published checkpoint, without the optional ``module.`` (DDP) prefix.
 
-    Args:
-        path: The ``.pth`` file.
-        trust_checkpoint: Allow full unpickling. By default only tensors and plain containers are read
-            (``weights_only=True``), which cannot run code hidden in the file.
+    Parameters
+    ----------
+    path
+        The ``.pth`` file.
+    trust_checkpoint
+        Allow full unpickling. By default only tensors and plain containers are read
+        (``weights_only=True``), which cannot run code hidden in the file.
 
-    Raises:
-        CheckpointConversionError: The file is missing, is not a torch checkpoint, or holds no model weights.
+    Raises
+    ------
+    CheckpointConversionError
+        The file is missing, is not a torch checkpoint, or holds no model weights.
     """
     path = Path(path)
     if not path.is_file():
@@ -160,9 +165,11 @@ def infer_config(
 ) -> tuple[ScBertConfig, str]:
     """Read the architecture off the tensor shapes. ``overrides`` are ``ScBertConfig`` fields that win.
 
-    Raises:
-        CheckpointConversionError: The tensors are not an scBERT checkpoint's, their shapes disagree, or the
-            architecture they give is not a valid ``ScBertConfig``.
+    Raises
+    ------
+    CheckpointConversionError
+        The tensors are not an scBERT checkpoint's, their shapes disagree, or the
+        architecture they give is not a valid ``ScBertConfig``.
     """
     _require(state_dict, ["token_emb.weight", "pos_emb.emb.weight", "norm.weight"])
     layer_indices = sorted({int(m.group(1)) for key in state_dict if (m := _LAYER_KEY.match(key))})
@@ -236,8 +243,10 @@ def convert_state_dict(
 ) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Rename the published tensors to ours, refusing missing, unexpected or mis-shaped ones by name.
 
-    Raises:
-        CheckpointConversionError: Tensors are missing, unexpected or mis-shaped (each named).
+    Raises
+    ------
+    CheckpointConversionError
+        Tensors are missing, unexpected or mis-shaped (each named).
     """
     mapping = dict(_SHARED_KEYS)
     for i in range(config.num_hidden_layers):
@@ -284,23 +293,35 @@ def convert_checkpoint(
 ) -> ConversionReport:
     """Convert a published ``.pth`` checkpoint into a ``save_pretrained`` folder.
 
-    Args:
-        checkpoint: The published ``.pth`` file.
-        output_dir: Folder to write. It is written next to its final place and moved there when complete.
-        labels: Class names in class-index order (fine-tuned checkpoints); default ``LABEL_i``.
-        tokenizer: The model's gene panel (e.g. ``ScBertTokenizer.from_gene_file``), written next to the model. Its
-            panel size must equal the checkpoint's ``num_genes``.
-        overwrite: Replace an existing ``output_dir``.
-        trust_checkpoint: Allow full unpickling of the checkpoint (see :func:`load_original_state_dict`).
-        **overrides: ``ScBertConfig`` fields that replace the inferred values.
+    Parameters
+    ----------
+    checkpoint
+        The published ``.pth`` file.
+    output_dir
+        Folder to write. It is written next to its final place and moved there when complete.
+    labels
+        Class names in class-index order (fine-tuned checkpoints); default ``LABEL_i``.
+    tokenizer
+        The model's gene panel (e.g. ``ScBertTokenizer.from_gene_file``), written next to the model. Its
+        panel size must equal the checkpoint's ``num_genes``.
+    overwrite
+        Replace an existing ``output_dir``.
+    trust_checkpoint
+        Allow full unpickling of the checkpoint (see :func:`load_original_state_dict`).
+    **overrides
+        ``ScBertConfig`` fields that replace the inferred values.
 
-    Raises:
-        FileExistsError: ``output_dir`` exists and ``overwrite`` is false.
-        CheckpointConversionError: The checkpoint cannot be read or converted, or the tokenizer's panel is not the
-            checkpoint's.
+    Raises
+    ------
+    FileExistsError
+        ``output_dir`` exists and ``overwrite`` is false.
+    CheckpointConversionError
+        The checkpoint cannot be read or converted, or the tokenizer's panel is not the
+        checkpoint's.
 
-    Returns:
-        The conversion report.
+    Returns
+    -------
+    The conversion report.
     """
     output_dir = Path(output_dir)
     if output_dir.exists() and not overwrite:
