@@ -3,15 +3,21 @@
 The Markdown body comes from the templates in ``hub_cards/``, rendered with jinja2's ``StrictUndefined`` (a template
 that names a fact that does not exist fails loudly, it never prints an empty string); the YAML metadata is
 ``ScBertCardData.to_dict()``; ``huggingface_hub.ModelCard.from_template`` puts the two together. A rendered card is
-refused while it holds placeholder text (``{{``, ``TODO``, ``<...>``, ``None``), and :func:`validate_model_card`
-checks it against the model folder it goes with (labels, panel hash, metadata).
+refused while its own text holds placeholder text (``{{``, ``TODO``, ``<...>``, ``None``), and
+:func:`validate_model_card` checks it against the model folder it goes with (labels, panel hash, metadata).
+
+Text that comes from the user (labels, names, dataset names) is data, not template: it is escaped where it enters the
+Markdown (:func:`markdown_text`: a ``|`` cannot split a table, a newline cannot start a heading, ``<...>`` is not
+HTML), and the placeholder check looks past it (a class may well be called ``TBD`` or ``None``).
 """
 
 from __future__ import annotations
 
+import html
 import logging
 import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +29,14 @@ from .card_data import PER_CLASS_METRICS, TAGS, ModelCardError, ScBertCardData, 
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["README_NAME", "find_placeholders", "render_model_card", "validate_model_card", "write_model_card"]
+__all__ = [
+    "README_NAME",
+    "find_placeholders",
+    "markdown_text",
+    "render_model_card",
+    "validate_model_card",
+    "write_model_card",
+]
 
 CARD_TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "hub_cards"
 ANNOTATOR_TEMPLATE = "annotator.md.j2"
@@ -70,6 +83,38 @@ _FACT_KEYS = {
 }
 
 
+def markdown_text(value: Any) -> str:
+    """User text as one line of literal Markdown: whitespace runs (newlines included) become one space, HTML's
+    ``& < >`` become entities, and Markdown's ``\\ ` * _ [ ] | # ~`` are backslash-escaped.
+
+    The card's templates pass every user-supplied string through this (the ``text`` filter), so that a label such as
+    ``'lymphoid|T cell'`` keeps its table row, ``'Unknown <QC fail>'`` shows as written, and ``'x\\n# y'`` cannot add a
+    heading.
+    """
+    text = html.escape(" ".join(str(value).split()), quote=False)
+    return re.sub(r"([\\`*_\[\]|#~])", r"\\\1", text)
+
+
+def _user_strings(data: ScBertCardData) -> list[str]:
+    """The user-supplied strings a card shows: labels, names, descriptions, dataset names, hyperparameter values."""
+    found: list[str] = []
+
+    def collect(value: Any) -> None:
+        if isinstance(value, str):
+            found.append(value)
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                collect(key)
+                collect(item)
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                collect(item)
+
+    collect(data.facts())
+    collect((data.architecture or {}).get("labels"))
+    return found
+
+
 def _environment(template_dir: Path):
     import jinja2
 
@@ -78,7 +123,7 @@ def _environment(template_dir: Path):
             f"Model-card templates not found in {template_dir}; they ship in the repository's hub_cards/ folder "
             "(install the package from a checkout with `pip install -e .`)."
         )
-    return jinja2.Environment(
+    environment = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(template_dir)),
         undefined=jinja2.StrictUndefined,  # a template naming a fact that does not exist must fail, not print ""
         trim_blocks=True,
@@ -86,6 +131,8 @@ def _environment(template_dir: Path):
         keep_trailing_newline=True,
         autoescape=False,
     )
+    environment.filters["text"] = markdown_text
+    return environment
 
 
 def render_model_card(
@@ -182,7 +229,7 @@ def render_model_card(
     body = re.sub(r"\n{3,}", "\n\n", body.strip()) + "\n"  # sections left out leave no gaps
     card = ModelCard.from_template(data.merged({"model_name": model_name}), template_str=_CARD_LAYOUT, body=body)
     text = str(card)
-    problems = find_placeholders(text)
+    problems = find_placeholders(text, user_text=_user_strings(data))
     if problems:
         raise ModelCardError(f"The rendered card still contains placeholder text: {problems}. Fix the template.")
     return text
@@ -199,22 +246,29 @@ def _complete(name: str, values: dict[str, Any] | None) -> dict[str, Any] | None
     return {key: values.get(key) for key in _FACT_KEYS[name]}
 
 
-def find_placeholders(card_text: str) -> list[str]:
-    """Lines of a card that hold template syntax, to-do markers, ``<...>`` placeholders or empty values.
+def find_placeholders(card_text: str, *, user_text: Iterable[str] = ()) -> list[str]:
+    """Lines of a card whose own text holds template syntax, to-do markers, ``<...>`` placeholders or empty values.
 
-    Code blocks are checked for template syntax and to-do markers only (Python's ``None`` is fine there).
+    Code blocks are checked for template syntax and to-do markers only (Python's ``None`` is fine there). The
+    strings in ``user_text`` (labels, names: data, not template) are looked past, as written and as
+    :func:`markdown_text` renders them: a class called ``TBD`` is no placeholder.
 
     Parameters
     ----------
     card_text
         The card (``README.md``) text.
+    user_text
+        Strings the card shows on the user's behalf.
 
     Returns
     -------
     One ``"line N: what 'match'"`` entry per finding; empty for a clean card.
     """
+    forms = {form for value in user_text if value for form in (value, markdown_text(value))}
     found, in_code = [], False
     for number, line in enumerate(card_text.splitlines(), start=1):
+        for form in sorted(forms, key=len, reverse=True):
+            line = line.replace(form, "\x00")
         if line.lstrip().startswith("```"):
             in_code = not in_code
             continue
@@ -224,6 +278,16 @@ def find_placeholders(card_text: str) -> list[str]:
             if match:
                 found.append(f"line {number}: {what} {match.group(0)!r}")
     return found
+
+
+def _strings_in(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [text for key, item in value.items() for text in (*_strings_in(key), *_strings_in(item))]
+    if isinstance(value, (list, tuple)):
+        return [text for item in value for text in _strings_in(item)]
+    return []
 
 
 def validate_model_card(card_text: str, model_dir: str | os.PathLike) -> None:
@@ -255,7 +319,10 @@ def validate_model_card(card_text: str, model_dir: str | os.PathLike) -> None:
     except ValueError as error:
         raise ModelCardError(f"The card's YAML metadata does not parse: {error}") from error
     meta = card.data.to_dict()
-    problems = find_placeholders(card_text)
+    labels = []
+    if any(name.endswith("ForSequenceClassification") for name in config.get("architectures") or []):
+        labels = [config["id2label"][key] for key in sorted(config.get("id2label", {}), key=int)]
+    problems = find_placeholders(card_text, user_text=[*labels, *_strings_in(meta)])
     if not meta.get("license"):
         problems.append("YAML `license` is missing")
     if meta.get("library_name") != "transformers":
@@ -275,7 +342,7 @@ def validate_model_card(card_text: str, model_dir: str | os.PathLike) -> None:
             )
         elif list(card_labels) != labels:
             problems.append(f"the card's labels {card_labels} differ from the model's id2label {labels}")
-        missing = [label for label in labels if f"| {label} |" not in card.text]
+        missing = [label for label in labels if f"| {markdown_text(label)} |" not in card.text]
         if missing:
             problems.append(f"the card's label table lacks {missing}")
     if facts.get("panel_hash") != tokenizer.panel_hash:
