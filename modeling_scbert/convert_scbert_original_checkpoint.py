@@ -136,7 +136,7 @@ def load_original_state_dict(path: str | os.PathLike, *, trust_checkpoint: bool 
     Raises
     ------
     CheckpointConversionError
-        The file is missing, is not a torch checkpoint, or holds no model weights.
+        The file is missing, is not a torch checkpoint, holds no model weights, or holds NaN or infinite values.
     """
     path = Path(path)
     if not path.is_file():
@@ -157,7 +157,18 @@ def load_original_state_dict(path: str | os.PathLike, *, trust_checkpoint: bool 
         raise CheckpointConversionError(
             f"{path} holds neither a dict with 'model_state_dict' nor a state dict of tensors (found: {found})."
         )
-    return {key.removeprefix("module."): value for key, value in state_dict.items()}
+    state_dict = {key.removeprefix("module."): value for key, value in state_dict.items()}
+    non_finite = [
+        f"{key} ({int((~torch.isfinite(value)).sum())} of {value.numel()})"
+        for key, value in state_dict.items()
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all())
+    ]
+    if non_finite:
+        raise CheckpointConversionError(
+            f"{path} holds NaN or infinite values in {len(non_finite)} tensors: {', '.join(non_finite[:10])}. A "
+            "model with them predicts NaN for every cell; convert an intact checkpoint."
+        )
+    return state_dict
 
 
 def infer_config(

@@ -139,6 +139,18 @@ def test_missing_unexpected_and_misshaped_tensors_are_named(golden_dir, tmp_path
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+@pytest.mark.parametrize("name", ["performer.net.layers.0.0.fn.fn.to_q.weight", "pos_emb.emb.weight"])
+def test_a_checkpoint_with_non_finite_weights_is_refused_by_name(golden_dir, tmp_path, value, name):
+    state = _published(golden_dir)
+    state[name] = state[name].clone()
+    state[name].view(-1)[3] = value
+    with pytest.raises(CheckpointConversionError, match="NaN or infinite") as error:
+        convert_checkpoint(_save(tmp_path, state), tmp_path / "out")
+    assert f"{name} (1 of" in str(error.value)
+    assert not (tmp_path / "out").exists()
+
+
 def test_other_bad_inputs(golden_dir, tmp_path, capsys):
     with pytest.raises(CheckpointConversionError, match="not found"):
         convert_checkpoint(tmp_path / "nope.pth", tmp_path / "out")

@@ -1,0 +1,85 @@
+"""Loading a saved model for the package's own work, refusing weights that load but are wrong.
+
+Every path that loads a saved model to annotate, embed, score gene attention or start fine-tuning goes through
+:func:`load_checked_model`: ``from_pretrained``, then the saved tensors checked against the model (none missing, none
+of another kind) and the loaded values checked to be finite (``tokenization.saved_weights``). A model a user loads
+with ``from_pretrained`` directly behaves as transformers' models do.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable
+from os import PathLike
+from pathlib import Path
+from typing import Any, TypeVar
+
+from tokenization.saved_weights import (
+    SAFETENSORS_INDEX_NAME,
+    SAFETENSORS_NAME,
+    check_finite_weights,
+    check_saved_weights,
+    saved_weight_files,
+)
+
+from .modeling_scbert import ScBertPreTrainedModel
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["load_checked_model", "model_weight_files"]
+
+M = TypeVar("M", bound=ScBertPreTrainedModel)
+
+
+def model_weight_files(name_or_path: str | PathLike, **hub_kwargs: Any) -> list[Path]:
+    """The safetensors files of a model folder, or of a Hub repository (from the local cache or the Hub).
+
+    ``hub_kwargs`` are ``revision``, ``local_files_only``, ... as for ``from_pretrained``. Empty where the model has
+    no safetensors files (an old ``pytorch_model.bin``): then only the values are checked.
+    """
+    if Path(name_or_path).is_dir():
+        return saved_weight_files(name_or_path)
+    from transformers.utils import cached_file
+
+    kwargs = {key: value for key, value in hub_kwargs.items() if key in ("revision", "local_files_only", "token")}
+    single = cached_file(str(name_or_path), SAFETENSORS_NAME, _raise_exceptions_for_missing_entries=False, **kwargs)
+    if single is not None:
+        return [Path(single)]
+    index = cached_file(
+        str(name_or_path), SAFETENSORS_INDEX_NAME, _raise_exceptions_for_missing_entries=False, **kwargs
+    )
+    if index is None:
+        return []
+    for shard in sorted(set(json.loads(Path(index).read_text()).get("weight_map", {}).values())):
+        cached_file(str(name_or_path), shard, **kwargs)  # fetched beside the index
+    return saved_weight_files(Path(index).parent)
+
+
+def load_checked_model(
+    model_class: type[M], name_or_path: str | PathLike, *, may_lack: Iterable[str] = (), **kwargs: Any
+) -> M:
+    """``model_class.from_pretrained(name_or_path, **kwargs)``, refused when the saved weights are damaged.
+
+    Parameters
+    ----------
+    model_class
+        The scBERT class to load.
+    name_or_path
+        A folder or Hub id.
+    may_lack
+        Tensor-name prefixes the saved weights may lack (a new head over a pretrained encoder: ``("classifier.",)``).
+    **kwargs
+        For ``from_pretrained`` (``revision``, ``local_files_only``, ``dtype``, ...).
+
+    Raises
+    ------
+    tokenization.saved_weights.DamagedWeightsError
+        When saved tensors are missing or of another kind, or the loaded values are not finite; naming them.
+    OSError
+        As ``from_pretrained`` raises it (no such folder or repository, no weights).
+    """
+    model = model_class.from_pretrained(name_or_path, **kwargs)
+    check_saved_weights(model, model_weight_files(name_or_path, **kwargs), may_lack=may_lack, source=str(name_or_path))
+    check_finite_weights(model, source=str(name_or_path))
+    return model

@@ -1,0 +1,75 @@
+"""Saved weights that load but are wrong are refused by the package's own loading: missing tensors, tensors of
+another kind (integers for floats), NaN or infinite values; a whole kind each, on a tiny model saved by the test."""
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from test_hub import make_annotator
+
+from modeling_scbert import ScBertForMaskedLM, ScBertForSequenceClassification, ScBertModel
+from modeling_scbert.loading import load_checked_model
+from tokenization.saved_weights import DamagedWeightsError
+
+WEIGHTS = "model.safetensors"
+
+
+def _rewrite(folder, change):
+    tensors = load_file(str(folder / WEIGHTS))
+    change(tensors)
+    save_file(tensors, str(folder / WEIGHTS), metadata={"format": "pt"})
+
+
+@pytest.fixture()
+def annotator(tmp_path):
+    return make_annotator(tmp_path / "model")
+
+
+def test_an_intact_folder_loads_as_any_scbert_class(annotator):
+    model = load_checked_model(ScBertForSequenceClassification, annotator)
+    encoder = load_checked_model(ScBertModel, annotator)  # the encoder of a classifier, as embed loads it
+    assert torch.equal(
+        encoder.embeddings.expression_embeddings.weight, model.scbert.embeddings.expression_embeddings.weight
+    )
+
+
+@pytest.mark.parametrize("which", ["classifier", "encoder", "random_features"])
+def test_a_missing_tensor_is_refused_by_name(annotator, which):
+    names = list(load_file(str(annotator / WEIGHTS)))
+    victim = next(name for name in names if which in name or (which == "encoder" and "layer" in name))
+    _rewrite(annotator, lambda tensors: tensors.pop(victim))
+    with pytest.raises(DamagedWeightsError, match="missing") as error:
+        load_checked_model(ScBertForSequenceClassification, annotator)
+    assert victim.removeprefix("scbert.") in str(error.value)
+
+
+def test_a_tensor_stored_as_integers_is_refused_not_truncated(annotator):
+    victim = next(name for name in load_file(str(annotator / WEIGHTS)) if name.endswith("weight"))
+    _rewrite(annotator, lambda tensors: tensors.__setitem__(victim, (tensors[victim] * 100).to(torch.int64)))
+    with pytest.raises(DamagedWeightsError, match="another kind") as error:
+        load_checked_model(ScBertForSequenceClassification, annotator)
+    assert "int64" in str(error.value)
+
+
+def test_half_precision_files_are_not_a_fault(annotator):
+    _rewrite(annotator, lambda tensors: tensors.update({k: v.to(torch.bfloat16) for k, v in tensors.items()}))
+    load_checked_model(ScBertForSequenceClassification, annotator)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("where", ["parameter", "buffer"])
+def test_non_finite_weights_are_refused(annotator, value, where):
+    def poison(tensors):
+        name = next(n for n in tensors if ("random_features" in n) == (where == "buffer") and tensors[n].numel() > 1)
+        tensors[name].view(-1)[1] = value
+
+    _rewrite(annotator, poison)
+    with pytest.raises(DamagedWeightsError, match="NaN or infinite"):
+        load_checked_model(ScBertForSequenceClassification, annotator)
+
+
+def test_a_new_head_over_a_pretrained_encoder_may_lack_only_the_head(tmp_path, annotator):
+    backbone = tmp_path / "backbone"
+    ScBertForMaskedLM(ScBertForSequenceClassification.from_pretrained(annotator).config).save_pretrained(backbone)
+    with pytest.raises(DamagedWeightsError, match="classifier"):
+        load_checked_model(ScBertForSequenceClassification, backbone)
+    load_checked_model(ScBertForSequenceClassification, backbone, may_lack=("classifier.",))
