@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import functools
 import logging
 import sys
@@ -455,6 +456,38 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileExistsError, FileNotFoundError, IsADirectoryError, ScBertProcessError) as error:
         print(f"scbert {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # a full disk, a read-only or forbidden path: one line naming the path and the cause
+        print(f"scbert {args.command}: error: {_describe_os_error(error)}", file=sys.stderr)
+        return 2
+    except Exception as error:
+        if type(error).__name__ != "SafetensorError":
+            raise
+        print(
+            f"scbert {args.command}: error: a weights file could not be read ({error}); it is damaged or not a "
+            "safetensors file. Save or download the model again.",
+            file=sys.stderr,
+        )
+        return 2
+
+
+# What the operating system says, in words a user can act on: (cause, what to do).
+_FULL = "free space there (or pick another place); the package writes nothing half-way under the output's name"
+_FORBIDDEN = "pick a place you can write to, or change its permissions"
+_OS_CAUSES = {
+    errno.ENOSPC: ("no space left on the device", _FULL),
+    errno.EDQUOT: ("the disk quota is exhausted", _FULL),
+    errno.EFBIG: ("the file is larger than the file system (or the file-size limit) allows", _FULL),
+    errno.EROFS: ("the file system is read-only", _FORBIDDEN),
+    errno.EACCES: ("permission denied", _FORBIDDEN),
+    errno.EPERM: ("operation not permitted", _FORBIDDEN),
+}
+
+
+def _describe_os_error(error: OSError) -> str:
+    """One line for an ``OSError``: the cause, the path, and what to do where there is something to do."""
+    cause, advice = _OS_CAUSES.get(error.errno, (error.strerror or str(error), None))
+    where = f": {str(error.filename)!r}" if error.filename is not None else ""
+    return f"{cause}{where}" + (f"; {advice}." if advice else ".")
 
 
 if __name__ == "__main__":
