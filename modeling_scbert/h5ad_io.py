@@ -21,37 +21,81 @@ from tokenization.atomic_files import atomic_path
 logger = logging.getLogger(__name__)
 
 
+def is_zarr_store(path: str | PathLike) -> bool:
+    """Whether ``path`` is an AnnData zarr store (a folder with zarr's v2 or v3 metadata)."""
+    path = Path(path)
+    return path.is_dir() and any((path / name).is_file() for name in (".zgroup", ".zattrs", "zarr.json"))
+
+
 def read_h5ad(path: str | PathLike, *, backed: Literal["r"] | None = "r", what: str = "input") -> AnnData:
-    """Read an ``.h5ad`` (backed by default), turning every failure into an error that names the file.
+    """Read an ``.h5ad`` (backed by default) or an AnnData zarr store, refusing damaged or inconsistent files.
+
+    A zarr store (``adata.write_zarr(...)``, a folder) is read into memory with ``anndata.read_zarr`` (anndata reads
+    zarr stores only whole). Every failure becomes an error that names the file, and the shapes are checked before
+    any work: ``.X`` (and every layer) against ``.obs`` and ``.var``, ``.raw.X`` against ``.obs`` and ``.raw.var``
+    (anndata checks them when it reads into memory, not when it reads backed).
 
     Parameters
     ----------
     path
-        The file.
+        The file, or the zarr store's folder.
     backed
-        ``"r"`` reads ``.X`` from the file on demand (the file is never modified); ``None`` reads it into memory.
+        ``"r"`` reads ``.X`` from an ``.h5ad`` on demand (the file is never modified); ``None`` reads it into memory.
     what
         What the file is, in messages (``"input"``, ``"train file"``, ...).
 
     Raises
     ------
     FileNotFoundError
-        When ``path`` does not exist or is not a file.
+        When ``path`` does not exist, or is a folder that is not a zarr store.
     ValueError
-        When the file cannot be read as an ``.h5ad`` (damaged, truncated or another format).
+        When the file cannot be read as an AnnData (damaged, truncated or another format), or its shapes disagree.
     """
     import anndata
 
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"The {what} {str(path)!r} does not exist or is not a file.")
+    zarr = is_zarr_store(path)
+    if not path.is_file() and not zarr:
+        kind = "a folder that is not an AnnData zarr store" if path.is_dir() else "missing"
+        raise FileNotFoundError(
+            f"The {what} {str(path)!r} is {kind}; give an .h5ad file or a zarr store (adata.write_zarr)."
+        )
     try:
-        return anndata.read_h5ad(path, backed=backed)
-    except Exception as error:  # h5py and anndata raise many types for a damaged or foreign file
+        adata = anndata.read_zarr(path) if zarr else anndata.read_h5ad(path, backed=backed)
+    except Exception as error:  # h5py, zarr and anndata raise many types for a damaged or foreign file
+        kind = "an AnnData zarr store" if zarr else "an .h5ad file"
         raise ValueError(
-            f"Could not read the {what} {str(path)!r} as an .h5ad file ({type(error).__name__}: {error}). Check that "
-            "it is an AnnData file written by anndata/scanpy and is not truncated."
+            f"Could not read the {what} {str(path)!r} as {kind} ({type(error).__name__}: {error}). Check that it "
+            "was written by anndata/scanpy and is not truncated."
         ) from error
+    check_shapes(adata, what=f"the {what} {str(path)!r}")
+    return adata
+
+
+def check_shapes(adata: AnnData, *, what: str) -> None:
+    """Refuse an AnnData whose matrices and annotations disagree in size (a damaged or hand-edited file).
+
+    Raises
+    ------
+    ValueError
+        Naming each matrix whose shape differs from ``(len(.obs), len(.var))`` (``.raw``: ``(len(.obs),
+        len(.raw.var))``).
+    """
+    expected = (len(adata.obs), len(adata.var))
+    problems = []
+    matrices = {".X": adata.X, **{f".layers[{name!r}]": layer for name, layer in adata.layers.items()}}
+    for name, matrix in matrices.items():
+        if matrix is not None and tuple(matrix.shape) != expected:
+            problems.append(f"{name} is {matrix.shape[0]:,} x {matrix.shape[1]:,}")
+    raw = adata.raw
+    if raw is not None and tuple(raw.X.shape) != (len(adata.obs), len(raw.var)):
+        problems.append(f".raw.X is {raw.X.shape[0]:,} x {raw.X.shape[1]:,} while .raw.var has {len(raw.var):,} rows")
+    if problems:
+        raise ValueError(
+            f"The shapes in {what} disagree: .obs has {expected[0]:,} rows and .var {expected[1]:,}, but "
+            f"{'; '.join(problems)}. The file is damaged or was edited by hand; annotating it would pair cells with "
+            "the wrong rows. Write it again from the source."
+        )
 
 
 def check_output_path(path: str | PathLike, *, overwrite: bool, inputs: tuple[str | PathLike, ...] = ()) -> Path:
@@ -87,10 +131,10 @@ def check_output_path(path: str | PathLike, *, overwrite: bool, inputs: tuple[st
     return path
 
 
-COPY_LAYOUT, REWRITE_LAYOUT = "copy", "rewrite"
+COPY_LAYOUT, REWRITE_LAYOUT, ZARR_LAYOUT = "copy", "rewrite", "zarr"
 
 
-def plan_h5ad_output(source: str | PathLike) -> Literal["copy", "rewrite"]:
+def plan_h5ad_output(source: str | PathLike) -> Literal["copy", "rewrite", "zarr"]:
     """Decide how :func:`write_h5ad_with_slots` will write a copy of ``source`` with new slots, and check that it can.
 
     ``"copy"``: the file is copied byte for byte and the new slots are written into the copy (``.X`` is never
@@ -100,6 +144,9 @@ def plan_h5ad_output(source: str | PathLike) -> Literal["copy", "rewrite"]:
     in the current layout; this needs the file in memory. Call it before the model runs, so that a file that cannot
     be written is refused before any work.
 
+    ``"zarr"``: a zarr store is read whole with ``anndata.read_zarr`` and the output written as an ``.h5ad`` with
+    anndata's writer.
+
     Raises
     ------
     ValueError
@@ -107,6 +154,9 @@ def plan_h5ad_output(source: str | PathLike) -> Literal["copy", "rewrite"]:
     """
     import h5py
     from anndata.io import read_elem
+
+    if is_zarr_store(source):
+        return ZARR_LAYOUT
 
     try:
         with h5py.File(source, "r") as file:
@@ -136,7 +186,7 @@ def write_h5ad_with_slots(
     obs_columns: list[str] = (),
     obsm_keys: list[str] = (),
     uns_keys: list[str] = (),
-    layout: Literal["copy", "rewrite"] | None = None,
+    layout: Literal["copy", "rewrite", "zarr"] | None = None,
     varm_keys: list[str] = (),
 ) -> None:
     """Write ``source`` plus the given slots of ``adata`` to ``destination``, atomically.
@@ -145,7 +195,8 @@ def write_h5ad_with_slots(
     temporary file in the destination's folder and the new ``.obs`` columns, ``.obsm``, ``.varm`` and ``.uns`` entries are
     written into that copy, in bounded memory (``.X`` is never loaded). With ``"rewrite"`` (older layouts, which
     cannot be patched in place) the input is read with ``anndata.read_h5ad``, given the new slots and written with
-    anndata's own writer. Either way the temporary file is then renamed over ``destination`` (``os.replace``), so
+    anndata's own writer; a zarr store (``"zarr"``) is read with ``anndata.read_zarr`` and written the same way, as an
+    ``.h5ad``. Either way the temporary file is then renamed over ``destination`` (``os.replace``), so
     a failure leaves no partial output; the input is never modified. ``layout=None`` asks
     :func:`plan_h5ad_output`.
 
@@ -157,8 +208,8 @@ def write_h5ad_with_slots(
         From the filesystem (a full disk, say); nothing is left at ``destination``.
     """
     layout = plan_h5ad_output(source) if layout is None else layout
-    if layout not in (COPY_LAYOUT, REWRITE_LAYOUT):
-        raise ValueError(f"layout must be {COPY_LAYOUT!r} or {REWRITE_LAYOUT!r}; got {layout!r}.")
+    if layout not in (COPY_LAYOUT, REWRITE_LAYOUT, ZARR_LAYOUT):
+        raise ValueError(f"layout must be {COPY_LAYOUT!r}, {REWRITE_LAYOUT!r} or {ZARR_LAYOUT!r}; got {layout!r}.")
     with atomic_path(destination) as temporary:
         if layout == COPY_LAYOUT:
             _patch_copy(
@@ -173,7 +224,7 @@ def write_h5ad_with_slots(
         else:
             import anndata
 
-            full = anndata.read_h5ad(source)
+            full = anndata.read_zarr(source) if layout == ZARR_LAYOUT else anndata.read_h5ad(source)
             for column in obs_columns:
                 full.obs[column] = adata.obs[column].values
             for key in obsm_keys:
@@ -216,4 +267,11 @@ def _patch_copy(
                 write_elem(file[group], key, values[key])
 
 
-__all__ = ["check_output_path", "plan_h5ad_output", "read_h5ad", "write_h5ad_with_slots"]
+__all__ = [
+    "check_output_path",
+    "check_shapes",
+    "is_zarr_store",
+    "plan_h5ad_output",
+    "read_h5ad",
+    "write_h5ad_with_slots",
+]

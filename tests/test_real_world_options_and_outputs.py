@@ -1,5 +1,5 @@
 """Real-world options, class lists and output files, as users meet them (modelled on public bug reports; the inputs
-are built as ../shared/cases/case_07, 08, 09, 11, 12 and 13 build them; case 14 is in test_h5ad_output.py), each with
+are built as ../shared/cases/case_07, 08, 09, 11, 12 and 13 build them; case 14 is in test_h5ad_io.py), each with
 its right value. Cases 11, 12 and 13 are regression guards."""
 
 import contextlib

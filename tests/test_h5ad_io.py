@@ -153,3 +153,67 @@ def test_a_failed_write_leaves_no_file(layout, tmp_path, monkeypatch):
         write_h5ad_with_slots(path, tmp_path / "out.h5ad", adata, obs_columns=["scbert_cell_type"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cells.h5ad"]
     assert digest(path) == before
+
+
+# --- zarr stores, and files whose shapes disagree ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["annotate", "embed"])
+def test_a_zarr_store_is_read_and_the_output_is_an_h5ad(model_dir, tmp_path, command):
+    source = tmp_path / "cells.h5ad"
+    write_current(source)
+    store = tmp_path / "cells.zarr"
+    ad.read_h5ad(source).write_zarr(store)
+    output = tmp_path / "out.h5ad"
+    assert cli_main([command, "--model", model_dir, "--input", str(store), "--output", str(output)]) == 0
+    written = ad.read_h5ad(output)
+    assert written.n_obs == N_CELLS and list(written.obs_names) == list(ad.read_zarr(store).obs_names)
+    assert "scbert_cell_type" in written.obs if command == "annotate" else "X_scbert" in written.obsm
+
+
+def test_a_folder_that_is_not_a_zarr_store_is_named_as_such(model_dir, tmp_path, capsys):
+    folder = tmp_path / "cells.zarr"
+    folder.mkdir()
+    out = tmp_path / "out.h5ad"
+    assert cli_main(["annotate", "--model", model_dir, "--input", str(folder), "--output", str(out)]) == 2
+    assert "not an AnnData zarr store" in capsys.readouterr().err
+
+
+def _shrink_obs(path, rows):
+    """Replace the .obs of an .h5ad by one with fewer rows, as a damaged or hand-edited file has it."""
+    from anndata.io import read_elem, write_elem
+
+    with h5py.File(path, "r+") as file:
+        obs = read_elem(file["obs"]).iloc[:rows]
+        del file["obs"]
+        write_elem(file, "obs", obs)
+
+
+@pytest.mark.parametrize("command", ["annotate", "embed"])
+def test_an_obs_shorter_than_x_is_refused_before_the_model_loads(model_dir, tmp_path, monkeypatch, capsys, command):
+    path = tmp_path / "cells.h5ad"
+    write_current(path)
+    _shrink_obs(path, N_CELLS - 7)
+    before = digest(path)
+    loaded = []
+    monkeypatch.setattr(inference, "load_annotator", lambda *args, **kwargs: loaded.append(args))
+    out = tmp_path / "out.h5ad"
+    assert cli_main([command, "--model", model_dir, "--input", str(path), "--output", str(out)]) == 2
+    message = capsys.readouterr().err
+    assert f".obs has {N_CELLS - 7:,} rows" in message and f".X is {N_CELLS:,} x" in message
+    assert loaded == [] and not out.exists() and digest(path) == before
+
+
+def test_a_raw_whose_matrix_and_genes_disagree_is_refused(tmp_path):
+    path = tmp_path / "cells.h5ad"
+    adata = ad.AnnData(X=sp.csr_matrix(counts()), var=pd.DataFrame(index=GENES))
+    adata.raw = adata
+    adata.write_h5ad(path)
+    with h5py.File(path, "r+") as file:  # drop one gene from .raw.var only
+        from anndata.io import read_elem, write_elem
+
+        var = read_elem(file["raw/var"]).iloc[:-1]
+        del file["raw/var"]
+        write_elem(file["raw"], "var", var)
+    with pytest.raises(ValueError, match=r"\.raw\.X is"):
+        h5ad_io.read_h5ad(path)
