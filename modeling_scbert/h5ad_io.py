@@ -8,7 +8,9 @@ package's one atomic writer (``tokenization.atomic_files``), so a failure leaves
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+import tempfile
 from collections.abc import Sequence
 from os import PathLike
 from pathlib import Path
@@ -56,9 +58,9 @@ def read_h5ad(path: str | PathLike, *, backed: Literal["r"] | None = "r", what: 
     path = Path(path)
     zarr = is_zarr_store(path)
     if not path.is_file() and not zarr:
-        kind = "a folder that is not an AnnData zarr store" if path.is_dir() else "missing"
+        kind = "is a folder that is not an AnnData zarr store" if path.is_dir() else "does not exist"
         raise FileNotFoundError(
-            f"The {what} {str(path)!r} is {kind}; give an .h5ad file or a zarr store (adata.write_zarr)."
+            f"The {what} {str(path)!r} {kind}; give an .h5ad file or a zarr store (adata.write_zarr)."
         )
     try:
         adata = anndata.read_zarr(path) if zarr else anndata.read_h5ad(path, backed=backed)
@@ -98,8 +100,18 @@ def check_shapes(adata: AnnData, *, what: str) -> None:
         )
 
 
-def check_output_path(path: str | PathLike, *, overwrite: bool, inputs: tuple[str | PathLike, ...] = ()) -> Path:
-    """Refuse an existing output (unless ``overwrite``), an output that is an input, or a missing parent folder.
+def check_output_path(
+    path: str | PathLike,
+    *,
+    overwrite: bool,
+    inputs: tuple[str | PathLike, ...] = (),
+    outputs: tuple[str | PathLike, ...] = (),
+) -> Path:
+    """Refuse an output that cannot be written, before any work.
+
+    Refused: an output that is an input, or another output of the same command (``--csv`` equal to ``--output``);
+    an existing output (unless ``overwrite``); a folder; a missing parent folder; a parent folder where no file can
+    be created (read-only, forbidden, or full), found by creating and removing a file there.
 
     Returns
     -------
@@ -108,26 +120,31 @@ def check_output_path(path: str | PathLike, *, overwrite: bool, inputs: tuple[st
     Raises
     ------
     ValueError
-        When ``path`` is one of ``inputs``.
+        When ``path`` is one of ``inputs`` or ``outputs``.
     FileExistsError
         When ``path`` exists and ``overwrite`` is false.
     IsADirectoryError
         When ``path`` is a folder.
     FileNotFoundError
         When the folder of ``path`` does not exist.
+    OSError
+        When no file can be created in the folder of ``path`` (the cause and the folder named).
     """
     path = Path(path)
-    for source in inputs:
-        if Path(source).exists() and path.exists() and path.resolve() == Path(source).resolve():
-            raise ValueError(
-                f"The output {str(path)!r} is the input file; the input is never modified. Pick a new path."
-            )
+    for role, others in (("the input", inputs), ("another output of this command", outputs)):
+        for other in others:
+            if other is not None and path.resolve() == Path(other).resolve():
+                raise ValueError(f"The output {str(path)!r} is also {role}; give each its own path.")
     if path.exists() and not overwrite:
         raise FileExistsError(f"The output {str(path)!r} already exists; pass --overwrite to replace it.")
     if path.is_dir():
         raise IsADirectoryError(f"The output {str(path)!r} is a folder; give a file path.")
     if not path.parent.is_dir():
         raise FileNotFoundError(f"The output's folder {str(path.parent)!r} does not exist; create it first.")
+    # Permission bits do not say it all (root, read-only mounts, a full disk): try, as the writer will.
+    probe, probe_path = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=path.parent)
+    os.close(probe)
+    os.unlink(probe_path)
     return path
 
 

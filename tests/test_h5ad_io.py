@@ -217,3 +217,33 @@ def test_a_raw_whose_matrix_and_genes_disagree_is_refused(tmp_path):
         write_elem(file["raw"], "var", var)
     with pytest.raises(ValueError, match=r"\.raw\.X is"):
         h5ad_io.read_h5ad(path)
+
+
+def test_an_output_folder_where_nothing_can_be_written_is_refused_before_the_model_loads(
+    model_dir, tmp_path, monkeypatch, capsys
+):
+    import errno
+    import tempfile
+
+    path = tmp_path / "cells.h5ad"
+    write_current(path)
+    loaded = []
+    monkeypatch.setattr(inference, "load_annotator", lambda *args, **kwargs: loaded.append(args))
+
+    def read_only(*args, dir=None, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(dir))
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    out = tmp_path / "out.h5ad"
+    assert cli_main(["annotate", "--model", model_dir, "--input", str(path), "--output", str(out)]) == 2
+    assert "read-only" in capsys.readouterr().err and loaded == [] and not out.exists()
+
+
+def test_a_csv_at_the_output_s_path_is_refused_before_any_work(model_dir, tmp_path, monkeypatch, capsys):
+    path = tmp_path / "cells.h5ad"
+    write_current(path)
+    out = tmp_path / "out.h5ad"
+    argv = ["annotate", "--model", model_dir, "--input", str(path), "--output", str(out), "--csv", str(out)]
+    assert cli_main(argv) == 2
+    assert "is also" in capsys.readouterr().err and not out.exists()
+    assert cli_main([*argv, "--overwrite"]) == 2 and not out.exists()
