@@ -77,7 +77,7 @@ def _push(args: argparse.Namespace) -> int:
 
     facts = {"license": args.license} if args.license else None
     try:
-        commit = push_model_folder(
+        result = push_model_folder(
             args.model,
             args.repo_id,
             private=args.private,
@@ -85,11 +85,17 @@ def _push(args: argparse.Namespace) -> int:
             token=args.token,
             commit_message=args.commit_message,
             facts=facts,
+            dry_run=args.dry_run,
         )
     except HubAuthenticationError as error:
         print(f"scbert push: error: {error}", file=sys.stderr)
         return 2
-    print(f"pushed {args.model} to {args.repo_id} at commit {commit.oid} (pin it with revision={commit.oid!r})")
+    if args.dry_run:
+        print(f"would upload to {args.repo_id} (dry run, nothing sent):")
+        print("".join(f"  {name}\n" for name in result.files), end="")
+        print(f"left out: {', '.join(result.left_out) or 'nothing'}")
+        return 0
+    print(f"pushed {args.model} to {args.repo_id} at commit {result.oid} (pin it with revision={result.oid!r})")
     return 0
 
 
@@ -332,6 +338,11 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--license", help="license of the weights for the card, e.g. apache-2.0 (else scbert_card.json)")
     push.add_argument("--token", help="Hub token (default: from `hf auth login` or HF_TOKEN)")
     push.add_argument(*_spellings("--commit-message"), default="Upload scBERT model, tokenizer and model card")
+    push.add_argument(
+        *_spellings("--dry-run"),
+        action="store_true",
+        help="list the files that would be uploaded (and those left out), then stop: nothing is written or sent",
+    )
     push.set_defaults(handler=_push)
 
     for name in TRAINING_COMMANDS:
