@@ -86,6 +86,15 @@ def test_written_files_and_folders_carry_the_umask_permissions(tmp_path, umask_0
     assert (_mode(model), _mode(model / "config.json")) == (0o700, 0o600)
 
 
+def test_an_input_hard_linked_into_a_staged_folder_keeps_its_mode(tmp_path, umask_022):
+    source = tmp_path / "input.h5ad"
+    source.write_bytes(b"cells")
+    source.chmod(0o600)
+    with atomic_path(tmp_path / "out", directory=True) as staging:
+        os.link(source, staging / "input.h5ad")
+    assert _mode(source) == 0o600
+
+
 def test_a_tokenizer_folder_is_readable_by_the_group_and_others(tmp_path, umask_022):
     from tokenization import ScBertTokenizer
 

@@ -117,9 +117,9 @@ def current_umask() -> int:
     Linux reports it in ``/proc/self/status``; elsewhere a probe folder created with mode ``0o777`` shows it.
     """
     try:
-        with open("/proc/self/status", encoding="ascii") as status:
+        with open("/proc/self/status", "rb") as status:  # binary: the process name there may be any bytes
             for line in status:
-                if line.startswith("Umask:"):
+                if line.startswith(b"Umask:"):
                     return int(line.split()[1], 8)
     except (OSError, ValueError, IndexError):
         pass
@@ -137,13 +137,15 @@ def current_umask() -> int:
 def _apply_umask(path: Path, umask: int) -> None:
     """Give ``path`` (and, for a folder, everything in it) the modes a plain ``open``/``mkdir`` would give.
 
-    Files get ``0o666 & ~umask`` (``0o777 & ~umask`` when they were executable), folders ``0o777 & ~umask``; links
-    are left alone. Temporaries come from private modes (``0600``/``0700`` from :mod:`tempfile` in libraries writing
-    into the staged folder), which would otherwise be published as they are.
+    Files get ``0o666 & ~umask`` (``0o777 & ~umask`` when they were executable), folders ``0o777 & ~umask``. Without
+    this, what libraries write into a staged folder through :mod:`tempfile` would be published private
+    (``0600``/``0700``). Symbolic links, and files with several hard links (their mode is shared with a name outside
+    the staged tree, an input perhaps), are left alone.
     """
 
     def chmod(item: str | Path, mode: int) -> None:
-        if not stat.S_ISLNK(os.lstat(item).st_mode):
+        status = os.lstat(item)
+        if not stat.S_ISLNK(status.st_mode) and (stat.S_ISDIR(status.st_mode) or status.st_nlink == 1):
             os.chmod(item, mode & ~umask)
 
     if not path.is_dir() or path.is_symlink():
