@@ -162,6 +162,7 @@ def _annotate(args: argparse.Namespace) -> int:
         obsm_keys=obsm,
         uns_keys=[key],
         layout=layout,
+        overwrite=args.overwrite,
     )
     if args.csv:
         columns = [f"{key}_cell_type", f"{key}_confidence", f"{key}_unassigned_reason", *voting]
@@ -172,7 +173,7 @@ def _annotate(args: argparse.Namespace) -> int:
 
             names = [f"probability:{name}" for name in adata.uns[key]["class_names"]]
             table = pd.concat([table, pd.DataFrame(adata.obsm[obsm[0]], index=adata.obs_names, columns=names)], axis=1)
-        write_text_atomically(args.csv, table.to_csv(index_label="cell_id"))
+        write_text_atomically(args.csv, table.to_csv(index_label="cell_id"), replace=args.overwrite)
         print(f"written: {args.csv}")
     counts = adata.obs[f"{key}_cell_type"].value_counts()
     print(f"annotated {adata.n_obs:,} cells: " + ", ".join(f"{name} {n:,}" for name, n in counts.items() if n))
@@ -205,7 +206,13 @@ def _embed(args: argparse.Namespace) -> int:
         return 0
     key = args.key_added
     write_h5ad_with_slots(
-        args.input, output, adata, obsm_keys=[f"X_{key}"], uns_keys=[f"{key}_embedding"], layout=layout
+        args.input,
+        output,
+        adata,
+        obsm_keys=[f"X_{key}"],
+        uns_keys=[f"{key}_embedding"],
+        layout=layout,
+        overwrite=args.overwrite,
     )
     print(f"embedded {adata.n_obs:,} cells into .obsm['X_{key}'] {adata.obsm[f'X_{key}'].shape}")
     print(f"written: {args.output}")
@@ -237,10 +244,12 @@ def _attention(args: argparse.Namespace) -> int:
         **_inference_options(args),
     )
     key = args.key_added
-    write_h5ad_with_slots(args.input, output, adata, varm_keys=[key], uns_keys=[key], layout=layout)
+    write_h5ad_with_slots(
+        args.input, output, adata, varm_keys=[key], uns_keys=[key], layout=layout, overwrite=args.overwrite
+    )
     table = top_attention_genes(adata, key=key, n_genes=args.top, gene_key=args.gene_key)
     if args.csv:
-        write_text_atomically(args.csv, table.to_csv(index=False))
+        write_text_atomically(args.csv, table.to_csv(index=False), replace=args.overwrite)
         print(f"written: {args.csv}")
     for cell_type, rows in table.groupby("cell_type", sort=False):
         print(f"{cell_type} ({rows['n_cells'].iloc[0]:,} cells): " + ", ".join(rows["gene"].head(10)))

@@ -151,6 +151,33 @@ def test_stale_temporaries_of_dead_runs_are_removed_and_live_ones_kept(tmp_path)
     assert _leftovers(tmp_path, {"out.h5ad"}) == sorted(p.name for p in (live, other_host, other_target))
 
 
+# ------------------------------------------------------------------------------------------ two runs, one output
+@pytest.mark.parametrize("path", ["renameat2", "fallback"])
+@pytest.mark.parametrize("directory", [False, True], ids=["file", "folder"])
+def test_of_two_runs_writing_one_new_output_without_replace_the_second_fails(tmp_path, monkeypatch, path, directory):
+    if path == "renameat2" and atomic_files._renameat2 is None:
+        pytest.skip("no renameat2 on this system")
+    if path == "fallback":
+        monkeypatch.setattr(atomic_files, "_renameat2", None)
+    target = tmp_path / "out"
+
+    def fill(staging: Path, text: str) -> None:
+        (staging / "data.txt" if directory else staging).write_text(text)
+
+    with (
+        pytest.raises(FileExistsError, match="appeared while this run was writing it"),
+        atomic_path(target, directory=directory, replace=False) as first,
+    ):
+        fill(first, "first")
+        with atomic_path(target, directory=directory, replace=False) as second:
+            fill(second, "second")
+    assert (target / "data.txt" if directory else target).read_text() == "second"  # the first finished, whole
+    assert _leftovers(tmp_path, {"out"}) == []
+    with atomic_path(target, directory=directory) as third:  # replacing is still what replace=True asks for
+        fill(third, "third")
+    assert (target / "data.txt" if directory else target).read_text() == "third"
+
+
 # ------------------------------------------------------------------------------------------------- fault injection
 def _old_folder(path: Path) -> Path:
     path.mkdir()

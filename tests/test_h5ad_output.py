@@ -153,3 +153,33 @@ def test_a_failed_write_leaves_no_file(layout, tmp_path, monkeypatch):
         write_h5ad_with_slots(path, tmp_path / "out.h5ad", adata, obs_columns=["scbert_cell_type"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cells.h5ad"]
     assert digest(path) == before
+
+
+def test_an_output_another_run_wrote_meanwhile_is_left_as_it_is(tmp_path):
+    path = tmp_path / "cells.h5ad"
+    write_current(path)
+    adata = ad.read_h5ad(path, backed="r")
+    adata.obs["scbert_cell_type"] = "B"
+    out = tmp_path / "out.h5ad"
+    out.write_text("the other run's output")  # after this run's up-front check, before its rename
+    with pytest.raises(FileExistsError, match="appeared while this run was writing it"):
+        write_h5ad_with_slots(path, out, adata, obs_columns=["scbert_cell_type"], overwrite=False)
+    assert out.read_text() == "the other run's output"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cells.h5ad", "out.h5ad"]
+
+
+def test_the_annotated_copy_carries_the_umask_permissions(tmp_path):
+    import os
+    import stat
+
+    path = tmp_path / "cells.h5ad"
+    write_current(path)
+    path.chmod(0o600)  # a private input; the output follows the umask, not the input
+    adata = ad.read_h5ad(path, backed="r")
+    adata.obs["scbert_cell_type"] = "B"
+    previous = os.umask(0o022)
+    try:
+        write_h5ad_with_slots(path, tmp_path / "out.h5ad", adata, obs_columns=["scbert_cell_type"])
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "out.h5ad").stat().st_mode) == 0o644

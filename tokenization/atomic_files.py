@@ -163,6 +163,7 @@ def _apply_umask(path: Path, umask: int) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- swapping folders
+_RENAME_NOREPLACE = 1
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
 _RENAMEAT2_SYSCALL = {"x86_64": 316, "amd64": 316, "aarch64": 276, "arm64": 276}
@@ -202,6 +203,18 @@ def _renameat2_function() -> Callable[..., int] | None:
 _renameat2 = _renameat2_function()
 
 
+def _rename_with_flags(source: str | PathLike, target: str | PathLike, flags: int) -> bool:
+    """``renameat2(source, target, flags)``: ``False`` where this system or filesystem lacks it (nothing changed)."""
+    if _renameat2 is None:
+        return False
+    if _renameat2(_AT_FDCWD, os.fsencode(source), _AT_FDCWD, os.fsencode(target), flags) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
+        return False  # EINVAL: the filesystem (NFS, some FUSE) lacks the flag; ENOSYS: a kernel before 3.15
+    raise OSError(code, os.strerror(code), os.fspath(source), None, os.fspath(target))
+
+
 def exchange_paths(first: str | PathLike, second: str | PathLike) -> bool:
     """Swap the names of two existing paths in one step (Linux ``renameat2(RENAME_EXCHANGE)``).
 
@@ -214,15 +227,50 @@ def exchange_paths(first: str | PathLike, second: str | PathLike) -> bool:
     OSError
         For any other failure (a path missing, no permission).
     """
-    if _renameat2 is None:
-        return False
-    result = _renameat2(_AT_FDCWD, os.fsencode(first), _AT_FDCWD, os.fsencode(second), _RENAME_EXCHANGE)
-    if result == 0:
-        return True
-    code = ctypes.get_errno()
-    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
-        return False  # EINVAL: the filesystem (NFS, some FUSE) has no exchange; ENOSYS: a kernel before 3.15
-    raise OSError(code, os.strerror(code), os.fspath(first), None, os.fspath(second))
+    return _rename_with_flags(first, second, _RENAME_EXCHANGE)
+
+
+def _publish_new(temporary: Path, destination: Path) -> None:
+    """Rename ``temporary`` to ``destination`` only if nothing is there, deciding in one step where possible.
+
+    ``renameat2(RENAME_NOREPLACE)`` (Linux; not NFS) or, for a file, a hard link (which fails on an existing name;
+    NFS has it) make the check and the rename one step, so of two runs writing the same new output exactly one
+    succeeds. Elsewhere the check comes just before the rename, and two runs finishing within that moment can still
+    both succeed.
+
+    Raises
+    ------
+    FileExistsError
+        When ``destination`` exists (written by another run while this one worked).
+    """
+    try:
+        if _rename_with_flags(temporary, destination, _RENAME_NOREPLACE):
+            return
+        if not temporary.is_dir():
+            try:
+                os.link(temporary, destination)
+            except FileExistsError:
+                raise
+            except OSError:  # no hard links on this filesystem (FAT, some FUSE)
+                pass
+            else:
+                temporary.unlink()
+                return
+        if os.path.lexists(destination):
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), os.fspath(destination))
+        os.rename(temporary, destination)  # for a folder, fails on any non-empty folder there meanwhile
+    except FileExistsError as error:
+        raise FileExistsError(
+            errno.EEXIST,
+            f"{str(destination)!r} appeared while this run was writing it (another run?) and was left as it is; "
+            "pass overwrite to replace it",
+        ) from error
+    except OSError as error:
+        if error.errno == errno.ENOTEMPTY:
+            raise FileExistsError(
+                errno.EEXIST, f"{str(destination)!r} appeared while this run was writing it and was left as it is"
+            ) from error
+        raise
 
 
 def _remove(path: Path) -> None:
@@ -269,8 +317,10 @@ def _create(temporary: Path, directory: bool) -> None:
         os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666))
 
 
-def _publish(temporary: Path, destination: Path, directory: bool) -> None:
-    if directory and destination.is_dir():
+def _publish(temporary: Path, destination: Path, directory: bool, replace: bool) -> None:
+    if not replace:
+        _publish_new(temporary, destination)
+    elif directory and destination.is_dir():
         if exchange_paths(temporary, destination):
             _fault_point("exchanged")
             _remove(temporary)  # the old folder, now under the temporary's name (a dead run's is removed later)
@@ -281,7 +331,7 @@ def _publish(temporary: Path, destination: Path, directory: bool) -> None:
 
 
 @contextmanager
-def atomic_path(destination: str | PathLike, *, directory: bool = False) -> Iterator[Path]:
+def atomic_path(destination: str | PathLike, *, directory: bool = False, replace: bool = True) -> Iterator[Path]:
     """Yield a temporary path beside ``destination``; on success publish it as ``destination`` in one step.
 
     Before creating the temporary, temporaries that dead runs left for the same destination are removed. Before
@@ -293,12 +343,16 @@ def atomic_path(destination: str | PathLike, *, directory: bool = False) -> Iter
         directory: Yield a fresh empty folder instead of a (just created, empty) file. An existing folder at
             ``destination`` is swapped with the new one in one step (``renameat2(RENAME_EXCHANGE)``) and then
             removed; for a file, ``os.replace`` replaces it in one step.
+        replace: Replace what is at ``destination``. With ``False``, publishing fails with ``FileExistsError`` when
+            something is there by then (another run writing the same output), decided in the same step as the rename
+            where the system allows (see :func:`_publish_new`); the temporary is removed and nothing is replaced.
 
     Yields:
         The temporary path to write to. It is removed, with anything in it, when the block raises.
 
     Raises:
         FileNotFoundError: The parent folder of ``destination`` does not exist.
+        FileExistsError: With ``replace=False``, when ``destination`` exists at the time of publishing.
         OSError: From the filesystem, for example a full disk or a folder in the way of a file.
     """
     destination = Path(destination)
@@ -316,7 +370,7 @@ def atomic_path(destination: str | PathLike, *, directory: bool = False) -> Iter
         _fault_point("staged")
         _apply_umask(temporary, current_umask())
         _fault_point("permissions_set")
-        _publish(temporary, destination, directory)
+        _publish(temporary, destination, directory, replace)
         _fault_point("published")
     except BaseException:
         if os.path.lexists(temporary):
@@ -324,7 +378,7 @@ def atomic_path(destination: str | PathLike, *, directory: bool = False) -> Iter
         raise
 
 
-def write_text_atomically(path: str | PathLike, text: str) -> None:
-    """Write ``text`` (UTF-8) to ``path`` atomically (see :func:`atomic_path`)."""
-    with atomic_path(path) as temporary:
+def write_text_atomically(path: str | PathLike, text: str, *, replace: bool = True) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically (see :func:`atomic_path`, also for ``replace``)."""
+    with atomic_path(path, replace=replace) as temporary:
         temporary.write_text(text, encoding="utf-8")
