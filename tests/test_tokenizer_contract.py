@@ -4,13 +4,15 @@ leave the tokenizer's folder are refused, with a message that names them."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 
 import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
 
-from tokenization import ScBertTokenizer
+from tokenization import ScBertTokenizer, atomic_files
 
 
 @pytest.mark.parametrize(
@@ -83,3 +85,29 @@ def test_a_hub_tokenizer_naming_a_gene_file_outside_the_repository_is_refused(tm
     with pytest.raises(ValueError, match=r"user/scbert/tokenizer_config.json gives genes_file='../../../.ssh/id_rsa'"):
         ScBertTokenizer.from_pretrained("user/scbert")
     assert downloads == ["tokenizer_config.json"]
+
+
+def test_a_save_killed_between_its_two_files_is_refused_at_load_and_a_second_save_repairs_it(tmp_path):
+    """The two files are published one after the other; the panel hash catches a kill between them."""
+    ScBertTokenizer(["A", "B"]).save_pretrained(tmp_path)
+    pid = os.fork()
+    if pid == 0:  # the child: killed when the second file's temporary is created, the first one published
+        try:
+            published = []
+
+            def fault(point: str) -> None:
+                published.append(point)
+                if point == "created" and "published" in published:
+                    os.kill(os.getpid(), signal.SIGKILL)
+
+            atomic_files._fault_point = fault
+            ScBertTokenizer(["A", "B", "C"]).save_pretrained(tmp_path)
+        finally:
+            os._exit(1)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status)
+    with pytest.raises(ValueError, match="does not match the panel_hash.*save_pretrained was interrupted"):
+        ScBertTokenizer.from_pretrained(tmp_path)
+    ScBertTokenizer(["A", "B", "C"]).save_pretrained(tmp_path)
+    assert ScBertTokenizer.from_pretrained(tmp_path).genes == ("A", "B", "C")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["genes.txt", "tokenizer_config.json"]

@@ -370,7 +370,8 @@ class ScBertTokenizer:
         if expected is not None and expected != tokenizer.panel_hash:
             raise ValueError(
                 f"{genes_path} does not match the panel_hash recorded in {config_path} (expected {expected[:12]}..., "
-                f"got {tokenizer.panel_hash[:12]}...); the gene file was edited or truncated. Restore the original."
+                f"got {tokenizer.panel_hash[:12]}...): the gene file was edited, or a save_pretrained was interrupted "
+                "between its two files. Save the tokenizer again, or restore the original files."
             )
         return tokenizer
 
