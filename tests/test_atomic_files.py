@@ -3,6 +3,7 @@ import os
 import resource
 import signal
 import stat
+import sys
 import tempfile
 from pathlib import Path
 
@@ -119,6 +120,32 @@ def test_a_folder_is_swapped_in_one_step_with_renameat2(tmp_path, monkeypatch):
     with atomic_path(target, directory=True) as staging:
         _fill_new(staging)
     assert _version(target) == "new"
+
+
+def test_without_renameat2_in_libc_the_system_call_swaps_the_folders(tmp_path, monkeypatch):
+    import ctypes
+    import platform
+
+    if not sys.platform.startswith("linux") or platform.machine().lower() not in ("x86_64", "aarch64"):
+        pytest.skip("the system call number is known for Linux on x86_64 and aarch64")
+    real = ctypes.CDLL
+
+    class LibcWithoutRenameat2:  # an older glibc (< 2.28)
+        def __init__(self, *args, **kwargs):
+            self._libc = real(*args, **kwargs)
+
+        def __getattr__(self, name):
+            if name == "renameat2":
+                raise AttributeError(name)
+            return getattr(self._libc, name)
+
+    monkeypatch.setattr(ctypes, "CDLL", LibcWithoutRenameat2)
+    monkeypatch.setattr(atomic_files, "_renameat2", atomic_files._renameat2_function())
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "one").write_text("1")
+    (tmp_path / "b").mkdir()
+    assert exchange_paths(tmp_path / "a", tmp_path / "b")
+    assert [p.name for p in (tmp_path / "b").iterdir()] == ["one"] and not any((tmp_path / "a").iterdir())
 
 
 def test_without_an_exchange_the_folder_is_merged_and_never_missing(tmp_path, monkeypatch):
