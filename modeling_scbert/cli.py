@@ -78,7 +78,7 @@ def _push(args: argparse.Namespace) -> int:
 
     facts = {"license": args.license} if args.license else None
     try:
-        commit = push_model_folder(
+        result = push_model_folder(
             args.model,
             args.repo_id,
             private=args.private,
@@ -86,11 +86,17 @@ def _push(args: argparse.Namespace) -> int:
             token=args.token,
             commit_message=args.commit_message,
             facts=facts,
+            dry_run=args.dry_run,
         )
     except HubAuthenticationError as error:
         print(f"scbert push: error: {error}", file=sys.stderr)
         return 2
-    print(f"pushed {args.model} to {args.repo_id} at commit {commit.oid} (pin it with revision={commit.oid!r})")
+    if args.dry_run:
+        print(f"would upload to {args.repo_id} (dry run, nothing sent):")
+        print("".join(f"  {name}\n" for name in result.files), end="")
+        print(f"left out: {', '.join(result.left_out) or 'nothing'}")
+        return 0
+    print(f"pushed {args.model} to {args.repo_id} at commit {result.oid} (pin it with revision={result.oid!r})")
     return 0
 
 
@@ -157,6 +163,7 @@ def _annotate(args: argparse.Namespace) -> int:
         obsm_keys=obsm,
         uns_keys=[key],
         layout=layout,
+        overwrite=args.overwrite,
     )
     if args.csv:
         columns = [f"{key}_cell_type", f"{key}_confidence", f"{key}_unassigned_reason", *voting]
@@ -167,7 +174,7 @@ def _annotate(args: argparse.Namespace) -> int:
 
             names = [f"probability:{name}" for name in adata.uns[key]["class_names"]]
             table = pd.concat([table, pd.DataFrame(adata.obsm[obsm[0]], index=adata.obs_names, columns=names)], axis=1)
-        write_text_atomically(args.csv, table.to_csv(index_label="cell_id"))
+        write_text_atomically(args.csv, table.to_csv(index_label="cell_id"), replace=args.overwrite)
         print(f"written: {args.csv}")
     counts = adata.obs[f"{key}_cell_type"].value_counts()
     print(f"annotated {adata.n_obs:,} cells: " + ", ".join(f"{name} {n:,}" for name, n in counts.items() if n))
@@ -200,7 +207,13 @@ def _embed(args: argparse.Namespace) -> int:
         return 0
     key = args.key_added
     write_h5ad_with_slots(
-        args.input, output, adata, obsm_keys=[f"X_{key}"], uns_keys=[f"{key}_embedding"], layout=layout
+        args.input,
+        output,
+        adata,
+        obsm_keys=[f"X_{key}"],
+        uns_keys=[f"{key}_embedding"],
+        layout=layout,
+        overwrite=args.overwrite,
     )
     print(f"embedded {adata.n_obs:,} cells into .obsm['X_{key}'] {adata.obsm[f'X_{key}'].shape}")
     print(f"written: {args.output}")
@@ -232,10 +245,12 @@ def _attention(args: argparse.Namespace) -> int:
         **_inference_options(args),
     )
     key = args.key_added
-    write_h5ad_with_slots(args.input, output, adata, varm_keys=[key], uns_keys=[key], layout=layout)
+    write_h5ad_with_slots(
+        args.input, output, adata, varm_keys=[key], uns_keys=[key], layout=layout, overwrite=args.overwrite
+    )
     table = top_attention_genes(adata, key=key, n_genes=args.top, gene_key=args.gene_key)
     if args.csv:
-        write_text_atomically(args.csv, table.to_csv(index=False))
+        write_text_atomically(args.csv, table.to_csv(index=False), replace=args.overwrite)
         print(f"written: {args.csv}")
     for cell_type, rows in table.groupby("cell_type", sort=False):
         print(f"{cell_type} ({rows['n_cells'].iloc[0]:,} cells): " + ", ".join(rows["gene"].head(10)))
@@ -333,6 +348,11 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--license", help="license of the weights for the card, e.g. apache-2.0 (else scbert_card.json)")
     push.add_argument("--token", help="Hub token (default: from `hf auth login` or HF_TOKEN)")
     push.add_argument(*_spellings("--commit-message"), default="Upload scBERT model, tokenizer and model card")
+    push.add_argument(
+        *_spellings("--dry-run"),
+        action="store_true",
+        help="list the files that would be uploaded (and those left out), then stop: nothing is written or sent",
+    )
     push.set_defaults(handler=_push)
 
     for name in TRAINING_COMMANDS:

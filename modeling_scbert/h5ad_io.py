@@ -205,6 +205,7 @@ def write_h5ad_with_slots(
     uns_keys: list[str] = (),
     layout: Literal["copy", "rewrite", "zarr"] | None = None,
     varm_keys: list[str] = (),
+    overwrite: bool = True,
 ) -> None:
     """Write ``source`` plus the given slots of ``adata`` to ``destination``, atomically.
 
@@ -215,19 +216,22 @@ def write_h5ad_with_slots(
     anndata's own writer; a zarr store (``"zarr"``) is read with ``anndata.read_zarr`` and written the same way, as an
     ``.h5ad``. Either way the temporary file is then renamed over ``destination`` (``os.replace``), so
     a failure leaves no partial output; the input is never modified. ``layout=None`` asks
-    :func:`plan_h5ad_output`.
+    :func:`plan_h5ad_output`. With ``overwrite=False``, a ``destination`` that another run wrote meanwhile is left
+    as it is (checked in the same step as the rename where the system allows).
 
     Raises
     ------
     ValueError
         When the input cannot be read (see :func:`plan_h5ad_output`), or ``layout`` is not one of the two.
+    FileExistsError
+        With ``overwrite=False``, when ``destination`` exists by the time the copy is complete.
     OSError
         From the filesystem (a full disk, say); nothing is left at ``destination``.
     """
     layout = plan_h5ad_output(source) if layout is None else layout
     if layout not in (COPY_LAYOUT, REWRITE_LAYOUT, ZARR_LAYOUT):
         raise ValueError(f"layout must be {COPY_LAYOUT!r}, {REWRITE_LAYOUT!r} or {ZARR_LAYOUT!r}; got {layout!r}.")
-    with atomic_path(destination) as temporary:
+    with atomic_path(destination, replace=overwrite) as temporary:
         if layout == COPY_LAYOUT:
             _patch_copy(
                 source,

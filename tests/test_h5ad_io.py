@@ -247,3 +247,33 @@ def test_a_csv_at_the_output_s_path_is_refused_before_any_work(model_dir, tmp_pa
     assert cli_main(argv) == 2
     assert "is also" in capsys.readouterr().err and not out.exists()
     assert cli_main([*argv, "--overwrite"]) == 2 and not out.exists()
+
+
+def test_an_output_another_run_wrote_meanwhile_is_left_as_it_is(tmp_path):
+    path = tmp_path / "cells.h5ad"
+    write_current(path)
+    adata = ad.read_h5ad(path, backed="r")
+    adata.obs["scbert_cell_type"] = "B"
+    out = tmp_path / "out.h5ad"
+    out.write_text("the other run's output")  # after this run's up-front check, before its rename
+    with pytest.raises(FileExistsError, match="appeared while this run was writing it"):
+        write_h5ad_with_slots(path, out, adata, obs_columns=["scbert_cell_type"], overwrite=False)
+    assert out.read_text() == "the other run's output"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cells.h5ad", "out.h5ad"]
+
+
+def test_the_annotated_copy_carries_the_umask_permissions(tmp_path):
+    import os
+    import stat
+
+    path = tmp_path / "cells.h5ad"
+    write_current(path)
+    path.chmod(0o600)  # a private input; the output follows the umask, not the input
+    adata = ad.read_h5ad(path, backed="r")
+    adata.obs["scbert_cell_type"] = "B"
+    previous = os.umask(0o022)
+    try:
+        write_h5ad_with_slots(path, tmp_path / "out.h5ad", adata, obs_columns=["scbert_cell_type"])
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "out.h5ad").stat().st_mode) == 0o644

@@ -23,7 +23,7 @@ from modeling_scbert import ScBertConfig, ScBertForMaskedLM, ScBertForSequenceCl
 from modeling_scbert.cli import main as cli_main
 from modeling_scbert.hub.card import find_placeholders, render_model_card, validate_model_card, write_model_card
 from modeling_scbert.hub.card_data import ModelCardError, ScBertCardData
-from modeling_scbert.hub.push import check_repo_id, push_model_folder
+from modeling_scbert.hub.push import UploadPlan, check_repo_id, push_model_folder
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 LABELS = ["B cell", "T cell", "NK cell"]
@@ -226,7 +226,95 @@ def test_push_refuses_a_bad_repo_id_before_anything_else(tmp_path):
         push_model_folder(tmp_path, "just-a-name", token="hf_fake")
 
 
+# What people keep beside a model and must never reach the Hub.
+SECRET_LOOKING = ["token", "hf_token.txt", "secrets.json", "id_rsa", "credentials", "wandb-metadata.json", "notes.md"]
+
+
+def model_folder_with_secrets(tmp_path: Path) -> tuple[Path, set[str]]:
+    """An annotator folder as finetune leaves it, plus secret-looking files; and the names a push may upload."""
+    from tokenization.pipeline_scbert import save_pipeline_code
+
+    folder = make_annotator(tmp_path / "model")
+    code = {Path(path).name for path in save_pipeline_code(folder)}
+    (folder / "classification_report.json").write_text("{}")
+    for name in SECRET_LOOKING:
+        (folder / name).write_text(f"hf_secret_{name}")
+    (folder / ".env").write_text("HF_TOKEN=hf_secret")
+    (folder / "training_args.bin").write_bytes(b"pickle")
+    (folder / "trainer_state.json").write_text('{"best_model_checkpoint": "/home/someone/run"}')
+    (folder / "checkpoint-5").mkdir()
+    (folder / "checkpoint-5" / "config.json").write_text("{}")
+    outside = tmp_path / "outside_secret.txt"
+    outside.write_text("hf_secret_outside")
+    (folder / "notes.txt").symlink_to(outside)
+    allowed = code | {"model.safetensors", "genes.txt", "tokenizer_config.json", "eval_results.json"}
+    allowed |= {
+        "classification_report.json",
+        "README.md",
+        "scbert_card.json",
+        "modeling_scbert.py",
+        "configuration_scbert.py",
+    }
+    assert {"config.json", "modeling_scbert.py", "configuration_scbert.py", "pipeline_scbert.py"} <= allowed
+    return folder, allowed
+
+
+def test_a_dry_run_lists_the_model_files_and_writes_and_sends_nothing(tmp_path, capsys):
+    folder, allowed = model_folder_with_secrets(tmp_path)
+    before = sorted(p.name for p in folder.iterdir())
+    plan = push_model_folder(folder, "org/model", facts={"license": "apache-2.0"}, token=False, dry_run=True)
+    assert isinstance(plan, UploadPlan) and set(plan.files) == allowed
+    assert set(SECRET_LOOKING) | {".env", "training_args.bin", "trainer_state.json", "notes.txt", "checkpoint-5/"} == (
+        set(plan.left_out)
+    )
+    assert cli_main(["push", "--model", str(folder), "--repo-id", "org/model", "--dry-run", "--license", "mit"]) == 0
+    out = capsys.readouterr().out
+    assert "  model.safetensors\n" in out and "id_rsa" in out.split("left out:")[1] and "  id_rsa" not in out
+    assert sorted(p.name for p in folder.iterdir()) == before  # no card written
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "config.json", "genes.txt"])
+def test_push_refuses_a_model_file_that_links_outside_the_folder(tmp_path, name, capsys):
+    folder = make_annotator(tmp_path / "model")
+    outside = tmp_path / f"elsewhere_{name}"
+    (folder / name).rename(outside)
+    (folder / name).symlink_to(outside)
+    with pytest.raises(
+        ValueError, match=f"{name}' is a symbolic link to .*elsewhere_{name}.*outside the model folder"
+    ):
+        push_model_folder(folder, "org/model", token="hf_fake", dry_run=True)
+    assert cli_main(["push", "--model", str(folder), "--repo-id", "org/model", "--token", "hf_x"]) == 2
+    assert "outside the model folder" in capsys.readouterr().err
+    assert not (folder / "README.md").exists()  # refused before the card is written
+    # A link that stays inside the folder is a file of the model like any other.
+    (folder / name).unlink()
+    outside.rename(folder / f"real_{name}")
+    (folder / name).symlink_to(folder / f"real_{name}")
+    assert name in push_model_folder(folder, "org/model", facts={"license": "mit"}, token=False, dry_run=True).files
+
+
 # -------------------------------------------------------------------------------------------- against the local Hub
+def test_push_uploads_the_model_files_and_nothing_else(tmp_path, hub):
+    folder, allowed = model_folder_with_secrets(tmp_path)
+    script = f"""
+        import json, logging
+        from modeling_scbert.hub.push import push_model_folder
+        logging.basicConfig(level=logging.WARNING)
+        commit = push_model_folder({str(folder)!r}, "my-lab/leak-test", facts={{"license": "apache-2.0"}})
+        print(json.dumps({{"commit": commit.oid}}))
+    """
+    result = run_client(script, hub, tmp_path)
+    assert result.returncode == 0, result.stderr[-4000:]
+    oid = json.loads(result.stdout.strip().splitlines()[-1])["commit"]
+    stored = hub.repos["my-lab/leak-test"].commits[oid].files
+    assert set(stored) - {".gitattributes"} == allowed
+    assert not [name for name, content in stored.items() if b"hf_secret" in content]
+    # What was left out is named, in one log line.
+    (line,) = [line for line in result.stderr.splitlines() if "Not uploading" in line]
+    assert all(name in line for name in [*SECRET_LOOKING, ".env", "notes.txt", "checkpoint-5/"])
+    assert not hub.unhandled, hub.unhandled
+
+
 def run_client(script: str, hub: FakeHub, tmp_path: Path, *, token: str | None = "hf_test_token", cwd=None):
     """Run client code in a fresh interpreter whose huggingface_hub talks to the local Hub."""
     env = {k: v for k, v in os.environ.items() if not k.upper().endswith("_PROXY") and not k.startswith("HF_")}

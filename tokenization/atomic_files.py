@@ -1,67 +1,384 @@
 """One atomic writer for every file and folder the package writes.
 
 A crash, a full disk or Ctrl-C mid-write must never leave a half-written file under its final name, nor touch what
-was there before: everything is written beside the destination (same folder, so the same filesystem) under a hidden
-temporary name and then renamed over it with :func:`os.replace`, which POSIX and Windows make atomic for files.
+was there before: everything is staged beside the destination (same folder, so the same filesystem) under a hidden
+temporary name, given the permissions the umask asks for, and then published in one step:
+
+- a file with :func:`os.replace`, which POSIX makes atomic;
+- a folder over an existing folder with ``renameat2(RENAME_EXCHANGE)`` (Linux): the two folders swap names in one
+  step, then the old one, now under the temporary name, is removed. Where the filesystem or the system has no such
+  exchange, see :func:`_merge_into` for what the fallback guarantees.
+
+Temporaries are named ``.<name>.<host>-<pid>-<random>.tmp`` (``host``: 8 hex digits of a hash of the host name). The
+next writer to the same destination removes those of processes on this host that no longer exist, so a killed run
+leaves nothing that a rerun does not clean up.
+
+Fault injection: :data:`_fault_point` is called with the name of each step reached (:data:`FAULT_POINTS`); it does
+nothing unless a test replaces it (for example with a function that SIGKILLs the process at one point).
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import hashlib
 import os
+import platform
+import re
+import secrets
 import shutil
-import tempfile
-from collections.abc import Iterator
+import socket
+import stat
+import sys
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from os import PathLike
 from pathlib import Path
 
+__all__ = [
+    "FAULT_POINTS",
+    "atomic_path",
+    "current_umask",
+    "exchange_paths",
+    "remove_stale_temporaries",
+    "write_text_atomically",
+]
+
+# The steps of a write, in order; a process killed at any of them leaves the destination old or new, never partial.
+FAULT_POINTS = (
+    "created",  # the temporary exists (empty); nothing written yet
+    "staged",  # the caller's block has written the temporary
+    "permissions_set",  # the umask's permissions are applied to the staged tree
+    "exchanged",  # folders only: the new folder is in place, the old one sits under the temporary name
+    "merging",  # folders, fallback without an exchange: the first entry of the new folder is moved in
+    "published",  # the destination is the new version; the old version is removed
+)
+
+
+def _no_fault(point: str) -> None:
+    """The default fault hook: nothing happens at any point."""
+
+
+# Replaced by tests only: called with each point of FAULT_POINTS as a write reaches it.
+_fault_point: Callable[[str], None] = _no_fault
+
+_HOST_TAG = hashlib.sha256(socket.gethostname().encode("utf-8", "surrogateescape")).hexdigest()[:8]
+
+
+def _temporary_name(destination: Path) -> Path:
+    return destination.with_name(f".{destination.name}.{_HOST_TAG}-{os.getpid()}-{secrets.token_hex(4)}.tmp")
+
+
+def _pid_is_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_temporaries(destination: str | PathLike) -> list[Path]:
+    """Remove the temporaries that dead writers to ``destination`` left beside it.
+
+    A temporary is stale when its name carries this host's tag and the id of a process that no longer exists.
+    Temporaries of live processes, of other hosts (a shared filesystem) and of other destinations are kept.
+
+    Returns
+    -------
+    The paths removed.
+    """
+    destination = Path(destination)
+    pattern = re.compile(rf"\.{re.escape(destination.name)}\.{_HOST_TAG}-(\d+)-[0-9a-f]+\.tmp")
+    removed = []
+    try:
+        entries = list(os.scandir(destination.parent))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = pattern.fullmatch(entry.name)
+        if match is None or _pid_is_alive(int(match.group(1))):
+            continue
+        path = Path(entry.path)
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it (``os.umask`` can only be read by setting it, racing threads).
+
+    Linux reports it in ``/proc/self/status``; elsewhere a probe folder created with mode ``0o777`` shows it.
+    """
+    try:
+        with open("/proc/self/status", "rb") as status:  # binary: the process name there may be any bytes
+            for line in status:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    import tempfile
+
+    probe = Path(tempfile.mkdtemp(prefix=".scbert-umask-"))
+    try:
+        os.rmdir(probe)
+        os.mkdir(probe, 0o777)
+        return 0o777 & ~stat.S_IMODE(os.stat(probe).st_mode)
+    finally:
+        os.rmdir(probe)
+
+
+def _apply_umask(path: Path, umask: int) -> None:
+    """Give ``path`` (and, for a folder, everything in it) the modes a plain ``open``/``mkdir`` would give.
+
+    Files get ``0o666 & ~umask`` (``0o777 & ~umask`` when they were executable), folders ``0o777 & ~umask``. Without
+    this, what libraries write into a staged folder through :mod:`tempfile` would be published private
+    (``0600``/``0700``). Symbolic links, and files with several hard links (their mode is shared with a name outside
+    the staged tree, an input perhaps), are left alone.
+    """
+
+    def chmod(item: str | Path, mode: int) -> None:
+        status = os.lstat(item)
+        if not stat.S_ISLNK(status.st_mode) and (stat.S_ISDIR(status.st_mode) or status.st_nlink == 1):
+            os.chmod(item, mode & ~umask)
+
+    if not path.is_dir() or path.is_symlink():
+        executable = os.lstat(path).st_mode & 0o111
+        chmod(path, 0o777 if executable else 0o666)
+        return
+    chmod(path, 0o777)
+    for root, folders, files in os.walk(path):
+        for name in folders:
+            chmod(os.path.join(root, name), 0o777)
+        for name in files:
+            item = os.path.join(root, name)
+            executable = os.lstat(item).st_mode & 0o111
+            chmod(item, 0o777 if executable else 0o666)
+
+
+# ----------------------------------------------------------------------------------------------- swapping folders
+_RENAME_NOREPLACE = 1
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+_RENAMEAT2_SYSCALL = {"x86_64": 316, "amd64": 316, "aarch64": 276, "arm64": 276}
+
+
+def _renameat2_function() -> Callable[..., int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+    function = getattr(libc, "renameat2", None)  # glibc >= 2.28, musl >= 1.2.5
+    if function is not None:
+        function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+        function.restype = ctypes.c_int
+        return function
+    number = _RENAMEAT2_SYSCALL.get(platform.machine().lower())
+    if number is None:
+        return None
+    syscall = libc.syscall
+    syscall.restype = ctypes.c_long
+
+    def via_syscall(olddirfd, oldpath, newdirfd, newpath, flags):
+        return syscall(
+            ctypes.c_long(number),
+            ctypes.c_int(olddirfd),
+            ctypes.c_char_p(oldpath),
+            ctypes.c_int(newdirfd),
+            ctypes.c_char_p(newpath),
+            ctypes.c_uint(flags),
+        )
+
+    return via_syscall
+
+
+_renameat2 = _renameat2_function()
+
+
+def _rename_with_flags(source: str | PathLike, target: str | PathLike, flags: int) -> bool:
+    """``renameat2(source, target, flags)``: ``False`` where this system or filesystem lacks it (nothing changed)."""
+    if _renameat2 is None:
+        return False
+    if _renameat2(_AT_FDCWD, os.fsencode(source), _AT_FDCWD, os.fsencode(target), flags) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
+        return False  # EINVAL: the filesystem (NFS, some FUSE) lacks the flag; ENOSYS: a kernel before 3.15
+    raise OSError(code, os.strerror(code), os.fspath(source), None, os.fspath(target))
+
+
+def exchange_paths(first: str | PathLike, second: str | PathLike) -> bool:
+    """Swap the names of two existing paths in one step (Linux ``renameat2(RENAME_EXCHANGE)``).
+
+    Returns
+    -------
+    ``True`` when swapped; ``False`` when this system or filesystem cannot exchange (the paths are untouched).
+
+    Raises
+    ------
+    OSError
+        For any other failure (a path missing, no permission).
+    """
+    return _rename_with_flags(first, second, _RENAME_EXCHANGE)
+
+
+def _publish_new(temporary: Path, destination: Path) -> None:
+    """Rename ``temporary`` to ``destination`` only if nothing is there, deciding in one step where possible.
+
+    ``renameat2(RENAME_NOREPLACE)`` (Linux; not NFS) or, for a file, a hard link (which fails on an existing name;
+    NFS has it) make the check and the rename one step, so of two runs writing the same new output exactly one
+    succeeds. Elsewhere the check comes just before the rename, and two runs finishing within that moment can still
+    both succeed.
+
+    Raises
+    ------
+    FileExistsError
+        When ``destination`` exists (written by another run while this one worked).
+    """
+    try:
+        if _rename_with_flags(temporary, destination, _RENAME_NOREPLACE):
+            return
+        if not temporary.is_dir():
+            try:
+                os.link(temporary, destination)
+            except FileExistsError:
+                raise
+            except OSError:  # no hard links on this filesystem (FAT, some FUSE)
+                pass
+            else:
+                temporary.unlink()
+                return
+        if os.path.lexists(destination):
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), os.fspath(destination))
+        os.rename(temporary, destination)  # for a folder, fails on any non-empty folder there meanwhile
+    except FileExistsError as error:
+        raise FileExistsError(
+            errno.EEXIST,
+            f"{str(destination)!r} appeared while this run was writing it (another run?) and was left as it is; "
+            "pass overwrite to replace it",
+        ) from error
+    except OSError as error:
+        if error.errno == errno.ENOTEMPTY:
+            raise FileExistsError(
+                errno.EEXIST, f"{str(destination)!r} appeared while this run was writing it and was left as it is"
+            ) from error
+        raise
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _merge_into(staged: Path, destination: Path) -> None:
+    """Publish ``staged`` over the existing folder ``destination`` without an exchange, never leaving it empty.
+
+    Each entry of the new folder is renamed over its namesake (one step per file), then entries that only the old
+    folder had are removed. What this guarantees: ``destination`` is a folder at every moment, and every file in it
+    is complete (an old or a new version). What it does not: a kill during the merge can leave a mix of old and new
+    files; the staged folder of the killed run is then removed by the next writer, which publishes a whole new
+    version. Only used where ``renameat2(RENAME_EXCHANGE)`` is unsupported (NFS, non-Linux systems).
+    """
+    new_names = {entry.name for entry in staged.iterdir()}
+    first = True
+    for name in sorted(new_names):
+        entry, target = staged / name, destination / name
+        if entry.is_dir() and not entry.is_symlink() and target.is_dir() and not target.is_symlink():
+            _merge_into(entry, target)
+        else:
+            if entry.is_dir() and os.path.lexists(target):
+                _remove(target)  # a folder cannot be renamed over a file or a non-empty folder
+            os.replace(entry, target)
+        if first:
+            _fault_point("merging")
+            first = False
+    for entry in list(destination.iterdir()):
+        if entry.name not in new_names:
+            _remove(entry)
+    os.rmdir(staged)
+
+
+# ------------------------------------------------------------------------------------------------------ the writer
+def _create(temporary: Path, directory: bool) -> None:
+    # Created as open() and mkdir() create anything: the kernel applies the umask.
+    if directory:
+        os.mkdir(temporary, 0o777)
+    else:
+        os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666))
+
+
+def _publish(temporary: Path, destination: Path, directory: bool, replace: bool) -> None:
+    if not replace:
+        _publish_new(temporary, destination)
+    elif directory and destination.is_dir():
+        if exchange_paths(temporary, destination):
+            _fault_point("exchanged")
+            _remove(temporary)  # the old folder, now under the temporary's name (a dead run's is removed later)
+        else:
+            _merge_into(temporary, destination)
+    else:
+        os.replace(temporary, destination)
+
 
 @contextmanager
-def atomic_path(destination: str | PathLike, *, directory: bool = False) -> Iterator[Path]:
-    """Yield a temporary path beside ``destination``; on success rename it over ``destination``.
+def atomic_path(destination: str | PathLike, *, directory: bool = False, replace: bool = True) -> Iterator[Path]:
+    """Yield a temporary path beside ``destination``; on success publish it as ``destination`` in one step.
+
+    Before creating the temporary, temporaries that dead runs left for the same destination are removed. Before
+    publishing, the staged file or folder tree gets the permissions the umask asks for (``0o666 & ~umask`` for files,
+    ``0o777 & ~umask`` for folders), whatever modes the writers inside gave it.
 
     Args:
         destination: The final file or folder. Its parent folder must exist.
         directory: Yield a fresh empty folder instead of a (just created, empty) file. An existing folder at
-            ``destination`` is replaced as a whole; for a file, ``os.replace`` replaces it in one step.
+            ``destination`` is swapped with the new one in one step (``renameat2(RENAME_EXCHANGE)``) and then
+            removed; for a file, ``os.replace`` replaces it in one step.
+        replace: Replace what is at ``destination``. With ``False``, publishing fails with ``FileExistsError`` when
+            something is there by then (another run writing the same output), decided in the same step as the rename
+            where the system allows (see :func:`_publish_new`); the temporary is removed and nothing is replaced.
 
     Yields:
         The temporary path to write to. It is removed, with anything in it, when the block raises.
 
     Raises:
         FileNotFoundError: The parent folder of ``destination`` does not exist.
+        FileExistsError: With ``replace=False``, when ``destination`` exists at the time of publishing.
         OSError: From the filesystem, for example a full disk or a folder in the way of a file.
     """
     destination = Path(destination)
-    prefix = f".{destination.name}."
-    if directory:
-        temporary = Path(tempfile.mkdtemp(dir=destination.parent, prefix=prefix, suffix=".tmp"))
-    else:
-        handle, name = tempfile.mkstemp(dir=destination.parent, prefix=prefix, suffix=".tmp")
-        os.close(handle)
-        temporary = Path(name)
+    remove_stale_temporaries(destination)
+    while True:
+        temporary = _temporary_name(destination)
+        try:
+            _create(temporary, directory)
+            break
+        except FileExistsError:
+            continue
     try:
+        _fault_point("created")
         yield temporary
-        if directory and destination.is_dir():
-            # A folder cannot be renamed over a non-empty one: move the old one aside first, drop it after.
-            old = Path(tempfile.mkdtemp(dir=destination.parent, prefix=prefix, suffix=".old"))
-            os.replace(destination, old / destination.name)
-            os.replace(temporary, destination)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(temporary, destination)
+        _fault_point("staged")
+        _apply_umask(temporary, current_umask())
+        _fault_point("permissions_set")
+        _publish(temporary, destination, directory, replace)
+        _fault_point("published")
     except BaseException:
-        if temporary.is_dir():
-            shutil.rmtree(temporary, ignore_errors=True)
-        else:
-            temporary.unlink(missing_ok=True)
+        if os.path.lexists(temporary):
+            _remove(temporary)
         raise
 
 
-def write_text_atomically(path: str | PathLike, text: str) -> None:
-    """Write ``text`` (UTF-8) to ``path`` atomically (see :func:`atomic_path`)."""
-    with atomic_path(path) as temporary:
+def write_text_atomically(path: str | PathLike, text: str, *, replace: bool = True) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically (see :func:`atomic_path`, also for ``replace``)."""
+    with atomic_path(path, replace=replace) as temporary:
         temporary.write_text(text, encoding="utf-8")
-
-
-__all__ = ["atomic_path", "write_text_atomically"]

@@ -28,7 +28,10 @@ from .tokenizer_contract import (
     CONTRACT_KEYS,
     GENES_NAME,
     TOKENIZER_CONFIG_NAME,
+    GenesFileOutsideFolderError,
     check_binning_contract,
+    check_gene_file_names,
+    checked_genes_file,
     checked_panel,
     panel_hash,
 )
@@ -248,9 +251,12 @@ class ScBertTokenizer:
         ------
         NotADirectoryError
             When ``save_directory`` is a file.
+        ValueError
+            For gene names that ``genes.txt`` cannot hold one per line (control characters, a leading ``#``).
         OSError
             From the filesystem (a full disk, no permission); the files there before are left as they were.
         """
+        check_gene_file_names(self._genes)
         directory = Path(save_directory)
         if directory.is_file():
             raise NotADirectoryError(f"save_directory {str(directory)!r} is a file; pass a directory.")
@@ -303,7 +309,8 @@ class ScBertTokenizer:
             ``tokenizer_config.json`` and ``genes.txt``, or a Hub id that cannot be fetched (offline, not cached,
             no such repository or file); the message says what to pass instead.
         ValueError
-            When the files describe another tokenizer class, or ``genes.txt`` does not match its recorded hash.
+            When the files describe another tokenizer class, name a gene file outside their folder, or ``genes.txt``
+            does not match its recorded hash.
         """
         name = str(pretrained_model_name_or_path)
         directory = Path(pretrained_model_name_or_path)
@@ -317,7 +324,7 @@ class ScBertTokenizer:
                     + _NO_TOKENIZER
                 )
             config = json.loads(config_path.read_text(encoding="utf-8"))
-            genes_path = directory / config.get("genes_file", GENES_NAME)
+            genes_path = directory / checked_genes_file(config.get("genes_file", GENES_NAME), config_path)
             if not genes_path.is_file():
                 raise FileNotFoundError(
                     f"No scBERT tokenizer found in {str(directory)!r}: it has {TOKENIZER_CONFIG_NAME} but no "
@@ -342,7 +349,12 @@ class ScBertTokenizer:
             try:
                 config_path = Path(hf_hub_download(filename=TOKENIZER_CONFIG_NAME, **kwargs))
                 config = json.loads(config_path.read_text(encoding="utf-8"))
-                genes_path = Path(hf_hub_download(filename=config.get("genes_file", GENES_NAME), **kwargs))
+                genes_file = checked_genes_file(
+                    config.get("genes_file", GENES_NAME), f"{name}/{TOKENIZER_CONFIG_NAME}"
+                )
+                genes_path = Path(hf_hub_download(filename=genes_file, **kwargs))
+            except GenesFileOutsideFolderError:
+                raise
             except (OSError, ValueError) as error:  # huggingface_hub's errors for ids, repositories, files, offline
                 raise FileNotFoundError(
                     f"No scBERT tokenizer found for {name!r} (not a local folder; as a Hub id: {type(error).__name__}: "
@@ -358,7 +370,8 @@ class ScBertTokenizer:
         if expected is not None and expected != tokenizer.panel_hash:
             raise ValueError(
                 f"{genes_path} does not match the panel_hash recorded in {config_path} (expected {expected[:12]}..., "
-                f"got {tokenizer.panel_hash[:12]}...); the gene file was edited or truncated. Restore the original."
+                f"got {tokenizer.panel_hash[:12]}...): the gene file was edited, or a save_pretrained was interrupted "
+                "between its two files. Save the tokenizer again, or restore the original files."
             )
         return tokenizer
 

@@ -7,7 +7,9 @@
 from __future__ import annotations
 
 import hashlib
+import unicodedata
 from collections.abc import Sequence
+from pathlib import PurePosixPath, PureWindowsPath
 
 from .genes import strip_ensembl_version
 
@@ -15,7 +17,10 @@ __all__ = [
     "CONTRACT_KEYS",
     "GENES_NAME",
     "TOKENIZER_CONFIG_NAME",
+    "GenesFileOutsideFolderError",
     "check_binning_contract",
+    "check_gene_file_names",
+    "checked_genes_file",
     "checked_panel",
     "panel_hash",
 ]
@@ -33,7 +38,8 @@ def checked_panel(genes: Sequence[str]) -> tuple[str, ...]:
     TypeError
         For a single string instead of a sequence of names.
     ValueError
-        For an empty panel, blank names or repeated names (with examples).
+        For an empty panel, blank names, repeated names (with examples), and names the gene file cannot hold (see
+        :func:`check_gene_file_names`).
     """
     if isinstance(genes, str):
         raise TypeError(
@@ -45,6 +51,7 @@ def checked_panel(genes: Sequence[str]) -> tuple[str, ...]:
         raise ValueError("The gene panel is empty; pass the model's genes in token order.")
     if any(not name for name in panel):
         raise ValueError("The gene panel contains empty names; remove blank entries.")
+    check_gene_file_names(panel)
     seen: set[str] = set()
     duplicates = sorted({name for name in panel if name in seen or seen.add(name)})
     if duplicates:
@@ -53,6 +60,61 @@ def checked_panel(genes: Sequence[str]) -> tuple[str, ...]:
             "Build a panel from data with ScBertTokenizer.from_adata, which keeps the first occurrence."
         )
     return tuple(panel)
+
+
+def _breaks_the_line_format(name: str) -> bool:
+    # genes.txt holds one name per line and its reader skips "#" comments and strips surrounding whitespace; control
+    # characters (newline, carriage return, NUL, tab, ...) and Unicode line separators have no place in a gene name.
+    return (
+        name.startswith("#")
+        or name != name.strip()
+        or any(unicodedata.category(char) in ("Cc", "Zl", "Zp") for char in name)
+    )
+
+
+def check_gene_file_names(genes: Sequence[str]) -> None:
+    """Refuse gene names that would not read back as the same panel from ``genes.txt`` (one name per line).
+
+    Raises
+    ------
+    ValueError
+        Naming (with ``repr``) the names that hold a control character (newline, carriage return, NUL, tab, ...) or a
+        line separator, start with ``#`` (read as a comment), or have surrounding whitespace.
+    """
+    bad = [name for name in genes if _breaks_the_line_format(name)]
+    if bad:
+        raise ValueError(
+            f"{len(bad)} of the panel's gene names cannot be saved one per line in {GENES_NAME} and read back "
+            "unchanged, e.g. "
+            f"{', '.join(repr(name) for name in bad[:5])}: names must not hold control characters (newline, carriage "
+            "return, NUL, tab) or line separators, start with '#', or begin or end with whitespace. Clean them "
+            "(for example in adata.var_names) before building the tokenizer."
+        )
+
+
+class GenesFileOutsideFolderError(ValueError):
+    """A ``tokenizer_config.json`` names a gene file outside the tokenizer's folder."""
+
+
+def checked_genes_file(value: object, config_path: object) -> str:
+    """The ``genes_file`` of a ``tokenizer_config.json``, refused unless it names a file inside the tokenizer's folder.
+
+    The check is on the name (no absolute path, drive or ``..``): a Hub cache keeps files as links into its blob
+    store, so a link's target is not checked.
+
+    Raises
+    ------
+    GenesFileOutsideFolderError
+        A ``ValueError``, quoting the value and the config file.
+    """
+    if isinstance(value, str) and value.strip():
+        posix, windows = PurePosixPath(value), PureWindowsPath(value)
+        if not (posix.is_absolute() or windows.is_absolute() or windows.drive or ".." in windows.parts):
+            return value
+    raise GenesFileOutsideFolderError(
+        f"{config_path} gives genes_file={value!r}; it must name a file inside the tokenizer's folder (a relative "
+        f"path without '..', normally {GENES_NAME!r}). Restore the file ScBertTokenizer.save_pretrained wrote."
+    )
 
 
 def check_binning_contract(
