@@ -128,7 +128,7 @@ def _annotate(args: argparse.Namespace) -> int:
         if processes.is_main:
             output = check_output_path(args.output, overwrite=args.overwrite, inputs=(args.input,))
             if args.csv:
-                check_output_path(args.csv, overwrite=args.overwrite, inputs=(args.input, args.output))
+                check_output_path(args.csv, overwrite=args.overwrite, inputs=(args.input,), outputs=(args.output,))
         if args.threshold is not None and not 0 <= args.threshold <= 1:
             raise ValueError(f"--threshold must lie in [0, 1] (a probability); got {args.threshold}.")
         adata = read_h5ad(args.input, backed="r")
@@ -229,7 +229,7 @@ def _attention(args: argparse.Namespace) -> int:
 
     output = check_output_path(args.output, overwrite=args.overwrite, inputs=(args.input,))
     if args.csv:
-        check_output_path(args.csv, overwrite=args.overwrite, inputs=(args.input, args.output))
+        check_output_path(args.csv, overwrite=args.overwrite, inputs=(args.input,), outputs=(args.output,))
     if args.top < 1:
         raise ValueError(f"--top must be at least 1; got {args.top}.")
     layout = plan_h5ad_output(args.input)
