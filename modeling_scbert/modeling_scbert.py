@@ -9,6 +9,8 @@ model folder can be loaded with ``trust_remote_code=True`` where this package is
 
 import contextlib
 import math
+import os
+from typing import Any
 
 import torch
 from torch import nn
@@ -619,6 +621,25 @@ class ScBertSelfAttention(nn.Module):
         self.register_buffer(
             "random_features", torch.empty(config.num_random_features, config.head_dim), persistent=True
         )
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> Any:
+        """Save as ``PreTrainedModel.save_pretrained`` does, but published in one step: a crash or a full disk
+        leaves the folder as it was (never ``config.json`` without weights, never a truncated file).
+
+        The files are written to a folder staged beside ``save_directory`` and published together with the scbert
+        package's atomic writer (``tokenization.atomic_files.atomic_path(update=True)``), which keeps what else the
+        folder holds (a Trainer's checkpoints, the tokenizer). As remote code where the package is not installed, and
+        for ``push_to_hub=True`` or a non-main process, this is transformers' own save, in place.
+        """
+        try:
+            from tokenization.atomic_files import atomic_path
+        except ImportError:  # remote code without the package
+            atomic_path = None
+        if atomic_path is None or args or kwargs.get("push_to_hub") or not kwargs.get("is_main_process", True):
+            return super().save_pretrained(save_directory, *args, **kwargs)
+        os.makedirs(os.path.dirname(os.path.abspath(save_directory)), exist_ok=True)
+        with atomic_path(save_directory, directory=True, update=True) as staging:
+            return super().save_pretrained(staging, **kwargs)
 
     @torch.no_grad()
     def redraw_random_features(self, generator: torch.Generator | None = None) -> None:

@@ -6,11 +6,11 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 import torch
-from tests.test_annotate import CLASSES, GENES, save_annotator
 
 from modeling_scbert import ScBertForSequenceClassification, ScBertTokenizer, gene_attention
 from modeling_scbert.annotation.attention import gene_attention_scores, top_attention_genes
 from modeling_scbert.cli import main as cli_main
+from tests.test_annotation_annotate import CLASSES, GENES, save_annotator
 
 
 def make_adata(n_cells=30, seed=0):

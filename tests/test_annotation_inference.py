@@ -4,7 +4,6 @@ that a model's panel is its tokenizer's (ScBertTokenizer.check_model_config), as
 import pytest
 import torch
 from conftest import save_tiny_annotator
-from tests.test_annotate import CLASSES, GENES, make_adata
 from transformers import TrainerControl, TrainerState, TrainingArguments, pipeline
 
 from modeling_scbert import ScBertForSequenceClassification
@@ -13,6 +12,7 @@ from modeling_scbert.annotation.inference import load_annotator, resolve_model
 from modeling_scbert.cli import main as cli_main
 from modeling_scbert.training.trainer import ScBertFeatureRedrawCallback
 from modeling_scbert.training.workflows import finetune
+from tests.test_annotation_annotate import CLASSES, GENES, make_adata
 from tokenization import ScBertTokenizer
 from tokenization.pipeline_scbert import TASK, ScBertCellTypeAnnotationPipeline, save_pipeline_code
 

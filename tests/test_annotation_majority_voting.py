@@ -5,11 +5,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
-from tests.test_annotate import GENES, save_annotator
 
 from modeling_scbert.annotation.annotate import annotate
 from modeling_scbert.annotation.majority_voting import leiden_resolution, majority_vote
 from modeling_scbert.cli import main as cli_main
+from tests.test_annotation_annotate import GENES, save_annotator
 
 
 def clustered_cells(per_group: int = 40, seed: int = 0) -> ad.AnnData:

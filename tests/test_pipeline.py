@@ -9,10 +9,10 @@ import textwrap
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from tests.test_annotate import CLASSES, make_adata, save_annotator
 from transformers import pipeline
 
 from modeling_scbert.annotation.annotate import UNASSIGNED, annotate
+from tests.test_annotation_annotate import CLASSES, make_adata, save_annotator
 from tokenization.pipeline_scbert import TASK, ScBertCellTypeAnnotationPipeline, save_pipeline_code
 
 PIPELINE_FILES = {"pipeline_scbert.py", "tokenization_scbert.py", "genes.py", "preprocessing.py"}

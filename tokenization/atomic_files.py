@@ -51,6 +51,7 @@ FAULT_POINTS = (
     "permissions_set",  # the umask's permissions are applied to the staged tree
     "exchanged",  # folders only: the new folder is in place, the old one sits under the temporary name
     "merging",  # folders, fallback without an exchange: the first entry of the new folder is moved in
+    "assembled",  # folders with update=True: the new version (old entries linked, new ones moved in) is complete
     "published",  # the destination is the new version; the old version is removed
 )
 
@@ -317,9 +318,66 @@ def _create(temporary: Path, directory: bool) -> None:
         os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666))
 
 
-def _publish(temporary: Path, destination: Path, directory: bool, replace: bool) -> None:
+def _link_tree(source: Path, target: Path, *, skip: frozenset[str] = frozenset()) -> None:
+    """Recreate ``source``'s tree (less the top-level names in ``skip``) at ``target``: files as hard links, folders
+    and symbolic links as new ones.
+
+    Raises
+    ------
+    OSError
+        When the filesystem has no hard links (the caller then falls back to merging).
+    """
+    for entry in source.iterdir():
+        if entry.name in skip:
+            continue
+        if entry.is_symlink():
+            os.symlink(os.readlink(entry), target / entry.name)
+        elif entry.is_dir():
+            os.mkdir(target / entry.name, stat.S_IMODE(entry.stat().st_mode))
+            _link_tree(entry, target / entry.name)
+        else:
+            os.link(entry, target / entry.name)
+
+
+def _update_folder(staged: Path, destination: Path) -> None:
+    """Publish the entries of ``staged`` into the existing folder ``destination`` together, keeping its other entries.
+
+    A complete new version is assembled beside it (its other entries as hard links, which cost no space and leave
+    the old files untouched; the staged entries moved in), then swapped in by :func:`_publish` in one step. On a
+    filesystem without hard links the staged entries are merged one by one instead (each file complete, but a kill
+    can leave some new and some old ones; see :func:`_merge_into`).
+    """
+    new_names = frozenset(entry.name for entry in staged.iterdir())
+    combined = _temporary_name(destination)
+    os.mkdir(combined, 0o777)
+    try:
+        _link_tree(destination, combined, skip=new_names)
+    except OSError:
+        _remove(combined)
+        for entry in staged.iterdir():
+            target = destination / entry.name
+            if entry.is_dir() and os.path.lexists(target):
+                _remove(target)
+            os.replace(entry, target)
+        os.rmdir(staged)
+        return
+    try:
+        for entry in staged.iterdir():
+            os.rename(entry, combined / entry.name)
+        os.rmdir(staged)
+        _fault_point("assembled")
+        _publish(combined, destination, directory=True, replace=True)
+    except BaseException:
+        if os.path.lexists(combined):
+            _remove(combined)
+        raise
+
+
+def _publish(temporary: Path, destination: Path, directory: bool, replace: bool, update: bool = False) -> None:
     if not replace:
         _publish_new(temporary, destination)
+    elif directory and update and destination.is_dir():
+        _update_folder(temporary, destination)
     elif directory and destination.is_dir():
         if exchange_paths(temporary, destination):
             _fault_point("exchanged")
@@ -331,29 +389,44 @@ def _publish(temporary: Path, destination: Path, directory: bool, replace: bool)
 
 
 @contextmanager
-def atomic_path(destination: str | PathLike, *, directory: bool = False, replace: bool = True) -> Iterator[Path]:
+def atomic_path(
+    destination: str | PathLike, *, directory: bool = False, replace: bool = True, update: bool = False
+) -> Iterator[Path]:
     """Yield a temporary path beside ``destination``; on success publish it as ``destination`` in one step.
 
     Before creating the temporary, temporaries that dead runs left for the same destination are removed. Before
     publishing, the staged file or folder tree gets the permissions the umask asks for (``0o666 & ~umask`` for files,
     ``0o777 & ~umask`` for folders), whatever modes the writers inside gave it.
 
-    Args:
-        destination: The final file or folder. Its parent folder must exist.
-        directory: Yield a fresh empty folder instead of a (just created, empty) file. An existing folder at
-            ``destination`` is swapped with the new one in one step (``renameat2(RENAME_EXCHANGE)``) and then
-            removed; for a file, ``os.replace`` replaces it in one step.
-        replace: Replace what is at ``destination``. With ``False``, publishing fails with ``FileExistsError`` when
-            something is there by then (another run writing the same output), decided in the same step as the rename
-            where the system allows (see :func:`_publish_new`); the temporary is removed and nothing is replaced.
+    Parameters
+    ----------
+    destination
+        The final file or folder. Its parent folder must exist.
+    directory
+        Yield a fresh empty folder instead of a (just created, empty) file. An existing folder at
+        ``destination`` is swapped with the new one in one step (``renameat2(RENAME_EXCHANGE)``) and then
+        removed; for a file, ``os.replace`` replaces it in one step.
+    update
+        Folders only: the yielded folder's entries replace their namesakes in an existing folder at
+        ``destination``, and the folder's other entries are kept (a model saved into a Trainer's output folder
+        keeps its checkpoints); the result is still published in one step (see :func:`_update_folder`).
+    replace
+        Replace what is at ``destination``. With ``False``, publishing fails with ``FileExistsError`` when
+        something is there by then (another run writing the same output), decided in the same step as the rename
+        where the system allows (see :func:`_publish_new`); the temporary is removed and nothing is replaced.
 
-    Yields:
-        The temporary path to write to. It is removed, with anything in it, when the block raises.
+    Yields
+    ------
+    The temporary path to write to. It is removed, with anything in it, when the block raises.
 
-    Raises:
-        FileNotFoundError: The parent folder of ``destination`` does not exist.
-        FileExistsError: With ``replace=False``, when ``destination`` exists at the time of publishing.
-        OSError: From the filesystem, for example a full disk or a folder in the way of a file.
+    Raises
+    ------
+    FileNotFoundError
+        The parent folder of ``destination`` does not exist.
+    FileExistsError
+        With ``replace=False``, when ``destination`` exists at the time of publishing.
+    OSError
+        From the filesystem, for example a full disk or a folder in the way of a file.
     """
     destination = Path(destination)
     remove_stale_temporaries(destination)
@@ -370,7 +443,7 @@ def atomic_path(destination: str | PathLike, *, directory: bool = False, replace
         _fault_point("staged")
         _apply_umask(temporary, current_umask())
         _fault_point("permissions_set")
-        _publish(temporary, destination, directory, replace)
+        _publish(temporary, destination, directory, replace, update)
         _fault_point("published")
     except BaseException:
         if os.path.lexists(temporary):

@@ -19,7 +19,7 @@ import scipy.sparse as sp
 from anndata import AnnData
 from transformers import BatchEncoding
 
-from .atomic_files import write_text_atomically
+from .atomic_files import atomic_path
 from .encoding import InputKindOption, encode_chunks, load_synonyms, plan_encoding
 from .genes import GeneOverlapReport, SynonymTable, align_genes, read_gene_list, strip_ensembl_version
 from .reading import adata_gene_names
@@ -241,7 +241,8 @@ class ScBertTokenizer:
         Parameters
         ----------
         save_directory
-            Created if needed. Each file is written atomically.
+            Created if needed. Both files are published together in one step, beside whatever else the folder holds
+            (``tokenization.atomic_files.atomic_path(update=True)``).
 
         Returns
         -------
@@ -260,7 +261,7 @@ class ScBertTokenizer:
         directory = Path(save_directory)
         if directory.is_file():
             raise NotADirectoryError(f"save_directory {str(directory)!r} is a file; pass a directory.")
-        directory.mkdir(parents=True, exist_ok=True)
+        directory.parent.mkdir(parents=True, exist_ok=True)
         config = {
             "tokenizer_class": self.tokenizer_class,
             **self._contract(),
@@ -269,10 +270,12 @@ class ScBertTokenizer:
             "genes_file": GENES_NAME,
             "panel_hash": self.panel_hash,
         }
-        genes_path, config_path = directory / GENES_NAME, directory / TOKENIZER_CONFIG_NAME
-        write_text_atomically(genes_path, "\n".join(self._genes) + "\n")
-        write_text_atomically(config_path, json.dumps(config, indent=2) + "\n")
-        return [str(config_path), str(genes_path)]
+        # The two files are published together (one folder update), so a crash never pairs one with the other's
+        # older version.
+        with atomic_path(directory, directory=True, update=True) as staging:
+            (staging / GENES_NAME).write_text("\n".join(self._genes) + "\n", encoding="utf-8")
+            (staging / TOKENIZER_CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        return [str(directory / TOKENIZER_CONFIG_NAME), str(directory / GENES_NAME)]
 
     @classmethod
     def from_pretrained(
