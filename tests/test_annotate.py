@@ -11,9 +11,10 @@ import torch
 from conftest import save_tiny_annotator
 
 from modeling_scbert import ScBertForSequenceClassification
-from modeling_scbert.annotation.annotate import UNASSIGNED, annotate, embed
+from modeling_scbert.annotation.annotate import annotate, embed
 from modeling_scbert.cli import main as cli_main
 from tokenization import ScBertTokenizer
+from tokenization.cell_calls import UNASSIGNED
 
 GENES = [f"GENE{j}" for j in range(12)]
 CLASSES = ["B", "T", "NK"]

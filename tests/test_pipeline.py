@@ -11,8 +11,9 @@ import pytest
 import scipy.sparse as sp
 from transformers import pipeline
 
-from modeling_scbert.annotation.annotate import UNASSIGNED, annotate
+from modeling_scbert.annotation.annotate import annotate
 from tests.test_annotate import CLASSES, make_adata, save_annotator
+from tokenization.cell_calls import UNASSIGNED
 from tokenization.pipeline_scbert import TASK, ScBertCellTypeAnnotationPipeline, save_pipeline_code
 
 PIPELINE_FILES = {"pipeline_scbert.py", "tokenization_scbert.py", "genes.py", "preprocessing.py"}
