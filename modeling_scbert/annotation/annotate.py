@@ -336,13 +336,7 @@ def predict_cell_types(
         unassigned_threshold=unassigned_threshold,
     )
     _log_calls(calls, unassigned_threshold=unassigned_threshold, min_genes=min_genes)
-    params: dict[str, Any] = {
-        "model": run.model_names[0] if len(run.model_names) == 1 else np.asarray(run.model_names, dtype=object),
-        "batch_size": int(batch_size),
-        "dtype": dtype,
-        **reading.params(),
-        "min_genes": int(min_genes),
-    }
+    params = {**_run_params(run, batch_size=batch_size, dtype=dtype, reading=reading), "min_genes": int(min_genes)}
     if unassigned_threshold is not None:
         params["unassigned_threshold"] = float(unassigned_threshold)
     voted = clusters = None
@@ -437,14 +431,9 @@ def embed(
         return None  # not the main process: it writes nothing
     adata = adata_to_write(adata, copy=copy)
     adata.obsm[f"X_{key_added}"] = gathered["embeddings"]
+    params = _run_params(run, batch_size=batch_size, dtype=dtype, reading=reading)
     adata.uns[f"{key_added}_embedding"] = {
-        "params": {
-            "model": run.model_names[0],
-            "pooling": "mean over all positions of the final encodings",
-            "batch_size": int(batch_size),
-            "dtype": dtype,
-            **reading.params(),
-        }
+        "params": {"model": params.pop("model"), "pooling": "mean over all positions of the final encodings", **params}
     }
     return adata if copy else None
 
@@ -568,6 +557,18 @@ def _embed(run: _Run, *, dtype: str) -> np.ndarray:
             hidden = encoder(batch.input_ids.to(run.device)).last_hidden_state
             embeddings[batch.start - start : batch.end - start] = pool_cell_embeddings(hidden.float()).cpu().numpy()
     return embeddings
+
+
+def _run_params(run: _Run, *, batch_size: int, dtype: str, reading: ScBertReadingArguments) -> dict[str, Any]:
+    """What every run records in ``.uns[...]['params']``: the model (an ensemble's members), ``batch_size``,
+    ``dtype`` and the reading options."""
+    names = run.model_names
+    return {
+        "model": names[0] if len(names) == 1 else np.asarray(names, dtype=object),
+        "batch_size": int(batch_size),
+        "dtype": dtype,
+        **reading.params(),
+    }
 
 
 def _log_calls(calls: CellCalls, *, unassigned_threshold: float | None, min_genes: int) -> None:
