@@ -170,11 +170,15 @@ class ScBertCellTypeAnnotationPipeline(Pipeline):
         min_genes: int | None = None,
     ) -> list:
         probabilities = model_outputs["probabilities"]
+        detected_genes = model_outputs.get("detected_genes")
+        min_genes = default_min_genes(self.tokenizer.num_genes) if min_genes is None else min_genes
+        if detected_genes is None:  # probabilities alone: no cell is judged on its signal in the panel
+            detected_genes, min_genes = np.ones(len(probabilities), dtype=np.int64), 0
         calls = call_cells(
             probabilities,
             self.class_names,
-            detected_genes=model_outputs["detected_genes"],
-            min_genes=default_min_genes(self.tokenizer.num_genes) if min_genes is None else min_genes,
+            detected_genes=detected_genes,
+            min_genes=min_genes,
             unassigned_threshold=unassigned_threshold,
         )
         k = len(self.class_names) if top_k is None else min(top_k, len(self.class_names))

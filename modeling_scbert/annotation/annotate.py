@@ -1,9 +1,10 @@
 """Cell-type annotation and cell embeddings, written back into AnnData.
 
-Both run as the same phases: load and check the model(s) (:func:`~modeling_scbert.annotation.inference.resolve_model`), plan the reading once (:func:`_plan`: gene
-alignment with its overlap report, input-kind detection, the device; every error before any cell is read), run the
-batches (:func:`_predict` / :func:`_embed`), gather the per-cell results to the main process; annotation then applies
-the call rule once (:func:`tokenization.cell_calls.call_cells`), votes in over-clusters when asked, and returns an
+Both run as the same phases: load and check the model(s)
+(:func:`~modeling_scbert.annotation.inference.resolve_model`); plan the reading once (:func:`_plan`: gene alignment
+with its overlap report, input-kind detection, the device; every error before any cell is read); run the batches
+(:func:`_predict` / :func:`_embed`); gather the per-cell results to the main process. Annotation then applies the call
+rule once (:func:`tokenization.cell_calls.call_cells`), votes in over-clusters when asked and returns an
 :class:`~modeling_scbert.annotation.result.AnnotationResult` (:func:`predict_cell_types`), which :func:`annotate`
 writes.
 
@@ -220,9 +221,9 @@ def annotate(
     TypeError
         For a keyword that is not an option, or a model that is not a classifier.
     ValueError
-        For a threshold outside [0, 1], members that disagree, a model object without ``tokenizer=``, and cells
-        that cannot be read (too few panel genes, an input kind that does not fit the values, ...); all before the
-        model runs.
+        For a threshold outside [0, 1], members that disagree, a model object without ``tokenizer=``, ``copy=True``
+        with a backed AnnData, and cells that cannot be read (too few panel genes, an input kind that does not fit
+        the values, ...); all before the model runs.
     ScBertProcessError
         With several processes, on every process but the one that failed (which raises its own error).
     """
@@ -533,10 +534,8 @@ def _predict(
             # Probabilities, not logits, are averaged: each member's vote is bounded, so one overconfident member
             # cannot outvote the others.
             input_ids = batch.input_ids.to(run.device)
-            mean = sum(torch.softmax(model(input_ids).logits.float(), dim=-1) for model in run.models) / len(
-                run.models
-            )
-            probabilities[rows] = mean.cpu().numpy()
+            total = sum(torch.softmax(model(input_ids).logits.float(), dim=-1) for model in run.models)
+            probabilities[rows] = (total / len(run.models)).cpu().numpy()
             detected_genes[rows] = batch.detected_genes
             if keep_tokens:  # the tokens are the input_ids without the appended 0 token
                 blocks.append(sp.csr_matrix(batch.input_ids[:, :-1].numpy().astype(np.uint8)))
