@@ -29,7 +29,7 @@ UNASSIGNED = "Unassigned"
 UNASSIGNED_REASONS = ("no panel counts", "few panel genes", "low confidence")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class CellCalls:
     """The calls of ``n`` cells, as :func:`call_cells` makes them.
 

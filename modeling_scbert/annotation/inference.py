@@ -1,9 +1,11 @@
 """What annotation, embedding and attention scoring share: the model with its tokenizer, device, precision, batches.
 
-:func:`modeling_scbert.annotate.annotate`, :func:`~modeling_scbert.annotate.embed` and
-:func:`modeling_scbert.attention.gene_attention_scores` run the same loop: load the model and the tokenizer saved
-with it (:func:`resolve_model`), read the cells chunk by chunk with the tokenizer and feed them to the model in
-batches (:func:`encoded_batches`) under :func:`autocast`, then write into the AnnData (:func:`adata_to_write`).
+:func:`modeling_scbert.annotation.annotate.annotate`, :func:`~modeling_scbert.annotation.annotate.embed` and
+:func:`modeling_scbert.annotation.attention.gene_attention_scores` run the same loop: load the model and the tokenizer
+saved with it (:func:`resolve_model`), read this process's cells in batches (:func:`encoded_batches`, over the one
+batching of :func:`tokenization.cell_batches.cell_batches`, which the pipeline uses too) and feed them to the model
+under :func:`autocast`, then write into the AnnData (:func:`adata_to_write`, refused early by
+:func:`check_writable`).
 """
 
 from __future__ import annotations

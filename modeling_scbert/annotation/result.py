@@ -18,7 +18,7 @@ from anndata import AnnData
 from tokenization.cell_calls import UNASSIGNED, UNASSIGNED_REASONS, CellCalls
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class AnnotationResult:
     """Every cell's call, with what was used to make it.
 
