@@ -186,7 +186,7 @@ def annotate(
         tokens, at a resolution that grows with the number of cells (5 below 5,000 cells, as CellTypist); this needs
         ``igraph`` (``pip install 'scbert-hf[clustering]'``) and keeps every cell's tokens in memory (sparse).
     **read_options
-        How to read the cells, by name: every field of :class:`~modeling_scbert.reading.ScBertReadingArguments`
+        How to read the cells, by name: every field of :class:`~tokenization.reading.ScBertReadingArguments`
         (``layer``, ``gene_key``, ``input_kind``, ``synonyms``, ``min_gene_overlap``, ...), as for
         :meth:`tokenization.ScBertTokenizer.__call__`; the same options as ``scbert annotate``'s.
 
@@ -304,7 +304,13 @@ def predict_cell_types(
             resolve_model(member, tokenizer, model_class=ScBertForSequenceClassification) for member in candidates
         ]
         class_names = check_ensemble(members)
-        _check_cell_calls(adata, class_names, unassigned_threshold, majority_voting, over_clustering)
+        _check_cell_calls(
+            adata,
+            class_names,
+            unassigned_threshold=unassigned_threshold,
+            majority_voting=majority_voting,
+            over_clustering=over_clustering,
+        )
         run = _plan(
             adata,
             [member for member, _, _ in members],
@@ -459,6 +465,7 @@ class _Run:
 def _check_cell_calls(
     adata: AnnData,
     class_names: list[str],
+    *,
     unassigned_threshold: float | None,
     majority_voting: bool,
     over_clustering: str | None,
