@@ -113,71 +113,49 @@ def _training(command: str, argv: list[str]) -> int:
 
 
 def _annotate(args: argparse.Namespace) -> int:
-    from tokenization.atomic_files import write_text_atomically
 
-    from .annotation.annotate import annotate, check_ensemble
+    from .annotation.annotate import predict_cell_types
     from .annotation.distributed import inference_processes
-    from .annotation.inference import load_annotator
     from .h5ad_io import check_output_path, plan_h5ad_output, read_h5ad, write_h5ad_with_slots
 
-    # Every check that can fail runs before any work, so a bad call leaves no file behind. Under torchrun every
-    # process checks and loads; only the main process (which alone writes) checks the outputs; a failure anywhere
-    # stops all.
+    # What only the command line can check (its output files, the input file, --label-key) runs before any work, so a
+    # bad call leaves no file behind; predict_cell_types checks everything else before the model runs. Under torchrun
+    # every process checks; only the main process (which alone writes) checks the outputs; a failure anywhere stops
+    # all.
     processes = inference_processes()
     with processes.all_or_none("Checking the inputs"):
         if processes.is_main:
             output = check_output_path(args.output, overwrite=args.overwrite, inputs=(args.input,))
             if args.csv:
                 check_output_path(args.csv, overwrite=args.overwrite, inputs=(args.input,), outputs=(args.output,))
-        if args.threshold is not None and not 0 <= args.threshold <= 1:
-            raise ValueError(f"--threshold must lie in [0, 1] (a probability); got {args.threshold}.")
         adata = read_h5ad(args.input, backed="r")
         if args.label_key is not None and args.label_key not in adata.obs.columns:
             raise ValueError(
                 f"--label-key {args.label_key!r} is not a column of .obs; the columns are {list(adata.obs.columns)}."
             )
         layout = plan_h5ad_output(args.input)
-        members = [(*load_annotator(name), name) for name in args.model]
-        check_ensemble(members)
-    annotate(
+    result = predict_cell_types(
         adata,
-        [model for model, _, _ in members],
-        tokenizer=members[0][1],
+        args.model,
         unassigned_threshold=args.threshold,
-        key_added=args.key_added,
         return_probabilities=args.probabilities,
         majority_voting=args.majority_voting or args.over_clustering is not None,
         over_clustering=args.over_clustering,
         **_inference_options(args),
     )
-    if not processes.is_main:
-        return 0  # its cells were gathered to the main process, which writes
-    key = args.key_added
-    obsm = [f"{key}_probabilities"] if args.probabilities else []
-    voting = [column for column in (f"{key}_majority_voting", f"{key}_over_clustering") if column in adata.obs]
+    if result is None:
+        return 0  # not the main process: its cells were gathered to the main process, which writes
+    result.write(adata, key_added=args.key_added)
+    also = {}
+    if args.csv:  # published with the .h5ad as one result: a failure leaves neither
+        extra = adata.obs[[args.label_key]] if args.label_key else None
+        also[args.csv] = result.to_table(key_added=args.key_added, extra=extra).to_csv()
     write_h5ad_with_slots(
-        args.input,
-        output,
-        adata,
-        obs_columns=[f"{key}_cell_type", f"{key}_confidence", f"{key}_unassigned_reason", *voting],
-        obsm_keys=obsm,
-        uns_keys=[key],
-        layout=layout,
-        overwrite=args.overwrite,
+        args.input, output, adata, **result.slots(args.key_added), layout=layout, overwrite=args.overwrite, also=also
     )
     if args.csv:
-        columns = [f"{key}_cell_type", f"{key}_confidence", f"{key}_unassigned_reason", *voting]
-        columns += [args.label_key] if args.label_key else []
-        table = adata.obs[columns].copy()
-        if args.probabilities:
-            import pandas as pd
-
-            names = [f"probability:{name}" for name in adata.uns[key]["class_names"]]
-            table = pd.concat([table, pd.DataFrame(adata.obsm[obsm[0]], index=adata.obs_names, columns=names)], axis=1)
-        write_text_atomically(args.csv, table.to_csv(index_label="cell_id"), replace=args.overwrite)
         print(f"written: {args.csv}")
-    counts = adata.obs[f"{key}_cell_type"].value_counts()
-    print(f"annotated {adata.n_obs:,} cells: " + ", ".join(f"{name} {n:,}" for name, n in counts.items() if n))
+    print(result.summary())
     print(f"written: {args.output}")
     return 0
 
@@ -185,9 +163,7 @@ def _annotate(args: argparse.Namespace) -> int:
 def _embed(args: argparse.Namespace) -> int:
     from .annotation.annotate import embed
     from .annotation.distributed import inference_processes
-    from .annotation.inference import load_annotator
     from .h5ad_io import check_output_path, plan_h5ad_output, read_h5ad, write_h5ad_with_slots
-    from .modeling_scbert import ScBertModel
 
     processes = inference_processes()
     with processes.all_or_none("Checking the inputs"):
@@ -195,16 +171,9 @@ def _embed(args: argparse.Namespace) -> int:
             output = check_output_path(args.output, overwrite=args.overwrite, inputs=(args.input,))
         adata = read_h5ad(args.input, backed="r")
         layout = plan_h5ad_output(args.input)
-        model, tokenizer = load_annotator(args.model, model_class=ScBertModel)
-    embed(
-        adata,
-        model,
-        tokenizer=tokenizer,
-        key_added=args.key_added,
-        **_inference_options(args),
-    )
+    embed(adata, args.model, key_added=args.key_added, **_inference_options(args))
     if not processes.is_main:
-        return 0
+        return 0  # its cells were gathered to the main process, which writes
     key = args.key_added
     write_h5ad_with_slots(
         args.input,

@@ -18,7 +18,7 @@ from typing import Literal
 
 from anndata import AnnData
 
-from tokenization.atomic_files import atomic_path
+from tokenization.atomic_files import atomic_paths
 
 logger = logging.getLogger(__name__)
 
@@ -206,6 +206,7 @@ def write_h5ad_with_slots(
     layout: Literal["copy", "rewrite", "zarr"] | None = None,
     varm_keys: list[str] = (),
     overwrite: bool = True,
+    also: dict[str | PathLike, str] | None = None,
 ) -> None:
     """Write ``source`` plus the given slots of ``adata`` to ``destination``, atomically.
 
@@ -216,7 +217,9 @@ def write_h5ad_with_slots(
     anndata's own writer; a zarr store (``"zarr"``) is read with ``anndata.read_zarr`` and written the same way, as an
     ``.h5ad``. Either way the temporary file is then renamed over ``destination`` (``os.replace``), so
     a failure leaves no partial output; the input is never modified. ``layout=None`` asks
-    :func:`plan_h5ad_output`. With ``overwrite=False``, a ``destination`` that another run wrote meanwhile is left
+    :func:`plan_h5ad_output`. ``also`` maps other files (a CSV of the same results) to their text: they are written
+    and published with the ``.h5ad`` as one result (``tokenization.atomic_files.atomic_paths``), so a failure leaves
+    neither. With ``overwrite=False``, a ``destination`` that another run wrote meanwhile is left
     as it is (checked in the same step as the rename where the system allows).
 
     Raises
@@ -231,7 +234,10 @@ def write_h5ad_with_slots(
     layout = plan_h5ad_output(source) if layout is None else layout
     if layout not in (COPY_LAYOUT, REWRITE_LAYOUT, ZARR_LAYOUT):
         raise ValueError(f"layout must be {COPY_LAYOUT!r}, {REWRITE_LAYOUT!r} or {ZARR_LAYOUT!r}; got {layout!r}.")
-    with atomic_path(destination, replace=overwrite) as temporary:
+    also = {Path(path): text for path, text in (also or {}).items()}
+    with atomic_paths([destination, *also], replace=overwrite) as (temporary, *others):
+        for other, text in zip(others, also.values()):
+            other.write_text(text, encoding="utf-8")
         if layout == COPY_LAYOUT:
             _patch_copy(
                 source,

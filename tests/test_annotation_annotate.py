@@ -1,6 +1,7 @@
 """Annotation and embeddings into AnnData, and the `scbert annotate` / `scbert embed` commands."""
 
 import hashlib
+import logging
 
 import anndata as ad
 import numpy as np
@@ -11,9 +12,10 @@ import torch
 from conftest import save_tiny_annotator
 
 from modeling_scbert import ScBertForSequenceClassification
-from modeling_scbert.annotation.annotate import UNASSIGNED, annotate, embed
+from modeling_scbert.annotation.annotate import annotate, embed
 from modeling_scbert.cli import main as cli_main
 from tokenization import ScBertTokenizer
+from tokenization.cell_calls import UNASSIGNED
 
 GENES = [f"GENE{j}" for j in range(12)]
 CLASSES = ["B", "T", "NK"]
@@ -321,3 +323,21 @@ def test_cli_refuses_a_missing_label_column_listing_obs_columns(model_dir, h5ad,
         capsys, tmp_path, [*args, "--csv", str(tmp_path / "p.csv"), "--label-key", "celltype"], "'truth'"
     )
     assert "celltype" in err
+
+
+def test_the_gene_alignment_is_planned_and_reported_once_per_call(model_dir, caplog):
+    adata = make_adata(30)
+    calls = {
+        "annotate": lambda: annotate(adata, str(model_dir), copy=True, progress=False),
+        "annotate with majority voting": lambda: annotate(
+            adata, str(model_dir), majority_voting=True, copy=True, progress=False
+        ),
+        "an ensemble": lambda: annotate(adata, [str(model_dir)] * 2, copy=True, progress=False),
+        "embed": lambda: embed(adata, str(model_dir), copy=True, progress=False),
+    }
+    for name, call in calls.items():
+        caplog.clear()
+        with caplog.at_level(logging.INFO):
+            call()
+        reports = [r for r in caplog.records if r.getMessage().startswith("Gene alignment:")]
+        assert len(reports) == 1, (name, [r.getMessage() for r in reports])

@@ -33,7 +33,7 @@ SCRIPT = textwrap.dedent(
 
     from modeling_scbert.annotation.annotate import annotate, embed
     from modeling_scbert.cli import main as cli_main
-    from modeling_scbert import distributed
+    from modeling_scbert.annotation import distributed
     from modeling_scbert.annotation.distributed import inference_processes
     from tokenization import ScBertTokenizer
 
@@ -53,6 +53,12 @@ SCRIPT = textwrap.dedent(
         np.savez(out / "annotate.npz", probabilities=adata.obsm["scbert_probabilities"],
                  labels=adata.obs["scbert_cell_type"].astype(str).to_numpy(),
                  confidence=adata.obs["scbert_confidence"].to_numpy())
+    # Majority voting over Leiden over-clusters of the tokens each process read: the tokens are gathered too.
+    adata = ad.read_h5ad(data, backed="r")
+    annotate(adata, str(model_a), majority_voting=True, batch_size=4, progress=False)
+    if processes.is_main:
+        np.savez(out / "voting.npz", voted=adata.obs["scbert_majority_voting"].astype(str).to_numpy(),
+                 clusters=adata.obs["scbert_over_clustering"].astype(str).to_numpy())
     adata = ad.read_h5ad(data, backed="r")
     result = embed(adata, str(model_a), batch_size=5, progress=False)
     marker["embedded_here"] = "X_scbert" in adata.obsm
@@ -171,6 +177,10 @@ def test_two_processes_annotate_and_embed_like_one_and_stop_together_on_failure(
     np.testing.assert_allclose(gathered["probabilities"], single.obsm["scbert_probabilities"], rtol=0, atol=1e-6)
     np.testing.assert_allclose(gathered["confidence"], single.obs["scbert_confidence"], rtol=0, atol=1e-6)
     np.testing.assert_allclose(np.load(out / "embed.npy"), single.obsm["X_scbert"], rtol=0, atol=1e-6)
+    voting = np.load(out / "voting.npz", allow_pickle=True)
+    voted = annotate(ad.read_h5ad(setup["data"]), str(setup["model_a"]), majority_voting=True, copy=True)
+    assert list(voting["clusters"]) == list(voted.obs["scbert_over_clustering"].astype(str))
+    assert list(voting["voted"]) == list(voted.obs["scbert_majority_voting"].astype(str))
 
     # A failure on process 1 raised its own error there and a ScBertProcessError naming it on process 0: no hang.
     reading, loading = markers[0]["failures"]

@@ -277,3 +277,36 @@ def test_the_annotated_copy_carries_the_umask_permissions(tmp_path):
     finally:
         os.umask(previous)
     assert stat.S_IMODE((tmp_path / "out.h5ad").stat().st_mode) == 0o644
+
+
+def test_the_h5ad_and_its_csv_are_one_result_a_failure_leaves_neither(model_dir, tmp_path, monkeypatch, capsys):
+    import anndata.io
+
+    path = tmp_path / "cells.h5ad"
+    write_current(path)
+    out, csv = tmp_path / "out.h5ad", tmp_path / "out.csv"
+    argv = ["annotate", "--model", model_dir, "--input", str(path), "--output", str(out), "--csv", str(csv)]
+
+    def fail(*args, **kwargs):
+        raise OSError(28, "No space left on device", str(out))
+
+    with monkeypatch.context() as patch:
+        patch.setattr(anndata.io, "write_elem", fail)
+        assert cli_main(argv) == 2
+    assert "no space left" in capsys.readouterr().err
+    assert not out.exists() and not csv.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cells.h5ad"]  # no temporary either
+    assert cli_main(argv) == 0  # the rerun is not refused
+    assert out.exists() and csv.exists()
+
+
+def test_files_published_together_are_taken_back_when_one_of_them_cannot_be(tmp_path):
+    from tokenization.atomic_files import atomic_paths
+
+    first, second = tmp_path / "a.h5ad", tmp_path / "a.csv"
+    with pytest.raises(FileExistsError), atomic_paths([first, second], replace=False) as (one, two):
+        one.write_text("one")
+        two.write_text("two")
+        second.write_text("another run's")  # appears while this run writes
+    assert not first.exists() and second.read_text() == "another run's"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.csv"]

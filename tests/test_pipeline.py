@@ -11,8 +11,9 @@ import pytest
 import scipy.sparse as sp
 from transformers import pipeline
 
-from modeling_scbert.annotation.annotate import UNASSIGNED, annotate
+from modeling_scbert.annotation.annotate import annotate, predict_cell_types
 from tests.test_annotation_annotate import CLASSES, make_adata, save_annotator
+from tokenization.cell_calls import UNASSIGNED
 from tokenization.pipeline_scbert import TASK, ScBertCellTypeAnnotationPipeline, save_pipeline_code
 
 PIPELINE_FILES = {"pipeline_scbert.py", "tokenization_scbert.py", "genes.py", "preprocessing.py"}
@@ -75,6 +76,28 @@ def test_pipeline_labels_cells_without_panel_signal_unassigned_as_annotate_does(
         assert [r["label"] for r in annotator(adata, **options)] == labels
     assert [r["label"] for r in annotator(adata, min_genes=3)][4:8] == [UNASSIGNED] * 4
     assert UNASSIGNED not in [r["label"] for r in annotator(adata, min_genes=0)][4:]
+
+
+def test_pipeline_and_predict_cell_types_make_the_same_calls(model_dir):
+    adata = make_adata(40, seed=1)
+    counts = adata.X.toarray()
+    counts[:3] = 0  # no panel counts
+    counts[3:6, 2:] = 0  # few panel genes
+    adata.X = sp.csr_matrix(counts)
+    threshold = 0.6
+    result = predict_cell_types(adata, str(model_dir), unassigned_threshold=threshold, min_genes=3, progress=False)
+    reasons = set(result.calls.reasons) - {None}
+    assert reasons == {"no panel counts", "few panel genes", "low confidence"}  # every branch of the rule
+    annotator = pipeline(TASK, model=str(model_dir), pipeline_class=ScBertCellTypeAnnotationPipeline, batch_size=6)
+    results = annotator(adata, unassigned_threshold=threshold, min_genes=3)
+    assert [r["label"] for r in results] == list(result.calls.labels)
+    np.testing.assert_allclose([r["score"] for r in results], result.calls.confidence, rtol=1e-6)
+    # Probabilities alone (no detected genes): only the threshold applies.
+    scores = np.float32([[0.2, 0.5, 0.3], [0.1, 0.2, 0.7]])
+    assert annotator.postprocess({"probabilities": scores}, unassigned_threshold=threshold) == [
+        {"label": UNASSIGNED, "score": 0.5},
+        {"label": "NK", "score": pytest.approx(0.7)},
+    ]
 
 
 def test_top_k_lists_the_most_likely_classes_in_order(model_dir):

@@ -159,7 +159,9 @@ def test_commands_hand_every_reading_option_on(command, hyphens, model_dir, tmp_
     path = tmp_path / "cells.h5ad"
     make_adata().write_h5ad(path)
     if command in ("annotate", "embed"):
-        monkeypatch.setattr(annotate_module, command, stand_in)
+        # `scbert annotate` takes its result (for the CSV) from predict_cell_types, which annotate wraps.
+        function = {"annotate": "predict_cell_types", "embed": "embed"}[command]
+        monkeypatch.setattr(annotate_module, function, stand_in)
         argv = [command, "--model", str(model_dir), "--input", str(path), "--output", str(tmp_path / "out.h5ad")]
     else:
         monkeypatch.setattr(training_module, command, stand_in)

@@ -15,9 +15,10 @@ import scanpy as sc
 import scipy.sparse as sp
 from conftest import save_tiny_annotator
 
-from modeling_scbert.annotation.annotate import UNASSIGNED, annotate, embed
+from modeling_scbert.annotation.annotate import annotate, embed
 from modeling_scbert.cli import main as cli_main
 from tokenization import ScBertTokenizer
+from tokenization.cell_calls import UNASSIGNED
 from tokenization.preprocessing import default_min_genes
 
 MARKERS = [

@@ -30,7 +30,7 @@ import shutil
 import socket
 import stat
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from os import PathLike
 from pathlib import Path
@@ -38,6 +38,7 @@ from pathlib import Path
 __all__ = [
     "FAULT_POINTS",
     "atomic_path",
+    "atomic_paths",
     "current_umask",
     "exchange_paths",
     "remove_stale_temporaries",
@@ -388,6 +389,77 @@ def _publish(temporary: Path, destination: Path, directory: bool, replace: bool,
         os.replace(temporary, destination)
 
 
+def _new_temporary(destination: Path, directory: bool) -> Path:
+    """A new, empty temporary beside ``destination``, after removing those that dead runs left for it."""
+    remove_stale_temporaries(destination)
+    while True:
+        temporary = _temporary_name(destination)
+        try:
+            _create(temporary, directory)
+            return temporary
+        except FileExistsError:
+            continue
+
+
+@contextmanager
+def atomic_paths(destinations: Sequence[str | PathLike], *, replace: bool = True) -> Iterator[list[Path]]:
+    """Several files written as one result: each staged like :func:`atomic_path`, none published unless every one
+    was written, then all published one right after another.
+
+    A failure while writing (an error, a full disk, a kill) publishes none of them. Publishing is one rename per
+    file, back to back; if one of them fails (with ``replace=False``: another run wrote that path meanwhile), the
+    files this call had already published at paths that were free are removed again, so a rerun is not refused.
+    What it does not promise: a kill in the moment between two renames leaves the first file published alone.
+
+    Parameters
+    ----------
+    destinations
+        The final files, in the order they are published. Their parent folders must exist.
+    replace
+        As for :func:`atomic_path`.
+
+    Yields
+    ------
+    The temporary paths to write to, in the order of ``destinations``.
+
+    Raises
+    ------
+    FileExistsError
+        With ``replace=False``, when one of the destinations exists at the time of publishing.
+    OSError
+        From the filesystem, for example a full disk.
+    """
+    destinations = [Path(destination) for destination in destinations]
+    temporaries: list[Path] = []
+    try:
+        for destination in destinations:
+            temporaries.append(_new_temporary(destination, directory=False))
+        _fault_point("created")
+        yield list(temporaries)
+        _fault_point("staged")
+        umask = current_umask()
+        for temporary in temporaries:
+            _apply_umask(temporary, umask)
+        _fault_point("permissions_set")
+        published: list[Path] = []
+        try:
+            for temporary, destination in zip(temporaries, destinations):
+                was_free = not os.path.lexists(destination)
+                _publish(temporary, destination, False, replace)
+                if was_free:
+                    published.append(destination)
+        except BaseException:
+            for destination in published:
+                destination.unlink(missing_ok=True)
+            raise
+        _fault_point("published")
+    except BaseException:
+        for temporary in temporaries:
+            if os.path.lexists(temporary):
+                _remove(temporary)
+        raise
+
+
 @contextmanager
 def atomic_path(
     destination: str | PathLike, *, directory: bool = False, replace: bool = True, update: bool = False
@@ -429,14 +501,7 @@ def atomic_path(
         From the filesystem, for example a full disk or a folder in the way of a file.
     """
     destination = Path(destination)
-    remove_stale_temporaries(destination)
-    while True:
-        temporary = _temporary_name(destination)
-        try:
-            _create(temporary, directory)
-            break
-        except FileExistsError:
-            continue
+    temporary = _new_temporary(destination, directory)
     try:
         _fault_point("created")
         yield temporary

@@ -10,8 +10,10 @@ It is a standard ``transformers`` custom pipeline. Saved with a fine-tuned model
 
 and works where this package is not installed (torch, transformers and anndata are enough). The file lives in
 ``tokenization`` and imports the tokenizer relatively because remote code can import only the files saved beside it:
-this way the files that are saved are the package's own, and the tokenizer's logic exists once. It never imports
-``modeling_scbert``: the model it runs is the one the pipeline factory loads (``AutoModelForSequenceClassification``).
+this way the files that are saved are the package's own, and the tokenizer's logic exists once. So do the batching
+(``cell_batches.py``) and the call rule (``cell_calls.py``), which ``modeling_scbert``'s ``annotate`` uses too. It
+never imports ``modeling_scbert``: the model it runs is the one the pipeline factory loads
+(``AutoModelForSequenceClassification``).
 """
 
 from __future__ import annotations
@@ -27,23 +29,23 @@ import torch
 from transformers import Pipeline
 
 from .atomic_files import write_text_atomically
-from .preprocessing import default_min_genes, low_signal
-from .tokenization_scbert import ENCODING_CHUNK_CELLS, ScBertTokenizer
+from .cell_batches import INFERENCE_BATCH_CELLS, cell_batches
+from .cell_calls import UNASSIGNED, call_cells
+from .preprocessing import default_min_genes
+from .tokenization_scbert import ScBertTokenizer
 
 TASK = "cell-type-annotation"
-UNASSIGNED = "Unassigned"
-# Cells per forward pass, here and in modeling_scbert's annotate, embed and gene attention.
-INFERENCE_BATCH_CELLS = 32
 
 
 class ScBertCellTypeAnnotationPipeline(Pipeline):
     """Annotate every cell of an AnnData with a fine-tuned scBERT classifier.
 
-    The cells are read with the model's own :class:`ScBertTokenizer` (saved with the model), so the preprocessing is
-    exactly that of ``modeling_scbert.annotate.annotate``, and so are the labels: the most likely class, with
-    ``"Unassigned"`` where its probability is below ``unassigned_threshold`` or where the cell has too little signal
-    in the panel (no panel counts, or fewer detected panel genes than ``min_genes``; the score is still the top
-    probability).
+    The cells are read with the model's own :class:`ScBertTokenizer` (saved with the model) and batched as
+    ``modeling_scbert``'s ``annotate`` batches them (:func:`~tokenization.cell_batches.cell_batches`), so the
+    preprocessing is exactly annotate's, and so are the labels (the one rule of
+    :func:`~tokenization.cell_calls.call_cells`): the most likely class, with ``"Unassigned"`` where its probability is
+    below ``unassigned_threshold`` or where the cell has too little signal in the panel (no panel counts, or fewer
+    detected panel genes than ``min_genes``; the score is still the top probability).
 
     Call options (also accepted by the ``pipeline(...)`` factory):
 
@@ -101,7 +103,8 @@ class ScBertCellTypeAnnotationPipeline(Pipeline):
             "min_genes": min_genes,
         }
         preprocess = {key: value for key, value in reading.items() if value is not None}
-        postprocess: dict[str, Any] = {}
+        # min_genes is a reading option (the tokenizer counts such cells) and part of the call rule.
+        postprocess: dict[str, Any] = {} if min_genes is None else {"min_genes": min_genes}
         if top_k != "unset":
             if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
                 raise ValueError(f"top_k must be a positive integer or None (all classes); got {top_k!r}.")
@@ -139,66 +142,52 @@ class ScBertCellTypeAnnotationPipeline(Pipeline):
         preprocess = {**self._preprocess_params, **preprocess}
         postprocess = {**self._postprocess_params, **postprocess}
         # Stream: encode a chunk of cells, run it in batches, keep only the probabilities.
-        probabilities, low_signal = [], []
+        probabilities, detected_genes = [], []
         for model_inputs in self.preprocess(inputs, batch_size=batch_size, **preprocess):
-            low_signal.append(model_inputs.pop("low_signal"))
+            detected_genes.append(model_inputs.pop("detected_genes"))
             probabilities.append(self.forward(model_inputs, **forward)["probabilities"])
         stacked = (
             torch.cat(probabilities).numpy() if probabilities else np.zeros((0, len(self.class_names)), np.float32)
         )
-        low = np.concatenate(low_signal) if low_signal else np.zeros(0, dtype=bool)
-        return self.postprocess({"probabilities": stacked, "low_signal": low}, **postprocess)
+        detected = np.concatenate(detected_genes) if detected_genes else np.zeros(0, dtype=np.int64)
+        return self.postprocess({"probabilities": stacked, "detected_genes": detected}, **postprocess)
 
     def preprocess(
-        self,
-        inputs: Any,
-        *,
-        batch_size: int = INFERENCE_BATCH_CELLS,
-        layer: str | None = None,
-        gene_key: str | None = None,
-        input_kind: str = "auto",
-        min_genes: int | None = None,
-        **read_options: Any,
+        self, inputs: Any, *, batch_size: int = INFERENCE_BATCH_CELLS, **read_options: Any
     ) -> Iterator[dict[str, Any]]:
-        adata = _read(inputs)
-        chunks = self.tokenizer.iter_encoded(
-            adata,
-            layer=layer,
-            gene_key=gene_key,
-            input_kind=input_kind,
-            min_genes=min_genes,
-            batch_size=ENCODING_CHUNK_CELLS,
-            progress=False,
-            return_detected_genes=True,
-            **read_options,
-        )
-        # The rule annotate() applies: no panel counts, or fewer detected panel genes than min_genes.
-        minimum = default_min_genes(self.tokenizer.num_genes) if min_genes is None else min_genes
-        for _, _, tokens, detected in chunks:
-            for start in range(0, tokens.shape[0], batch_size):
-                rows = tokens[start : start + batch_size]
-                empty, few = low_signal(np.asarray(detected[start : start + batch_size]), min_genes=minimum)
-                yield {
-                    "input_ids": torch.from_numpy(self.tokenizer.input_ids_from_tokens(rows)),
-                    "low_signal": empty | few,
-                }
+        for batch in cell_batches(self.tokenizer, _read(inputs), batch_size=batch_size, **read_options):
+            yield {"input_ids": batch.input_ids, "detected_genes": batch.detected_genes}
 
     def _forward(self, model_inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         logits = self.model(**model_inputs).logits
         return {"probabilities": torch.softmax(logits.float(), dim=-1)}
 
     def postprocess(
-        self, model_outputs: dict[str, np.ndarray], top_k: int | None = 1, unassigned_threshold: float | None = None
+        self,
+        model_outputs: dict[str, np.ndarray],
+        top_k: int | None = 1,
+        unassigned_threshold: float | None = None,
+        min_genes: int | None = None,
     ) -> list:
         probabilities = model_outputs["probabilities"]
-        low_signal = model_outputs.get("low_signal", np.zeros(len(probabilities), dtype=bool))
+        detected_genes = model_outputs.get("detected_genes")
+        min_genes = default_min_genes(self.tokenizer.num_genes) if min_genes is None else min_genes
+        if detected_genes is None:  # probabilities alone: no cell is judged on its signal in the panel
+            detected_genes, min_genes = np.ones(len(probabilities), dtype=np.int64), 0
+        calls = call_cells(
+            probabilities,
+            self.class_names,
+            detected_genes=detected_genes,
+            min_genes=min_genes,
+            unassigned_threshold=unassigned_threshold,
+        )
         k = len(self.class_names) if top_k is None else min(top_k, len(self.class_names))
+        # A stable sort puts the first of tied classes first, as the call rule's argmax does.
         order = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
         results = []
-        for cell, classes, low in zip(probabilities, order, low_signal):
+        for cell, classes, label in zip(probabilities, order, calls.labels):
             ranked = [{"label": self.class_names[c], "score": float(cell[c])} for c in classes]
-            if low or (unassigned_threshold is not None and ranked[0]["score"] < unassigned_threshold):
-                ranked[0]["label"] = UNASSIGNED
+            ranked[0]["label"] = label
             results.append(ranked[0] if top_k == 1 else ranked)
         return results
 
@@ -255,4 +244,4 @@ def save_pipeline_code(save_directory: str | os.PathLike) -> list[str]:
     return written
 
 
-__all__ = ["INFERENCE_BATCH_CELLS", "TASK", "UNASSIGNED", "ScBertCellTypeAnnotationPipeline", "save_pipeline_code"]
+__all__ = ["TASK", "ScBertCellTypeAnnotationPipeline", "save_pipeline_code"]

@@ -1,9 +1,17 @@
 """Cell-type annotation and cell embeddings, written back into AnnData.
 
-Cells are encoded chunk by chunk with the tokenizer's chunked iterator and run through the model in batches under
-``torch.inference_mode``, so a backed ``.h5ad`` larger than memory is annotated with bounded memory: at most one
-chunk of tokens and one batch of activations exist at a time; only the per-cell results (a label, a confidence and,
-optionally, probabilities or an embedding) are kept.
+Both run as the same phases: load and check the model(s)
+(:func:`~modeling_scbert.annotation.inference.resolve_model`); plan the reading once (:func:`_plan`: gene alignment
+with its overlap report, input-kind detection, the device; every error before any cell is read); run the batches
+(:func:`_predict` / :func:`_embed`); gather the per-cell results to the main process. Annotation then applies the call
+rule once (:func:`tokenization.cell_calls.call_cells`), votes in over-clusters when asked and returns an
+:class:`~modeling_scbert.annotation.result.AnnotationResult` (:func:`predict_cell_types`), which :func:`annotate`
+writes.
+
+Cells are encoded chunk by chunk and run through the model in batches under ``torch.inference_mode``
+(:func:`~modeling_scbert.annotation.inference.encoded_batches`), so a backed ``.h5ad`` larger than memory is annotated
+with bounded memory: at most one chunk of tokens and one batch of activations exist at a time; only the per-cell
+results (class probabilities and detected panel genes, or an embedding) are kept.
 
 Under ``torchrun`` or ``accelerate launch`` each process takes a contiguous share of the cells on its own device and
 the results are gathered to the main process, which alone writes them (``distributed.py``, docs/scale_out.md).
@@ -12,19 +20,20 @@ the results are gathered to the main process, which alone writes them (``distrib
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from os import PathLike
 from typing import Any, Literal
 
 import numpy as np
-import pandas as pd
 import scipy.sparse as sp
 import torch
 from anndata import AnnData
 
 from tokenization import ScBertTokenizer
-from tokenization.pipeline_scbert import INFERENCE_BATCH_CELLS, UNASSIGNED
-from tokenization.preprocessing import default_min_genes, low_signal
+from tokenization.cell_batches import INFERENCE_BATCH_CELLS, CellBatch
+from tokenization.cell_calls import UNASSIGNED, CellCalls, call_cells
+from tokenization.preprocessing import default_min_genes
 from tokenization.reading import ScBertReadingArguments, takes_reading_options
 from tokenization.tokenization_scbert import ENCODING_CHUNK_CELLS
 
@@ -33,25 +42,36 @@ from .distributed import InferenceProcesses, inference_processes
 from .inference import (
     adata_to_write,
     autocast,
+    check_writable,
     dtype_name,
     encoded_batches,
     label_names,
     resolve_model,
 )
+from .result import AnnotationResult
 
 logger = logging.getLogger(__name__)
 
-# Why a cell is labelled UNASSIGNED, in .obs[f"{key_added}_unassigned_reason"].
-UNASSIGNED_REASONS = ["no panel counts", "few panel genes", "low confidence"]
 # A fine-tuned classifier, or the folder or Hub id it was saved to.
 Annotator = ScBertForSequenceClassification | str | PathLike
+# (model, tokenizer, name): a loaded model with the tokenizer that reads its cells, and the name recorded in .uns.
+Member = tuple[ScBertPreTrainedModel, ScBertTokenizer, str]
 
 
-def check_ensemble(members: Sequence[tuple[ScBertPreTrainedModel, ScBertTokenizer, str]]) -> list[str]:
+def check_ensemble(members: Sequence[Member]) -> list[str]:
     """Check that ``(model, tokenizer, name)`` triples can vote together; return their class names.
 
     Every member must be a classifier with the same classes in the same order, and read the cells with the same
     tokenizer (panel and binning); otherwise averaging their probabilities would mix different things.
+
+    Parameters
+    ----------
+    members
+        The loaded members, as :func:`~modeling_scbert.annotation.inference.resolve_model` returns them.
+
+    Returns
+    -------
+    The class names, in class-index order.
 
     Raises
     ------
@@ -78,6 +98,23 @@ def check_ensemble(members: Sequence[tuple[ScBertPreTrainedModel, ScBertTokenize
                 f"{first_tokenizer!r}. Fine-tune every member from the same panel and tokenizer."
             )
     return class_names
+
+
+def check_unassigned_threshold(unassigned_threshold: float | None) -> None:
+    """Refuse a threshold that is not a probability.
+
+    Raises
+    ------
+    ValueError
+        For a threshold outside [0, 1].
+    """
+    if unassigned_threshold is not None and not 0 <= unassigned_threshold <= 1:
+        raise ValueError(f"unassigned_threshold must lie in [0, 1] (a probability); got {unassigned_threshold}.")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The verbs
+# ---------------------------------------------------------------------------------------------------------------------
 
 
 @takes_reading_options
@@ -149,7 +186,7 @@ def annotate(
         tokens, at a resolution that grows with the number of cells (5 below 5,000 cells, as CellTypist); this needs
         ``igraph`` (``pip install 'scbert-hf[clustering]'``) and keeps every cell's tokens in memory (sparse).
     **read_options
-        How to read the cells, by name: every field of :class:`~modeling_scbert.reading.ScBertReadingArguments`
+        How to read the cells, by name: every field of :class:`~tokenization.reading.ScBertReadingArguments`
         (``layer``, ``gene_key``, ``input_kind``, ``synonyms``, ``min_gene_overlap``, ...), as for
         :meth:`tokenization.ScBertTokenizer.__call__`; the same options as ``scbert annotate``'s.
 
@@ -184,16 +221,79 @@ def annotate(
     TypeError
         For a keyword that is not an option, or a model that is not a classifier.
     ValueError
-        For a threshold outside [0, 1], members that disagree, a model object without ``tokenizer=``, and cells
-        that cannot be read (too few panel genes, an input kind that does not fit the values, ...); all before the
-        model runs.
+        For a threshold outside [0, 1], members that disagree, a model object without ``tokenizer=``, ``copy=True``
+        with a backed AnnData, and cells that cannot be read (too few panel genes, an input kind that does not fit
+        the values, ...); all before the model runs.
     ScBertProcessError
         With several processes, on every process but the one that failed (which raises its own error).
     """
     reading = ScBertReadingArguments.from_kwargs(read_options, caller="annotate")
+    check_writable(adata, copy=copy)  # before the model runs, not after
+    result = predict_cell_types(
+        adata,
+        model,
+        tokenizer=tokenizer,
+        unassigned_threshold=unassigned_threshold,
+        return_probabilities=return_probabilities,
+        batch_size=batch_size,
+        device=device,
+        dtype=dtype,
+        chunk_size=chunk_size,
+        progress=progress,
+        distributed=distributed,
+        majority_voting=majority_voting,
+        over_clustering=over_clustering,
+        **reading.tokenizer_kwargs(),
+    )
+    if result is None:
+        return None  # not the main process: it writes nothing
+    adata = adata_to_write(adata, copy=copy)
+    result.write(adata, key_added=key_added)
+    return adata if copy else None
+
+
+@takes_reading_options
+def predict_cell_types(
+    adata: AnnData,
+    model: Annotator | Sequence[Annotator],
+    *,
+    tokenizer: ScBertTokenizer | str | PathLike | None = None,
+    unassigned_threshold: float | None = None,
+    return_probabilities: bool = False,
+    batch_size: int = INFERENCE_BATCH_CELLS,
+    device: str | torch.device | None = None,
+    dtype: Literal["float32", "bfloat16", "float16"] | torch.dtype = "float32",
+    chunk_size: int = ENCODING_CHUNK_CELLS,
+    progress: bool | None = None,
+    distributed: bool = True,
+    majority_voting: bool = False,
+    over_clustering: str | None = None,
+    **read_options: Any,
+) -> AnnotationResult | None:
+    """What :func:`annotate` writes, as an :class:`~modeling_scbert.annotation.result.AnnotationResult`; ``adata`` is
+    only read.
+
+    Parameters
+    ----------
+    adata, model, tokenizer, unassigned_threshold, return_probabilities, batch_size, device, dtype, chunk_size
+        As for :func:`annotate`.
+    progress, distributed, majority_voting, over_clustering, **read_options
+        As for :func:`annotate`.
+
+    Returns
+    -------
+    The result on the main process; ``None`` on the others (several processes share the cells, see
+    :func:`annotate`). ``result.write(adata, key_added=...)`` writes it as :func:`annotate` does;
+    ``result.to_table(...)`` is the table of ``scbert annotate --csv``.
+
+    Raises
+    ------
+    TypeError, ValueError, ScBertProcessError
+        As for :func:`annotate`, all before the model runs.
+    """
+    reading = ScBertReadingArguments.from_kwargs(read_options, caller="predict_cell_types")
     dtype = dtype_name(dtype)
-    if unassigned_threshold is not None and not 0 <= unassigned_threshold <= 1:
-        raise ValueError(f"unassigned_threshold must lie in [0, 1] (a probability); got {unassigned_threshold}.")
+    check_unassigned_threshold(unassigned_threshold)
     candidates = list(model) if isinstance(model, (list, tuple)) else [model]
     if not candidates:
         raise ValueError("annotate needs a model; got an empty list.")
@@ -204,118 +304,61 @@ def annotate(
             resolve_model(member, tokenizer, model_class=ScBertForSequenceClassification) for member in candidates
         ]
         class_names = check_ensemble(members)
-        models, tokenizers, model_names = zip(*members)
-        tokenizer = tokenizers[0]  # check_ensemble made sure that every member's is the same
-        if over_clustering is not None:
-            if not majority_voting:
-                raise ValueError(
-                    "over_clustering= is the clustering that majority voting uses; pass majority_voting=True."
-                )
-            if over_clustering not in adata.obs.columns:
-                raise ValueError(
-                    f"over_clustering={over_clustering!r} is not a column of .obs; the columns are "
-                    f"{list(adata.obs.columns)}. Pass one of them, or None to over-cluster with Leiden."
-                )
-        if unassigned_threshold is not None and UNASSIGNED in class_names:
-            raise ValueError(f"The model has a class named {UNASSIGNED!r}, which novel-type detection would shadow.")
-        encode_kwargs = reading.tokenizer_kwargs()
-        # Alignment (and its overlap report or error) happens here, before anything is written.
-        tokenizer.align(adata, gene_key=reading.gene_key, synonyms=reading.synonyms, use_raw=reading.use_raw)
-        device = processes.device(device)
-        models = [member.to(device).eval() for member in models]
-        start, end = processes.shard(adata.n_obs)
-        detected_genes = np.zeros(end - start, dtype=np.int64)
-        batches = encoded_batches(
+        _check_cell_calls(
             adata,
-            tokenizer=tokenizer,
+            class_names,
+            unassigned_threshold=unassigned_threshold,
+            majority_voting=majority_voting,
+            over_clustering=over_clustering,
+        )
+        run = _plan(
+            adata,
+            [member for member, _, _ in members],
+            tokenizer=members[0][1],  # check_ensemble made sure that every member's is the same
+            model_names=[name for _, _, name in members],
+            reading=reading,
+            processes=processes,
+            device=device,
             batch_size=batch_size,
             chunk_size=chunk_size,
             progress=progress,
             desc="Annotating cells",
-            encode_kwargs=encode_kwargs,
-            processes=processes,
-            detected_genes=detected_genes,
         )
-    # This process's rows: the label as a class index, its probability, and every probability only when asked for.
-    best = np.zeros(end - start, dtype=np.int64)
-    confidence = np.zeros(end - start, dtype=np.float32)
-    probabilities = np.empty((end - start, len(class_names)), dtype=np.float32) if return_probabilities else None
-    with processes.all_or_none("Annotating cells"), torch.inference_mode(), autocast(device, dtype):
-        for batch_start, batch_end, input_ids in batches:
-            input_ids = input_ids.to(device)
-            # Probabilities, not logits, are averaged: each member's vote is bounded, so one overconfident member
-            # cannot outvote the others.
-            mean = sum(torch.softmax(member(input_ids).logits.float(), dim=-1) for member in models) / len(models)
-            mean = mean.cpu().numpy()
-            rows = slice(batch_start - start, batch_end - start)
-            best[rows] = mean.argmax(axis=1)
-            confidence[rows] = mean[np.arange(mean.shape[0]), best[rows]]
-            if probabilities is not None:
-                probabilities[rows] = mean
-    per_cell = {"best": best, "confidence": confidence, "detected_genes": detected_genes}
-    if probabilities is not None:
-        per_cell["probabilities"] = probabilities
+    # The Leiden over-clusters are made from the tokens of this pass, not from a second reading of the cells.
+    leiden = majority_voting and over_clustering is None
+    with processes.all_or_none("Annotating cells"):
+        per_cell, tokens = _predict(run, num_labels=len(class_names), dtype=dtype, keep_tokens=leiden)
     per_cell = processes.gather_rows(per_cell, adata.n_obs)
+    if leiden:
+        tokens = processes.gather_sparse_rows(tokens, adata.n_obs)
     if per_cell is None:
-        return None  # not the main process: it writes nothing
-    best, confidence, probabilities = per_cell["best"], per_cell["confidence"], per_cell.get("probabilities")
-    detected_genes = per_cell["detected_genes"]
+        return None  # not the main process: the main one holds every cell's result
 
-    adata = adata_to_write(adata, copy=copy)
-    labels = np.asarray(class_names, dtype=object)[best]
-    categories = list(class_names)
-    reasons = np.full(adata.n_obs, None, dtype=object)
+    min_genes = default_min_genes(run.tokenizer.num_genes) if reading.min_genes is None else reading.min_genes
+    calls = call_cells(
+        per_cell["probabilities"],
+        class_names,
+        detected_genes=per_cell["detected_genes"],
+        min_genes=min_genes,
+        unassigned_threshold=unassigned_threshold,
+    )
+    _log_calls(calls, unassigned_threshold=unassigned_threshold, min_genes=min_genes)
+    params = {**_run_params(run, batch_size=batch_size, dtype=dtype, reading=reading), "min_genes": int(min_genes)}
     if unassigned_threshold is not None:
-        reasons[confidence < unassigned_threshold] = "low confidence"
-        logger.info(
-            "%d of %d cells below confidence %.2f: labelled %r.",
-            int((confidence < unassigned_threshold).sum()),
-            adata.n_obs,
-            unassigned_threshold,
-            UNASSIGNED,
-        )
-    min_genes = default_min_genes(tokenizer.num_genes) if reading.min_genes is None else reading.min_genes
-    _flag_low_signal(reasons, detected_genes, min_genes=min_genes)
-    labels = np.where(pd.isna(reasons), labels, UNASSIGNED)
-    if (unassigned_threshold is not None or not pd.isna(reasons).all()) and UNASSIGNED not in categories:
-        categories.append(UNASSIGNED)
+        params["unassigned_threshold"] = float(unassigned_threshold)
+    voted = clusters = None
     if majority_voting:
-        from .majority_voting import leiden_resolution, majority_vote, over_cluster
-
-        if over_clustering is None:
-            clusters = over_cluster(_all_tokens(adata, tokenizer, encode_kwargs, chunk_size=chunk_size))
-        else:
-            clusters = adata.obs[over_clustering].to_numpy()
-        voted = majority_vote(labels, clusters)
-    adata.obs[f"{key_added}_cell_type"] = pd.Categorical(labels, categories=categories)
-    adata.obs[f"{key_added}_confidence"] = confidence.astype(np.float32)
-    adata.obs[f"{key_added}_unassigned_reason"] = pd.Categorical(reasons, categories=UNASSIGNED_REASONS)
-    if majority_voting:
-        adata.obs[f"{key_added}_majority_voting"] = pd.Categorical(voted, categories=categories)
-        if over_clustering is None:
-            names = sorted(set(clusters), key=lambda name: (len(name), name))
-            adata.obs[f"{key_added}_over_clustering"] = pd.Categorical(clusters, categories=names)
-    uns: dict[str, Any] = {
-        "params": {
-            "model": model_names[0] if len(model_names) == 1 else np.asarray(model_names, dtype=object),
-            "batch_size": int(batch_size),
-            "dtype": dtype,
-            **reading.params(),
-            "min_genes": int(min_genes),
-        }
-    }
-    if unassigned_threshold is not None:
-        uns["params"]["unassigned_threshold"] = float(unassigned_threshold)
-    if majority_voting:
-        uns["params"]["majority_voting"] = True
-        uns["params"]["over_clustering"] = over_clustering or "leiden"
-        if over_clustering is None:
-            uns["params"]["leiden_resolution"] = leiden_resolution(adata.n_obs)
-    if return_probabilities:
-        adata.obsm[f"{key_added}_probabilities"] = probabilities
-        uns["class_names"] = np.asarray(class_names, dtype=object)
-    adata.uns[key_added] = uns
-    return adata if copy else None
+        voted, clusters = _vote(calls, adata, over_clustering=over_clustering, tokens=tokens, params=params)
+    return AnnotationResult(
+        obs_names=adata.obs_names.copy(),
+        class_names=class_names,
+        calls=calls,
+        params=params,
+        unassigned_threshold=unassigned_threshold,
+        probabilities=per_cell["probabilities"] if return_probabilities else None,
+        majority_voting=voted,
+        over_clustering=clusters if over_clustering is None else None,
+    )
 
 
 @takes_reading_options
@@ -371,74 +414,214 @@ def embed(
     """
     reading = ScBertReadingArguments.from_kwargs(read_options, caller="embed")
     dtype = dtype_name(dtype)
+    check_writable(adata, copy=copy)
     processes = inference_processes() if distributed else InferenceProcesses()
     with processes.all_or_none("Loading the model and planning the reading"):
-        model, tokenizer, model_name = resolve_model(model, tokenizer, model_class=ScBertModel)
-        encoder = model if isinstance(model, ScBertModel) else model.scbert
-        encode_kwargs = reading.tokenizer_kwargs()
-        tokenizer.align(adata, gene_key=reading.gene_key, synonyms=reading.synonyms, use_raw=reading.use_raw)
-        device = processes.device(device)
-        encoder = encoder.to(device).eval()
-        batches = encoded_batches(
+        model, tokenizer, name = resolve_model(model, tokenizer, model_class=ScBertModel)
+        run = _plan(
             adata,
+            [model if isinstance(model, ScBertModel) else model.scbert],
             tokenizer=tokenizer,
+            model_names=[name],
+            reading=reading,
+            processes=processes,
+            device=device,
             batch_size=batch_size,
             chunk_size=chunk_size,
             progress=progress,
             desc="Embedding cells",
-            encode_kwargs=encode_kwargs,
-            processes=processes,
         )
-    start, end = processes.shard(adata.n_obs)
-    embeddings = np.empty((end - start, encoder.config.hidden_size), dtype=np.float32)
-    with processes.all_or_none("Embedding cells"), torch.inference_mode(), autocast(device, dtype):
-        for batch_start, batch_end, input_ids in batches:
-            hidden = encoder(input_ids.to(device)).last_hidden_state
-            embeddings[batch_start - start : batch_end - start] = pool_cell_embeddings(hidden.float()).cpu().numpy()
+    with processes.all_or_none("Embedding cells"):
+        embeddings = _embed(run, dtype=dtype)
     gathered = processes.gather_rows({"embeddings": embeddings}, adata.n_obs)
     if gathered is None:
         return None  # not the main process: it writes nothing
-    embeddings = gathered["embeddings"]
     adata = adata_to_write(adata, copy=copy)
-    adata.obsm[f"X_{key_added}"] = embeddings
+    adata.obsm[f"X_{key_added}"] = gathered["embeddings"]
+    params = _run_params(run, batch_size=batch_size, dtype=dtype, reading=reading)
     adata.uns[f"{key_added}_embedding"] = {
-        "params": {
-            "model": model_name,
-            "pooling": "mean over all positions of the final encodings",
-            "batch_size": int(batch_size),
-            "dtype": dtype,
-            **reading.params(),
-        }
+        "params": {"model": params.pop("model"), "pooling": "mean over all positions of the final encodings", **params}
     }
     return adata if copy else None
 
 
-def _all_tokens(adata: AnnData, tokenizer: ScBertTokenizer, encode_kwargs: dict[str, Any], *, chunk_size: int):
-    """Every cell's expression tokens, ``(n_obs, num_genes)`` float32 CSR, for the over-clustering of majority voting
-    (encoded again on the main process, which after a multi-process run holds no tokens)."""
-    blocks = [
-        tokens.astype(np.float32)
-        for _, _, tokens in tokenizer.iter_encoded(adata, batch_size=chunk_size, progress=False, **encode_kwargs)
-    ]
-    return sp.vstack(blocks, format="csr") if blocks else sp.csr_matrix((0, tokenizer.num_genes), dtype=np.float32)
+# ---------------------------------------------------------------------------------------------------------------------
+# The phases
+# ---------------------------------------------------------------------------------------------------------------------
 
 
-def _flag_low_signal(reasons: np.ndarray, detected_genes: np.ndarray, *, min_genes: int) -> None:
-    """Mark cells without signal in the panel (no counts, or fewer than ``min_genes`` panel genes) and warn."""
-    empty, few = low_signal(detected_genes, min_genes=min_genes)
-    reasons[few] = "few panel genes"
-    reasons[empty] = "no panel counts"
-    if empty.any() or few.any():
+@dataclass
+class _Run:
+    """One call's plan: the models on their device and this process's batches, with the reading already planned."""
+
+    models: list[torch.nn.Module]  # in eval mode, on `device`
+    tokenizer: ScBertTokenizer
+    model_names: list[str]
+    device: torch.device
+    rows: tuple[int, int]  # this process's share of the cells, (start, end)
+    batches: Iterator[CellBatch]
+
+
+def _check_cell_calls(
+    adata: AnnData,
+    class_names: list[str],
+    *,
+    unassigned_threshold: float | None,
+    majority_voting: bool,
+    over_clustering: str | None,
+) -> None:
+    """Refuse calls that could not be made or written: a voting column that is not there, a class named like the
+    label of unassigned cells."""
+    if over_clustering is not None:
+        if not majority_voting:
+            raise ValueError(
+                "over_clustering= is the clustering that majority voting uses; pass majority_voting=True."
+            )
+        if over_clustering not in adata.obs.columns:
+            raise ValueError(
+                f"over_clustering={over_clustering!r} is not a column of .obs; the columns are "
+                f"{list(adata.obs.columns)}. Pass one of them, or None to over-cluster with Leiden."
+            )
+    if unassigned_threshold is not None and UNASSIGNED in class_names:
+        raise ValueError(f"The model has a class named {UNASSIGNED!r}, which novel-type detection would shadow.")
+
+
+def _plan(
+    adata: AnnData,
+    models: list[torch.nn.Module],
+    *,
+    tokenizer: ScBertTokenizer,
+    reading: ScBertReadingArguments,
+    processes: InferenceProcesses,
+    device: str | torch.device | None,
+    batch_size: int,
+    chunk_size: int,
+    progress: bool | None,
+    model_names: list[str],
+    desc: str,
+) -> _Run:
+    """Plan the reading of this process's cells and put the models on this process's device.
+
+    The reading is planned once, here: the genes are aligned (the overlap report is logged once) and the input kind
+    settled, and their errors raised, before any cell is read or the model runs.
+    """
+    batches = encoded_batches(
+        adata,
+        tokenizer=tokenizer,
+        batch_size=batch_size,
+        chunk_size=chunk_size,
+        progress=progress,
+        desc=desc,
+        encode_kwargs=reading.tokenizer_kwargs(),
+        processes=processes,
+    )
+    device = processes.device(device)
+    return _Run(
+        models=[model.to(device).eval() for model in models],
+        tokenizer=tokenizer,
+        model_names=model_names,
+        device=device,
+        rows=processes.shard(adata.n_obs),
+        batches=batches,
+    )
+
+
+def _predict(
+    run: _Run, *, num_labels: int, dtype: str, keep_tokens: bool = False
+) -> tuple[dict[str, np.ndarray], sp.csr_matrix | None]:
+    """This process's cells through the model(s): per cell, the class probabilities (an ensemble's mean) and the
+    detected panel genes; with ``keep_tokens``, also the cells' expression tokens (uint8 CSR), for over-clustering."""
+    start, end = run.rows
+    probabilities = np.empty((end - start, num_labels), dtype=np.float32)
+    detected_genes = np.zeros(end - start, dtype=np.int64)
+    blocks = []
+    with torch.inference_mode(), autocast(run.device, dtype):
+        for batch in run.batches:
+            rows = slice(batch.start - start, batch.end - start)
+            # Probabilities, not logits, are averaged: each member's vote is bounded, so one overconfident member
+            # cannot outvote the others.
+            input_ids = batch.input_ids.to(run.device)
+            total = sum(torch.softmax(model(input_ids).logits.float(), dim=-1) for model in run.models)
+            probabilities[rows] = (total / len(run.models)).cpu().numpy()
+            detected_genes[rows] = batch.detected_genes
+            if keep_tokens:  # the tokens are the input_ids without the appended 0 token
+                blocks.append(sp.csr_matrix(batch.input_ids[:, :-1].numpy().astype(np.uint8)))
+    tokens = None
+    if keep_tokens:
+        num_genes = run.tokenizer.num_genes
+        tokens = sp.vstack(blocks, format="csr") if blocks else sp.csr_matrix((0, num_genes), dtype=np.uint8)
+    return {"probabilities": probabilities, "detected_genes": detected_genes}, tokens
+
+
+def _embed(run: _Run, *, dtype: str) -> np.ndarray:
+    """This process's cell embeddings, float32 ``(cells, hidden_size)``: the mean of the final encodings."""
+    (encoder,) = run.models
+    start, end = run.rows
+    embeddings = np.empty((end - start, encoder.config.hidden_size), dtype=np.float32)
+    with torch.inference_mode(), autocast(run.device, dtype):
+        for batch in run.batches:
+            hidden = encoder(batch.input_ids.to(run.device)).last_hidden_state
+            embeddings[batch.start - start : batch.end - start] = pool_cell_embeddings(hidden.float()).cpu().numpy()
+    return embeddings
+
+
+def _run_params(run: _Run, *, batch_size: int, dtype: str, reading: ScBertReadingArguments) -> dict[str, Any]:
+    """What every run records in ``.uns[...]['params']``: the model (an ensemble's members), ``batch_size``,
+    ``dtype`` and the reading options."""
+    names = run.model_names
+    return {
+        "model": names[0] if len(names) == 1 else np.asarray(names, dtype=object),
+        "batch_size": int(batch_size),
+        "dtype": dtype,
+        **reading.params(),
+    }
+
+
+def _log_calls(calls: CellCalls, *, unassigned_threshold: float | None, min_genes: int) -> None:
+    """Say how many cells are "Unassigned", and why (low signal is a WARNING: the data may be read wrongly)."""
+    n_obs = len(calls.labels)
+    if unassigned_threshold is not None:
+        logger.info(
+            "%d of %d cells below confidence %.2f: labelled %r.",
+            int((calls.confidence < unassigned_threshold).sum()),
+            n_obs,
+            unassigned_threshold,
+            UNASSIGNED,
+        )
+    empty, few = calls.count("no panel counts"), calls.count("few panel genes")
+    if empty or few:
         logger.warning(
             "%d of %d cells labelled %r for too little signal in the panel: %d with no panel counts, %d with fewer "
             "than min_genes=%d detected panel genes (see .obs['..._unassigned_reason']).",
-            int(empty.sum() + few.sum()),
-            len(reasons),
+            empty + few,
+            n_obs,
             UNASSIGNED,
-            int(empty.sum()),
-            int(few.sum()),
+            empty,
+            few,
             min_genes,
         )
 
 
-__all__ = ["annotate", "check_ensemble", "embed"]
+def _vote(
+    calls: CellCalls,
+    adata: AnnData,
+    *,
+    over_clustering: str | None,
+    tokens: sp.csr_matrix | None,
+    params: dict[str, Any],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Majority voting: every cell's over-cluster's most frequent label, and the over-clusters voted in (the
+    ``.obs`` column ``over_clustering``, or Leiden clusters of the ``tokens``); records the voting in ``params``."""
+    from .majority_voting import leiden_resolution, majority_vote, over_cluster
+
+    params["majority_voting"] = True
+    params["over_clustering"] = over_clustering or "leiden"
+    if over_clustering is None:
+        clusters = over_cluster(tokens)
+        params["leiden_resolution"] = leiden_resolution(adata.n_obs)
+    else:
+        clusters = adata.obs[over_clustering].to_numpy()
+    return majority_vote(calls.labels, clusters), clusters
+
+
+__all__ = ["annotate", "check_ensemble", "check_unassigned_threshold", "embed", "predict_cell_types"]

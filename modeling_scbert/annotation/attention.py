@@ -21,9 +21,9 @@ from anndata import AnnData
 from transformers import AutoConfig
 
 from tokenization import ScBertTokenizer
+from tokenization.cell_batches import INFERENCE_BATCH_CELLS
 from tokenization.encoding import load_synonyms as _load_synonyms
 from tokenization.genes import align_genes
-from tokenization.pipeline_scbert import INFERENCE_BATCH_CELLS
 from tokenization.reading import ScBertReadingArguments, takes_reading_options
 from tokenization.reading import adata_gene_names as _gene_names
 from tokenization.tokenization_scbert import ENCODING_CHUNK_CELLS
@@ -146,7 +146,7 @@ def gene_attention_scores(
     resolved = resolved.to(device).eval()
     sums = np.zeros((len(type_names), tokenizer.sequence_length), dtype=np.float64)
     counts = np.zeros(len(type_names), dtype=np.int64)
-    for start, end, input_ids in encoded_batches(
+    for start, end, input_ids, _ in encoded_batches(
         adata,
         tokenizer=tokenizer,
         batch_size=batch_size,

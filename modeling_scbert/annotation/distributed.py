@@ -27,6 +27,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 
 logger = logging.getLogger(__name__)
@@ -159,6 +160,35 @@ class InferenceProcesses:
                     for key, value in part.items():
                         gathered[key][start : start + len(value)] = value
         return gathered
+
+    def gather_sparse_rows(self, rows: sp.csr_matrix, n_obs: int) -> sp.csr_matrix | None:
+        """Gather every process's rows of a CSR matrix, in row order, to the main process.
+
+        ``rows`` holds this process's rows (``shard(n_obs)``); every process passes the same number of columns and
+        dtypes. Returns the ``(n_obs, columns)`` matrix on the main process and ``None`` on the others. Rows travel
+        in rounds of at most about :data:`GATHER_BLOCK_BYTES` per process.
+        """
+        if not self.distributed:
+            return rows
+        import torch.distributed as dist
+
+        bounds = [self.shard(n_obs, rank=rank) for rank in range(self.world_size)]
+        # Every process takes part in every round, so a round is a number of rows that all agree on: as many as fit
+        # when every column of a row is stored (a value and a column index each).
+        row_bytes = rows.shape[1] * (rows.data.dtype.itemsize + rows.indices.dtype.itemsize)
+        rows_per_round = max(1, GATHER_BLOCK_BYTES // max(row_bytes, 1))
+        largest = max(end - start for start, end in bounds)
+        pieces: list[list[sp.csr_matrix]] = [[] for _ in range(self.world_size)]
+        for offset in range(0, largest, rows_per_round):
+            received: list[sp.csr_matrix] | None = [None] * self.world_size if self.is_main else None
+            dist.gather_object(rows[offset : offset + rows_per_round], received, dst=0)
+            if received is not None:
+                for rank, part in enumerate(received):
+                    pieces[rank].append(part)
+        if not self.is_main:
+            return None
+        blocks = [part for parts in pieces for part in parts if part.shape[0]]
+        return sp.vstack(blocks, format="csr") if blocks else sp.csr_matrix((0, rows.shape[1]), dtype=rows.dtype)
 
 
 def inference_processes() -> InferenceProcesses:

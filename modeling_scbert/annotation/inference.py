@@ -1,9 +1,11 @@
 """What annotation, embedding and attention scoring share: the model with its tokenizer, device, precision, batches.
 
-:func:`modeling_scbert.annotate.annotate`, :func:`~modeling_scbert.annotate.embed` and
-:func:`modeling_scbert.attention.gene_attention_scores` run the same loop: load the model and the tokenizer saved
-with it (:func:`resolve_model`), read the cells chunk by chunk with the tokenizer and feed them to the model in
-batches (:func:`encoded_batches`) under :func:`autocast`, then write into the AnnData (:func:`adata_to_write`).
+:func:`modeling_scbert.annotation.annotate.annotate`, :func:`~modeling_scbert.annotation.annotate.embed` and
+:func:`modeling_scbert.annotation.attention.gene_attention_scores` run the same loop: load the model and the tokenizer
+saved with it (:func:`resolve_model`), read this process's cells in batches (:func:`encoded_batches`, over the one
+batching of :func:`tokenization.cell_batches.cell_batches`, which the pipeline uses too) and feed them to the model
+under :func:`autocast`, then write into the AnnData (:func:`adata_to_write`, refused early by
+:func:`check_writable`).
 """
 
 from __future__ import annotations
@@ -13,12 +15,12 @@ from collections.abc import Iterator
 from os import PathLike
 from typing import Any
 
-import numpy as np
 import torch
 from anndata import AnnData
 from tqdm.auto import tqdm
 
 from tokenization import ScBertTokenizer
+from tokenization.cell_batches import CellBatch, cell_batches
 
 from ..modeling_scbert import ScBertForSequenceClassification, ScBertPreTrainedModel
 from .distributed import InferenceProcesses
@@ -141,6 +143,21 @@ def autocast(device: torch.device, dtype: str) -> torch.autocast:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+def check_writable(adata: AnnData, *, copy: bool) -> None:
+    """Refuse what :func:`adata_to_write` would refuse, before any work.
+
+    Raises
+    ------
+    ValueError
+        For ``copy=True`` on a backed AnnData (the copy would load it whole into memory).
+    """
+    if copy and adata.isbacked:
+        raise ValueError(
+            "copy=True would load the whole backed AnnData into memory; annotate it in place (copy=False; the "
+            "file itself is not changed) or load it first with adata.to_memory()."
+        )
+
+
 def adata_to_write(adata: AnnData, *, copy: bool) -> AnnData:
     """The AnnData to write results into: a copy with ``copy=True``, else ``adata`` itself (a view made actual).
 
@@ -149,12 +166,8 @@ def adata_to_write(adata: AnnData, *, copy: bool) -> AnnData:
     ValueError
         For ``copy=True`` on a backed AnnData (the copy would load it whole into memory).
     """
+    check_writable(adata, copy=copy)
     if copy:
-        if adata.isbacked:
-            raise ValueError(
-                "copy=True would load the whole backed AnnData into memory; annotate it in place (copy=False; the "
-                "file itself is not changed) or load it first with adata.to_memory()."
-            )
         return adata.copy()
     if adata.is_view:
         warnings.warn("Received a view of an AnnData; making it an actual AnnData to write into.", UserWarning, 2)
@@ -172,64 +185,62 @@ def encoded_batches(
     desc: str,
     encode_kwargs: dict[str, Any],
     processes: InferenceProcesses | None = None,
-    detected_genes: np.ndarray | None = None,
-) -> Iterator[tuple[int, int, torch.Tensor]]:
-    """Yield ``(start, end, input_ids)`` batches of this process's rows (all rows for one process).
+) -> Iterator[CellBatch]:
+    """This process's rows (all rows for one process) in batches, :func:`tokenization.cell_batches.cell_batches`
+    over this process's share, with a progress bar.
 
-    Reading is planned when this is called (alignment, input-kind detection and their errors), before any batch.
-    ``detected_genes``, when given (one entry per row of this process's share), receives each cell's number of
-    detected panel genes.
+    Reading is planned when this is called (alignment with its overlap report, input-kind detection and their
+    errors), before any batch.
+
+    Parameters
+    ----------
+    adata
+        The cells.
+    tokenizer
+        The model's tokenizer.
+    batch_size, chunk_size
+        Cells per batch; cells read and encoded at a time.
+    progress
+        Show a progress bar (only the main process does); by default when there is more than one batch.
+    desc
+        The progress bar's label.
+    encode_kwargs
+        How to read the cells, as for :meth:`ScBertTokenizer.iter_encoded`.
+    processes
+        The processes that share the cells; this one alone when ``None``.
+
+    Returns
+    -------
+    An iterator of :class:`~tokenization.cell_batches.CellBatch`, ``(start, end, input_ids, detected_genes)``, rows
+    indexed in the whole of ``adata``.
 
     Raises
     ------
     ValueError
         For ``batch_size`` below 1, and cells that cannot be read (see :meth:`ScBertTokenizer.iter_encoded`).
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1; got {batch_size}.")
     processes = InferenceProcesses() if processes is None else processes
     start, end = processes.shard(adata.n_obs)
-    chunks = tokenizer.iter_encoded(
-        adata,
-        batch_size=chunk_size,
-        progress=False,
-        start=start,
-        end=end,
-        return_detected_genes=True,
-        **encode_kwargs,
+    batches = cell_batches(
+        tokenizer, adata, batch_size=batch_size, chunk_size=chunk_size, start=start, end=end, **encode_kwargs
     )
     # One progress bar, the main process's (its share is as large as any other's, give or take a cell).
     show = (end - start > batch_size if progress is None else progress) and processes.is_main
-    return _iter_batches(
-        chunks,
-        tokenizer=tokenizer,
-        batch_size=batch_size,
-        offset=start,
-        total=end - start,
-        desc=desc,
-        show=show,
-        detected_genes=detected_genes,
-    )
+    return _with_progress(batches, total=end - start, desc=desc, show=show)
 
 
-def _iter_batches(
-    chunks, *, tokenizer, batch_size, offset, total, desc, show, detected_genes
-) -> Iterator[tuple[int, int, torch.Tensor]]:
+def _with_progress(batches: Iterator[CellBatch], *, total: int, desc: str, show: bool) -> Iterator[CellBatch]:
     with tqdm(total=total, unit="cells", desc=desc, disable=not show) as bar:
-        for chunk_start, chunk_end, tokens, detected in chunks:
-            if detected_genes is not None:
-                detected_genes[chunk_start - offset : chunk_end - offset] = detected
-            for start in range(0, tokens.shape[0], batch_size):
-                rows = tokens[start : start + batch_size]
-                input_ids = torch.from_numpy(tokenizer.input_ids_from_tokens(rows))
-                yield chunk_start + start, chunk_start + start + rows.shape[0], input_ids
-                bar.update(rows.shape[0])
+        for batch in batches:
+            yield batch
+            bar.update(batch.end - batch.start)
 
 
 __all__ = [
     "DTYPES",
     "adata_to_write",
     "autocast",
+    "check_writable",
     "dtype_name",
     "encoded_batches",
     "inference_device",
