@@ -66,6 +66,7 @@ def test_write_fills_the_documented_slots_with_their_dtypes():
     assert list(adata.obs["run_cell_type"].cat.categories) == [*CLASSES, UNASSIGNED]
     assert adata.obs["run_confidence"].dtype == np.float32
     assert list(adata.obs["run_unassigned_reason"].cat.categories) == [
+        "non-finite probabilities",
         "no panel counts",
         "few panel genes",
         "low confidence",

@@ -49,7 +49,7 @@ def test_threshold_and_low_signal_give_unassigned_with_the_most_fundamental_reas
     assert calls.best.tolist() == [0, 2, 0, 1, 0, 1, 2, 2]
     np.testing.assert_allclose(calls.confidence, PROBABILITIES.max(1))
     assert calls.unassigned.tolist() == [False, False, True, True, True, True, True, False]
-    assert [calls.count(reason) for reason in UNASSIGNED_REASONS] == [1, 2, 2]
+    assert [calls.count(reason) for reason in UNASSIGNED_REASONS] == [0, 1, 2, 2]
 
 
 def test_without_a_threshold_only_cells_without_signal_are_unassigned():
@@ -76,3 +76,15 @@ def test_no_cells_and_shapes_that_do_not_fit():
         call_cells(PROBABILITIES[:, :2], CLASSES, detected_genes=DETECTED, min_genes=3)
     with pytest.raises(ValueError, match=r"one entry per cell, shape \(8,\); got \(7,\)"):
         call_cells(PROBABILITIES, CLASSES, detected_genes=DETECTED[:7], min_genes=3)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("threshold", [None, 0.5])
+def test_non_finite_probabilities_never_become_a_label(bad, threshold):
+    probabilities = np.array([[0.9, 0.1], [bad, 0.2], [np.nan, np.nan], [0.3, 0.7]], dtype=np.float32)
+    calls = call_cells(
+        probabilities, ["B", "T"], detected_genes=np.full(4, 50), min_genes=1, unassigned_threshold=threshold
+    )
+    assert calls.labels.tolist() == ["B", UNASSIGNED, UNASSIGNED, "T"]
+    assert calls.reasons[1] == calls.reasons[2] == "non-finite probabilities"
+    assert np.isnan(calls.confidence[1:3]).all() and calls.confidence[0] == pytest.approx(0.9)

@@ -8,9 +8,10 @@ travels as remote code and can import only the files saved beside it.
 The rule, per cell:
 
 1. the label is the most likely class (the first one on a tie), the confidence its probability;
-2. the label becomes ``"Unassigned"`` when the cell has no counts in any panel gene, or fewer detected panel genes
-   than ``min_genes`` (too little signal for any call), or when the confidence is below ``unassigned_threshold``
-   (a candidate novel type); the confidence is kept either way;
+2. the label becomes ``"Unassigned"`` when the cell's probabilities are not all finite (NaN or infinite: the model
+   or its arithmetic failed, and no class is more likely than another; its confidence is NaN), when the cell has no
+   counts in any panel gene, or fewer detected panel genes than ``min_genes`` (too little signal for any call), or
+   when the confidence is below ``unassigned_threshold`` (a candidate novel type); the confidence is kept;
 3. the reason recorded is the first that applies, in the order of :data:`UNASSIGNED_REASONS`.
 """
 
@@ -26,7 +27,7 @@ from .preprocessing import low_signal
 UNASSIGNED = "Unassigned"
 # Why a cell is labelled UNASSIGNED, most fundamental first: a cell without signal is "no panel counts" even when its
 # confidence is low too.
-UNASSIGNED_REASONS = ("no panel counts", "few panel genes", "low confidence")
+UNASSIGNED_REASONS = ("non-finite probabilities", "no panel counts", "few panel genes", "low confidence")
 
 
 @dataclass(frozen=True, eq=False)
@@ -106,8 +107,11 @@ def call_cells(
             f"detected_genes must have one entry per cell, shape ({probabilities.shape[0]},); got "
             f"{detected_genes.shape}."
         )
-    best = probabilities.argmax(axis=1).astype(np.int64)
+    # A NaN compares false with everything, so argmax and the threshold would make it a confident first class.
+    non_finite = ~np.isfinite(probabilities).all(axis=1)
+    best = np.where(non_finite, 0, np.nan_to_num(probabilities, nan=-1.0).argmax(axis=1)).astype(np.int64)
     confidence = probabilities[np.arange(len(best)), best].astype(np.float32)
+    confidence[non_finite] = np.nan
     reasons = np.full(len(best), None, dtype=object)
     # Assigned from the least to the most fundamental reason, so the most fundamental one wins.
     if unassigned_threshold is not None:
@@ -115,6 +119,7 @@ def call_cells(
     empty, few = low_signal(detected_genes, min_genes=min_genes)
     reasons[few] = "few panel genes"
     reasons[empty] = "no panel counts"
+    reasons[non_finite] = "non-finite probabilities"
     labels = np.asarray(list(class_names), dtype=object)[best]
     labels[np.not_equal(reasons, None)] = UNASSIGNED
     return CellCalls(best=best, confidence=confidence, reasons=reasons, labels=labels)

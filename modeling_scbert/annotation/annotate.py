@@ -588,6 +588,15 @@ def _log_calls(calls: CellCalls, *, unassigned_threshold: float | None, min_gene
             unassigned_threshold,
             UNASSIGNED,
         )
+    broken = calls.count("non-finite probabilities")
+    if broken:
+        logger.warning(
+            "%d of %d cells labelled %r because their class probabilities are NaN or infinite: the model's weights or "
+            "arithmetic failed for them (try dtype='float32', or check the model).",
+            broken,
+            n_obs,
+            UNASSIGNED,
+        )
     empty, few = calls.count("no panel counts"), calls.count("few panel genes")
     if empty or few:
         logger.warning(
