@@ -8,52 +8,20 @@ with ``from_pretrained`` directly behaves as transformers' models do.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterable
 from os import PathLike
-from pathlib import Path
 from typing import Any, TypeVar
 
-from tokenization.saved_weights import (
-    SAFETENSORS_INDEX_NAME,
-    SAFETENSORS_NAME,
-    check_finite_weights,
-    check_saved_weights,
-    saved_weight_files,
-)
+from tokenization.saved_weights import check_finite_weights, check_saved_weights, model_weight_files
 
 from .modeling_scbert import ScBertPreTrainedModel
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["load_checked_model", "model_weight_files"]
+__all__ = ["load_checked_model"]
 
 M = TypeVar("M", bound=ScBertPreTrainedModel)
-
-
-def model_weight_files(name_or_path: str | PathLike, **hub_kwargs: Any) -> list[Path]:
-    """The safetensors files of a model folder, or of a Hub repository (from the local cache or the Hub).
-
-    ``hub_kwargs`` are ``revision``, ``local_files_only``, ... as for ``from_pretrained``. Empty where the model has
-    no safetensors files (an old ``pytorch_model.bin``): then only the values are checked.
-    """
-    if Path(name_or_path).is_dir():
-        return saved_weight_files(name_or_path)
-    from transformers.utils import cached_file
-
-    kwargs = {key: value for key, value in hub_kwargs.items() if key in ("revision", "local_files_only", "token")}
-    single = cached_file(str(name_or_path), SAFETENSORS_NAME, _raise_exceptions_for_missing_entries=False, **kwargs)
-    if single is not None:
-        return [Path(single)]
-    index = cached_file(
-        str(name_or_path), SAFETENSORS_INDEX_NAME, _raise_exceptions_for_missing_entries=False, **kwargs
-    )
-    if index is None:
-        return []
-    for shard in sorted(set(json.loads(Path(index).read_text()).get("weight_map", {}).values())):
-        cached_file(str(name_or_path), shard, **kwargs)  # fetched beside the index
-    return saved_weight_files(Path(index).parent)
 
 
 def load_checked_model(

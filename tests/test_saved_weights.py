@@ -73,3 +73,43 @@ def test_a_new_head_over_a_pretrained_encoder_may_lack_only_the_head(tmp_path, a
     with pytest.raises(DamagedWeightsError, match="classifier"):
         load_checked_model(ScBertForSequenceClassification, backbone)
     load_checked_model(ScBertForSequenceClassification, backbone, may_lack=("classifier.",))
+
+
+def _without_one_head_tensor(annotator):
+    victim = next(name for name in load_file(str(annotator / WEIGHTS)) if name.startswith("classifier"))
+    _rewrite(annotator, lambda tensors: tensors.pop(victim))
+    return victim
+
+
+def test_annotate_embed_and_the_pipeline_refuse_a_damaged_folder_before_any_cell(annotator):
+    import anndata as ad
+    import numpy as np
+    import pandas as pd
+    from transformers import pipeline
+
+    from modeling_scbert import annotate, embed
+
+    victim = _without_one_head_tensor(annotator)
+    cells = ad.AnnData(np.ones((3, 12), dtype=np.float32), var=pd.DataFrame(index=[f"GENE{i}" for i in range(12)]))
+    with pytest.raises(DamagedWeightsError, match=victim):
+        annotate(cells, str(annotator))
+    embed(cells, str(annotator))  # the encoder alone is intact: embeddings need no head
+    with pytest.raises(DamagedWeightsError, match=victim):
+        pipeline("cell-type-annotation", model=str(annotator))
+    assert "scbert_cell_type" not in cells.obs
+
+
+def test_a_model_object_with_non_finite_weights_is_refused_by_annotate(annotator):
+    import anndata as ad
+    import numpy as np
+    import pandas as pd
+
+    from modeling_scbert import annotate
+    from tokenization import ScBertTokenizer
+
+    model = ScBertForSequenceClassification.from_pretrained(annotator)
+    with torch.no_grad():
+        next(model.parameters()).view(-1)[0] = float("nan")
+    cells = ad.AnnData(np.ones((3, 12), dtype=np.float32), var=pd.DataFrame(index=[f"GENE{i}" for i in range(12)]))
+    with pytest.raises(DamagedWeightsError, match="NaN or infinite"):
+        annotate(cells, model, tokenizer=ScBertTokenizer.from_pretrained(annotator))

@@ -16,6 +16,7 @@ import json
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -25,6 +26,7 @@ __all__ = [
     "DamagedWeightsError",
     "check_finite_weights",
     "check_saved_weights",
+    "model_weight_files",
     "saved_weight_files",
 ]
 
@@ -55,6 +57,30 @@ def saved_weight_files(folder: str | os.PathLike) -> list[Path]:
     if missing:
         raise DamagedWeightsError(f"{str(folder)!r}: the weight shards {missing} named in {index.name} are missing.")
     return [folder / name for name in shards]
+
+
+def model_weight_files(name_or_path: str | os.PathLike, **hub_kwargs: Any) -> list[Path]:
+    """The safetensors files of a model folder, or of a Hub repository (from the local cache or the Hub).
+
+    ``hub_kwargs`` are ``revision``, ``local_files_only``, ... as for ``from_pretrained``. Empty where the model has
+    no safetensors files (an old ``pytorch_model.bin``): then only the values are checked.
+    """
+    if Path(name_or_path).is_dir():
+        return saved_weight_files(name_or_path)
+    from transformers.utils import cached_file
+
+    kwargs = {key: value for key, value in hub_kwargs.items() if key in ("revision", "local_files_only", "token")}
+    single = cached_file(str(name_or_path), SAFETENSORS_NAME, _raise_exceptions_for_missing_entries=False, **kwargs)
+    if single is not None:
+        return [Path(single)]
+    index = cached_file(
+        str(name_or_path), SAFETENSORS_INDEX_NAME, _raise_exceptions_for_missing_entries=False, **kwargs
+    )
+    if index is None:
+        return []
+    for shard in sorted(set(json.loads(Path(index).read_text()).get("weight_map", {}).values())):
+        cached_file(str(name_or_path), shard, **kwargs)  # fetched beside the index
+    return saved_weight_files(Path(index).parent)
 
 
 def _kind(dtype: torch.dtype) -> str:

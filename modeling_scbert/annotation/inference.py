@@ -21,7 +21,9 @@ from tqdm.auto import tqdm
 
 from tokenization import ScBertTokenizer
 from tokenization.cell_batches import CellBatch, cell_batches
+from tokenization.saved_weights import check_finite_weights
 
+from ..loading import load_checked_model
 from ..modeling_scbert import ScBertForSequenceClassification, ScBertPreTrainedModel
 from .distributed import InferenceProcesses
 
@@ -50,10 +52,12 @@ def load_annotator(
         (``tokenizer_config.json`` and ``genes.txt``) or no model of ``model_class``.
     ValueError
         When the model's panel is not the tokenizer's (see :meth:`ScBertTokenizer.check_model_config`).
+    tokenization.saved_weights.DamagedWeightsError
+        When saved tensors are missing or of another kind, or the weights are not finite (a ``ValueError``).
     """
     tokenizer = ScBertTokenizer.from_pretrained(name_or_path, local_files_only=local_files_only)
     try:
-        model = model_class.from_pretrained(name_or_path, revision=revision, local_files_only=local_files_only)
+        model = load_checked_model(model_class, name_or_path, revision=revision, local_files_only=local_files_only)
     except OSError as error:
         raise FileNotFoundError(f"Could not load an scBERT model from {str(name_or_path)!r}: {error}") from error
     tokenizer.check_model_config(model.config)
@@ -76,14 +80,15 @@ def resolve_model(
     FileNotFoundError
         As for :func:`load_annotator`.
     ValueError
-        For a model object without ``tokenizer=``, or a model whose panel is not the tokenizer's.
+        For a model object without ``tokenizer=``, or a model whose panel is not the tokenizer's; damaged weights
+        (``tokenization.saved_weights.DamagedWeightsError``: missing, mistyped or non-finite).
     """
     if isinstance(model, (str, PathLike)):
         name = str(model)
         if tokenizer is None:
             model, tokenizer = load_annotator(model, model_class=model_class)
         else:
-            model = model_class.from_pretrained(model)
+            model = load_checked_model(model_class, model)
     else:
         name = getattr(model, "name_or_path", "") or type(model).__name__
         if tokenizer is None:
@@ -91,6 +96,7 @@ def resolve_model(
                 f"Pass tokenizer= with a model object ({type(model).__name__}), or pass the model's folder or Hub id, "
                 "whose tokenizer is loaded with it."
             )
+        check_finite_weights(model, source=name)
     if isinstance(tokenizer, (str, PathLike)):
         tokenizer = ScBertTokenizer.from_pretrained(tokenizer)
     tokenizer.check_model_config(model.config)
