@@ -21,8 +21,8 @@ from anndata import AnnData
 from transformers import AutoConfig
 
 from tokenization import ScBertTokenizer
-from tokenization.encoding import load_synonyms as _load_synonyms
 from tokenization.genes import align_genes
+from tokenization.genes import load_synonyms as _load_synonyms
 from tokenization.pipeline_scbert import INFERENCE_BATCH_CELLS
 from tokenization.reading import ScBertReadingArguments, takes_reading_options
 from tokenization.reading import adata_gene_names as _gene_names
