@@ -537,6 +537,23 @@ class DataCollatorForMaskedExpression:
                 self.generator.manual_seed(self.seed)
 
     def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        """Densify and mask a batch of rows.
+
+        Parameters
+        ----------
+        features
+            Rows of a dataset from :func:`to_dataset` (``gene_indices`` and ``bins``; other columns are ignored).
+
+        Returns
+        -------
+        ``input_ids`` (masked) and ``labels`` (the original token at selected positions, ``-100`` elsewhere), int64
+        tensors of shape ``(len(features), num_genes + 1)``.
+
+        Raises
+        ------
+        ValueError
+            As :func:`densify`.
+        """
         cells, genes, bins = _gather(features)
         input_ids = _dense(cells, genes, bins, num_cells=len(features), num_genes=self.num_genes)
         nonzero = bins != 0
@@ -584,6 +601,23 @@ class DataCollatorForCellClassification:
     label_column: str = LABEL
 
     def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        """Densify a batch of rows.
+
+        Parameters
+        ----------
+        features
+            Rows of a dataset from :func:`to_dataset`.
+
+        Returns
+        -------
+        ``input_ids`` (int64, shape ``(len(features), num_genes + 1)``) and, when the rows have ``label_column``,
+        ``labels`` (int64, shape ``(len(features),)``).
+
+        Raises
+        ------
+        ValueError
+            As :func:`densify`.
+        """
         batch = {"input_ids": densify(features, num_genes=self.num_genes)}
         if features and self.label_column in features[0]:
             batch["labels"] = torch.tensor([int(f[self.label_column]) for f in features], dtype=torch.int64)

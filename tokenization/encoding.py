@@ -64,15 +64,24 @@ class TokenizerContract(Protocol):
     """What encoding needs from a tokenizer (:class:`~tokenization.tokenization_scbert.ScBertTokenizer` has it)."""
 
     @property
-    def genes(self) -> tuple[str, ...]: ...
+    def genes(self) -> tuple[str, ...]:
+        """The ordered gene panel."""
+        ...
 
     @property
-    def num_genes(self) -> int: ...
+    def num_genes(self) -> int:
+        """Genes in the panel."""
+        ...
 
     normalization_target: float
     log_base: float
     max_bin: int
     min_gene_overlap: float
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The plan: decided once, over the whole matrix
+# ---------------------------------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -229,6 +238,11 @@ def _warn_lost_genes(report: GeneOverlapReport) -> None:
         )
     if parts:
         logger.warning("Gene alignment: %s.", "; ".join(parts))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Running the plan, a chunk of cells at a time
+# ---------------------------------------------------------------------------------------------------------------------
 
 
 @dataclass

@@ -113,6 +113,11 @@ def read_gene_list(path: str | PathLike) -> list[str]:
     Returns
     -------
     The names in file order.
+
+    Raises
+    ------
+    FileNotFoundError
+        When the file does not exist.
     """
     with open(path, encoding="utf-8") as handle:
         lines = [line.strip() for line in handle]
