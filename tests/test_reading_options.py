@@ -105,11 +105,13 @@ def test_a_misspelt_reading_option_is_refused_by_name(model_dir):
 
 @pytest.fixture
 def stop_at_the_tokenizer(monkeypatch):
-    """Record the keyword arguments the tokenizer's chunked encoder receives, then stop the run."""
+    """Record the reading options the tokenizer's chunked encoder receives (by name or as ``reading=``), then stop."""
     seen = {}
 
-    def iter_encoded(self, data, **kwargs):
+    def iter_encoded(self, data, *, reading=None, **kwargs):
         seen.update(kwargs)
+        if reading is not None:
+            seen.update(reading.tokenizer_kwargs())
         raise Reached
 
     monkeypatch.setattr(ScBertTokenizer, "iter_encoded", iter_encoded)

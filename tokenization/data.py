@@ -190,8 +190,7 @@ def to_dataset(
     reading = ScBertReadingArguments.from_kwargs(read_options, caller="to_dataset", reading=reading)
     label_names, labels = cell_labels(adata, label_key=label_key, label_names=label_names)
     features = dataset_features(label_names)
-    # The options go to the tokenizer by name, as every caller of its public method passes them.
-    chunks = tokenizer.iter_encoded(adata, batch_size=batch_size, progress=progress, **reading.tokenizer_kwargs())
+    chunks = tokenizer.iter_encoded(adata, batch_size=batch_size, progress=progress, reading=reading)
     if output_dir is not None:
         output_dir = Path(output_dir)
         if output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir())):
