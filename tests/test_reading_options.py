@@ -1,5 +1,5 @@
-"""The reading options are defined once and reach the tokenizer from every entry point; every option of every
-command is accepted in both spellings."""
+"""The reading options are defined once (with their documentation) and reach the tokenizer from every entry point, by
+name or as one object; every option of every command is accepted in both spellings."""
 
 import dataclasses
 import inspect
@@ -20,7 +20,8 @@ from modeling_scbert.cli import main as cli_main
 from modeling_scbert.training import workflows as training_module
 from modeling_scbert.training.workflows import finetune, pretrain
 from tokenization import ScBertTokenizer
-from tokenization.reading import ScBertReadingArguments
+from tokenization.data import to_dataset, to_iterable_dataset
+from tokenization.reading import ScBertReadingArguments, takes_reading_options
 
 GENES = [f"GENE{j}" for j in range(12)]
 READING_COMMANDS = {"annotate": annotate, "embed": embed, "pretrain": pretrain, "finetune": finetune}
@@ -104,11 +105,13 @@ def test_a_misspelt_reading_option_is_refused_by_name(model_dir):
 
 @pytest.fixture
 def stop_at_the_tokenizer(monkeypatch):
-    """Record the keyword arguments the tokenizer's chunked encoder receives, then stop the run."""
+    """Record the reading options the tokenizer's chunked encoder receives (by name or as ``reading=``), then stop."""
     seen = {}
 
-    def iter_encoded(self, data, **kwargs):
+    def iter_encoded(self, data, *, reading=None, **kwargs):
         seen.update(kwargs)
+        if reading is not None:
+            seen.update(reading.tokenizer_kwargs())
         raise Reached
 
     monkeypatch.setattr(ScBertTokenizer, "iter_encoded", iter_encoded)
@@ -215,3 +218,92 @@ def test_underscore_and_hyphen_spellings_parse_alike(argv, dest, value):
     assert other != argv
     first, second = build_parser().parse_args(argv), build_parser().parse_args(other)
     assert getattr(first, dest) == getattr(second, dest) == value
+
+
+# The tokenizer and the datasets take the reading options by name or as one object, documented from the fields.
+TOKENIZATION_READERS = {
+    "ScBertTokenizer.__call__": ScBertTokenizer.__call__,
+    "ScBertTokenizer.iter_encoded": ScBertTokenizer.iter_encoded,
+    "to_dataset": to_dataset,
+    "to_iterable_dataset": to_iterable_dataset,
+}
+
+
+def words(text: str) -> str:
+    return " ".join(text.split())
+
+
+@pytest.mark.parametrize("name", sorted(TOKENIZATION_READERS))
+def test_tokenization_entry_points_take_every_reading_option_and_document_it_from_the_field(name):
+    function = TOKENIZATION_READERS[name]
+    parameters = inspect.signature(function).parameters
+    doc = words(function.__doc__)
+    assert "{reading_options}" not in doc
+    assert parameters["reading"].kind is inspect.Parameter.KEYWORD_ONLY
+    for field in dataclasses.fields(ScBertReadingArguments):
+        assert parameters[field.name].kind is inspect.Parameter.KEYWORD_ONLY, (name, field.name)
+        assert parameters[field.name].default == field.default, (name, field.name)
+        assert f" {field.name} {words(field.metadata['help'])}" in doc, (name, field.name)
+
+
+def test_align_documents_only_the_reading_options_it_takes():
+    doc = words(ScBertTokenizer.align.__doc__)
+    for field in dataclasses.fields(ScBertReadingArguments):
+        taken = field.name in inspect.signature(ScBertTokenizer.align).parameters
+        assert (words(field.metadata["help"]) in doc) is taken, field.name
+    assert {"gene_key", "synonyms", "use_raw"} <= set(inspect.signature(ScBertTokenizer.align).parameters)
+
+
+def test_a_docstring_without_the_placeholder_is_left_as_it_is():
+    def function(adata, **read_options):
+        """Do something.
+
+        Parameters
+        ----------
+        **read_options
+            Every field of ScBertReadingArguments.
+        """
+
+    text = function.__doc__
+    assert takes_reading_options(function).__doc__ == text
+
+
+def test_the_options_by_name_or_as_one_object_give_the_same_tokens(tmp_path):
+    adata = make_adata()
+    adata.layers["counts"] = adata.X.copy()
+    adata.X = sp.csr_matrix(adata.X.shape, dtype=np.float32)
+    tokenizer = ScBertTokenizer(GENES)
+    reading = ScBertReadingArguments(layer="counts", min_genes=3)
+    by_name = tokenizer(adata, layer="counts", min_genes=3)["input_ids"]
+    np.testing.assert_array_equal(tokenizer(adata, reading=reading)["input_ids"], by_name)
+    chunks = list(tokenizer.iter_encoded(adata, reading=reading, batch_size=5))
+    assert [(start, end) for start, end, _ in chunks] == [(0, 5), (5, 10), (10, 12)]
+    np.testing.assert_array_equal(
+        sp.vstack([tokens for _, _, tokens in chunks]).toarray(), by_name[:, :-1].astype(np.uint8)
+    )
+    dataset = to_dataset(adata, tokenizer=tokenizer, reading=reading, cache_dir=tmp_path)
+    assert dataset[0]["bins"] == list(by_name[0][by_name[0] > 0])
+    streamed = next(iter(to_iterable_dataset(adata, tokenizer=tokenizer, reading=reading)))
+    assert list(streamed["bins"]) == dataset[0]["bins"]
+
+
+@pytest.mark.parametrize("name", sorted(TOKENIZATION_READERS))
+def test_options_given_both_ways_or_misspelt_are_refused_by_name(name):
+    tokenizer = ScBertTokenizer(GENES)
+    call = {
+        "ScBertTokenizer.__call__": lambda **kw: tokenizer(make_adata(), **kw),
+        "ScBertTokenizer.iter_encoded": lambda **kw: tokenizer.iter_encoded(make_adata(), **kw),
+        "to_dataset": lambda **kw: to_dataset(make_adata(), tokenizer=tokenizer, **kw),
+        "to_iterable_dataset": lambda **kw: to_iterable_dataset(make_adata(), tokenizer=tokenizer, **kw),
+    }[name]
+    with pytest.raises(TypeError, match=r"reading=.*\['layer'\].*one way"):
+        call(reading=ScBertReadingArguments(), layer="counts")
+    with pytest.raises(TypeError, match=r"\['layers'\].*'layer'"):
+        call(layers="counts")
+    with pytest.raises(TypeError, match="ScBertReadingArguments"):
+        call(reading={"layer": "counts"})
+
+
+def test_a_batch_size_below_one_is_refused_when_iter_encoded_is_called():
+    with pytest.raises(ValueError, match="batch_size must be a positive number of cells"):
+        ScBertTokenizer(GENES).iter_encoded(make_adata(), batch_size=0)

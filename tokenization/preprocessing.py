@@ -1,4 +1,5 @@
-"""Expression preprocessing: read cells in chunks, verify the input kind, normalise, log-transform and bin.
+"""Expression preprocessing: what a matrix holds (the input kind), the checks on its values, and the published
+normalise-log-bin rule that turns a chunk of cells into tokens.
 
 The published scBERT preprocessing, per cell, after the genes are aligned to the panel:
 
@@ -6,13 +7,14 @@ The published scBERT preprocessing, per cell, after the genes are aligned to the
 2. ``log2(1 + x)`` in float32 (scanpy's ``log1p(base=2)``),
 3. clamp at ``max_bin`` (5) and truncate to an integer token.
 
-The arithmetic below is scanpy's, step for step and in the same dtypes, so bin boundaries fall exactly where the
-published pipeline put them.
+The arithmetic in :func:`bin_expression` is scanpy's, step for step and in the same dtypes, so bin boundaries fall
+exactly where the published pipeline put them.
 
-Reading a matrix chunk by chunk is :mod:`tokenization.matrix_reading`'s job; what a matrix holds (counts,
-normalised or log-transformed values), how that is verified and undone, is :mod:`tokenization.input_kinds`'s. Both are
-re-exported here. Transformed values are turned back into counts where that is exact, then renormalised over the
-panel genes, as the published pipeline normalised after alignment.
+Input kinds (:data:`INPUT_KINDS`): a matrix may hold raw or corrected counts, or values that were normalised and
+maybe log-transformed. :func:`check_input_kind` detects the kind on a sample of cells, or verifies the one named,
+and says how; transformed values are turned back into counts where that is exact (:func:`recover_counts`), then
+renormalised over the panel genes, as the published pipeline normalised after alignment. :func:`check_chunk` refuses
+NaN, infinite, negative and scaled values; :func:`low_signal` is the rule for cells with too few panel genes.
 """
 
 from __future__ import annotations
@@ -68,6 +70,11 @@ _MAX_NON_MULTIPLE_FRACTION = 0.1
 
 # log(1 + x) of a normalised value never exceeds log(1 + 1e12); larger values are not log-transformed.
 _MAX_NORMALISED_VALUE = 1e12
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Checking values and input kinds (on a sample of cells), and undoing transforms
+# ---------------------------------------------------------------------------------------------------------------------
 
 
 def check_chunk(values: np.ndarray, *, source: str, hint: str = "", start: int = 0) -> None:
@@ -381,6 +388,11 @@ def linear_values(rows: sp.csr_matrix, *, input_kind: str) -> np.ndarray:
     return recover_counts(rows, log_base=_LOG_BASES[input_kind])
 
 
+# ---------------------------------------------------------------------------------------------------------------------
+# Cells with too little signal in the panel
+# ---------------------------------------------------------------------------------------------------------------------
+
+
 # The published preprocessing dropped cells with fewer than 200 detected genes, over a 16,906-gene panel.
 PUBLISHED_MIN_GENES = 200
 
@@ -399,11 +411,25 @@ def default_min_genes(num_genes: int) -> int:
 def low_signal(detected_genes: np.ndarray, *, min_genes: int) -> tuple[np.ndarray, np.ndarray]:
     """The rule for cells with too little signal in the panel, shared by the tokenizer, ``annotate`` and the pipeline.
 
-    Returns two boolean arrays over the cells: no counts in any panel gene; and some, but fewer detected panel genes
-    than ``min_genes``.
+    Parameters
+    ----------
+    detected_genes
+        Each cell's number of detected panel genes (non-zero values after alignment).
+    min_genes
+        Fewest detected panel genes a cell needs.
+
+    Returns
+    -------
+    Two boolean arrays over the cells: no counts in any panel gene; and some, but fewer detected panel genes than
+    ``min_genes``.
     """
     empty = detected_genes == 0
     return empty, ~empty & (detected_genes < min_genes)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The binning rule
+# ---------------------------------------------------------------------------------------------------------------------
 
 
 def _drop_entries(indptr: np.ndarray, row_of: np.ndarray, keep: np.ndarray) -> np.ndarray:

