@@ -185,10 +185,7 @@ def annotate(
         Leiden (``flavor="igraph"``) on a 15-neighbour graph of the first 50 principal components of their expression
         tokens, at a resolution that grows with the number of cells (5 below 5,000 cells, as CellTypist); this needs
         ``igraph`` (``pip install 'scbert-hf[clustering]'``) and keeps every cell's tokens in memory (sparse).
-    **read_options
-        How to read the cells, by name: every field of :class:`~tokenization.reading.ScBertReadingArguments`
-        (``layer``, ``gene_key``, ``input_kind``, ``synonyms``, ``min_gene_overlap``, ...), as for
-        :meth:`tokenization.ScBertTokenizer.__call__`; the same options as ``scbert annotate``'s.
+    {reading_options}
 
     Returns
     -------
@@ -277,8 +274,9 @@ def predict_cell_types(
     ----------
     adata, model, tokenizer, unassigned_threshold, return_probabilities, batch_size, device, dtype, chunk_size
         As for :func:`annotate`.
-    progress, distributed, majority_voting, over_clustering, **read_options
+    progress, distributed, majority_voting, over_clustering
         As for :func:`annotate`.
+    {reading_options}
 
     Returns
     -------
@@ -393,9 +391,9 @@ def embed(
         The model's tokenizer; needed with a model object.
     key_added
         Writes ``.obsm[f"X_{key_added}"]`` and ``.uns[f"{key_added}_embedding"]``.
-    batch_size, device, dtype, chunk_size, progress, distributed, copy, **read_options
-        As for :func:`annotate` (also how several processes share the cells and the main process writes; the
-        reading options are the same as ``scbert embed``'s).
+    batch_size, device, dtype, chunk_size, progress, distributed, copy
+        As for :func:`annotate` (also how several processes share the cells and the main process writes).
+    {reading_options}
 
     Returns
     -------

@@ -92,9 +92,10 @@ def gene_attention_scores(
         Which layer's attention (0-based; ``-1``, the default, is the last).
     key_added
         Writes ``.varm[key_added]`` and ``.uns[key_added]``.
-    batch_size, device, chunk_size, progress, copy, **read_options
-        As for :func:`~modeling_scbert.annotate.annotate` (the reading options are the same as
-        ``scbert attention``'s), except ``use_raw``: ``.varm`` is indexed by ``adata.var``.
+    batch_size, device, chunk_size, progress, copy
+        As for :func:`~modeling_scbert.annotation.annotate.annotate`. Of the reading options below, ``use_raw`` is
+        refused: ``.varm`` is indexed by ``adata.var``.
+    {reading_options}
 
     Returns
     -------
