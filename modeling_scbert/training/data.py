@@ -197,9 +197,7 @@ def _drop_classes_from(dataset: Any, label_names: Sequence[str]) -> Any:
     import datasets
 
     keep = len(label_names)
-    dataset = dataset.filter(
-        lambda labels: [label < keep for label in labels], input_columns=LABEL, batched=True
-    )
+    dataset = dataset.filter(lambda labels: [label < keep for label in labels], input_columns=LABEL, batched=True)
     return dataset.cast_column(LABEL, datasets.ClassLabel(names=list(label_names)))
 
 
