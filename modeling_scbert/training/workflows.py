@@ -523,7 +523,7 @@ def finetune(
 
     # The model, its card's facts, the Trainer; then train.
     set_seed(training_args.seed)  # the new weights (a new head at least) are drawn from the run's seed
-    classifier, preset = _classifier(
+    classifier, applied_preset = _classifier(
         model,
         tokenizer=tokenizer,
         label_names=label_names,
@@ -533,7 +533,7 @@ def finetune(
     )
     num_eval_cells = None if eval_dataset is None else len(eval_dataset)
     facts = run_card_facts(
-        card_facts, train_labels, label_names, num_eval_cells=num_eval_cells, model=classifier, preset=preset
+        card_facts, train_labels, label_names, num_eval_cells=num_eval_cells, model=classifier, preset=applied_preset
     )
     trainer = _classification_trainer(
         classifier,
