@@ -93,7 +93,7 @@ def _save_trained(trainer: Trainer, tokenizer: ScBertTokenizer) -> None:
         tokenizer.save_pretrained(trainer.args.output_dir)
 
 
-# --- Pretraining ----------------------------------------------------------------------------------------------------
+# --- The phases of pretrain -----------------------------------------------------------------------------------------
 
 
 def _pretraining_trainer(
@@ -129,7 +129,7 @@ def _pretraining_trainer(
     )
 
 
-# --- Fine-tuning, phase by phase ------------------------------------------------------------------------------------
+# --- The phases of finetune -----------------------------------------------------------------------------------------
 
 
 def _check_finetune_options(
@@ -274,19 +274,17 @@ def _save_classifier(
 ) -> None:
     """Save the fine-tuned model, its tokenizer, pipeline code and final metrics in ``output_dir``; with a license,
     the model card too, and push them all with ``push_to_hub``."""
-    if not facts.get("license"):
-        _save_trained(trainer, tokenizer)
-        if metrics is not None:
-            trainer.save_metrics("eval", metrics)
-        logger.info("No license given (card_facts={'license': ...}): no model card written.")
-        return
     if metrics is not None:
         trainer.save_metrics("eval", metrics)
-    trainer.save_state()
-    if trainer.args.push_to_hub:
+    if not facts.get("license"):
+        _save_trained(trainer, tokenizer)
+        logger.info("No license given (card_facts={'license': ...}): no model card written.")
+    elif trainer.args.push_to_hub:
+        trainer.save_state()
         # The stock push: saves model and tokenizer, ScBertTrainer.create_model_card renders our card, one commit.
         trainer.push_to_hub(card_facts=facts)
     else:
+        trainer.save_state()
         trainer.save_model()
         trainer.create_model_card(card_facts=facts)
 
