@@ -303,6 +303,28 @@ def test_default_preset_is_full_for_a_new_model_and_published_for_a_pretrained_o
         finetune(cells, training_args=args(tmp_path, "bad", max_steps=1), preset="frozen", **run)
 
 
+def test_options_that_need_no_cell_are_refused_before_any_cell_is_encoded(tmp_path, cells, monkeypatch):
+    def encoding(*args, **kwargs):
+        raise AssertionError("cells were encoded before the options were checked")
+
+    monkeypatch.setattr("modeling_scbert.training.data.to_dataset", encoding)
+    run = {"label_key": "cell_type", "config_overrides": TINY}
+    refused = {
+        "needs evaluation cells": {"early_stopping_patience": 2},
+        "load_best_model_at_end=True": {"eval_fraction": 0.25, "early_stopping_patience": 2},
+        "license": {"training_args": args(tmp_path, push_to_hub=True, hub_model_id="lab/model")},
+        "no checkpoint": {"resume_from_checkpoint": True},
+        "not key=value": {"config_overrides": "hidden_size"},
+    }
+    for message, options in refused.items():
+        with pytest.raises(ValueError if message != "no checkpoint" else FileNotFoundError, match=message):
+            finetune(cells, **{"training_args": args(tmp_path), **run, **options})
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        pretrain(cells, training_args=args(tmp_path), config_overrides=TINY, resume_from_checkpoint=True)
+    with pytest.raises(ValueError, match="not key=value"):
+        pretrain(cells, training_args=args(tmp_path), config_overrides="hidden_size")
+
+
 def test_majority_class_baseline_and_when_it_warns(caplog):
     from modeling_scbert.training.metrics import majority_class_baseline
     from modeling_scbert.training.metrics import warn_if_no_better as _warn_if_no_better

@@ -5,8 +5,8 @@
 - :mod:`.data` and :mod:`.labels`: encoding the training cells, the class list, the evaluation split;
 - :mod:`.model_setup`: which model and tokenizer a run starts from, ``NEW_MODEL_DEFAULTS``, the presets;
 - :mod:`.trainer`: :class:`ScBertTrainer`, the feature-redraw callback, the class-weighted loss;
-- :mod:`.metrics`: the metrics, the per-class report, the majority-class floor;
-- :mod:`.run_card`: the model card's facts of one run;
+- :mod:`.metrics`: the metrics, the per-class report, the majority-class floor, the final evaluation;
+- :mod:`.run_card`: the model card's facts of one run, before, while and after it trains;
 - :mod:`.ensemble`: :func:`finetune_ensemble`, one fine-tuning per seed.
 """
 

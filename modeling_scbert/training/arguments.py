@@ -1,7 +1,7 @@
 """The command lines of ``scbert pretrain`` and ``scbert finetune``: their options and what they ask for.
 
 ``HfArgumentParser`` parses :class:`ScBertModelArguments`, :class:`ScBertDataArguments`,
-:class:`~modeling_scbert.reading.ScBertReadingArguments` (and :class:`ScBertFinetuningArguments`) plus
+:class:`~tokenization.reading.ScBertReadingArguments` (and :class:`ScBertFinetuningArguments`) plus
 ``TrainingArguments``, so every Trainer option works (``--bf16``, ``--gradient_accumulation_steps``,
 ``--gradient_checkpointing``, ``--deepspeed``, ``--fsdp``, ``--push_to_hub``, ``--resume_from_checkpoint``,
 ``--report_to``, ...), every option in both spellings (``--label_key`` and ``--label-key``).
@@ -49,7 +49,7 @@ class ScBertModelArguments:
 
 @dataclass
 class ScBertDataArguments:
-    """Where the cells are (how to read them: :class:`~modeling_scbert.reading.ScBertReadingArguments`)."""
+    """Where the cells are (how to read them: :class:`~tokenization.reading.ScBertReadingArguments`)."""
 
     train_file: str = field(metadata={"help": "Training cells: a .h5ad file, or a folder written by to_dataset."})
     validation_file: str | None = field(default=None, metadata={"help": "Evaluation cells (.h5ad or dataset)."})

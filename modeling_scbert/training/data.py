@@ -16,15 +16,16 @@ import numpy as np
 from anndata import AnnData
 
 from tokenization import ScBertTokenizer
-from tokenization.data import stratified_split, to_dataset
+from tokenization.data import LABEL, stratified_split, to_dataset
 from tokenization.reading import ScBertReadingArguments
 
 from .labels import class_names_from_labels, describe_data, unseen_labels
 
 logger = logging.getLogger(__name__)
 
-# The column of the class ids in a dataset built by to_dataset(..., label_key=...) (a ClassLabel).
-LABEL_COLUMN = "label"
+# The column of the class ids is tokenization.data.LABEL ("label", a ClassLabel), the one name for it; LABEL_COLUMN is
+# what modeling_scbert.training_data called it before 0.2, kept for that old path and gone with it.
+LABEL_COLUMN = LABEL
 
 
 def encode_options(encode_kwargs: dict[str, Any] | None, read_options: dict[str, Any], *, caller: str) -> dict:
@@ -51,12 +52,27 @@ def encode(
     data: Any,
     *,
     tokenizer: ScBertTokenizer,
-    label_key: str | None,
-    label_names: Sequence[str] | None,
     encode_kwargs: dict[str, Any],
+    label_key: str | None = None,
+    label_names: Sequence[str] | None = None,
 ):
     """AnnData -> ``datasets.Dataset`` (with :func:`tokenization.data.to_dataset`); a dataset or ``None`` passes
     through.
+
+    Parameters
+    ----------
+    data
+        The cells: an AnnData, a dataset, or ``None``.
+    tokenizer
+        The panel to encode over.
+    encode_kwargs
+        The keyword arguments of ``to_dataset`` (from :func:`encode_options`).
+    label_key, label_names
+        The ``.obs`` column of the cell types and the class list, for labelled cells (``to_dataset``'s).
+
+    Returns
+    -------
+    The dataset, or ``data`` itself when it is not an AnnData.
 
     Raises
     ------
@@ -89,7 +105,7 @@ def check_labels(
     ------
     ValueError
         For a missing label column, cells without a label, or (unless ``drop``) evaluation cells of types no
-        training cell has (see :mod:`modeling_scbert.labels`).
+        training cell has (see :mod:`modeling_scbert.training.labels`).
     """
     if not isinstance(train_data, AnnData):
         return None, None
@@ -137,14 +153,14 @@ def finetuning_datasets(
     train_dataset = encode(
         train_data, tokenizer=tokenizer, label_key=label_key, label_names=label_names, encode_kwargs=encode_kwargs
     )
-    if LABEL_COLUMN not in train_dataset.column_names:
+    if LABEL not in train_dataset.column_names:
         raise ValueError(
-            f"The training dataset has no {LABEL_COLUMN!r} column (columns: {train_dataset.column_names}); build it "
+            f"The training dataset has no {LABEL!r} column (columns: {train_dataset.column_names}); build it "
             "with to_dataset(..., label_key=...)."
         )
-    label_names = list(train_dataset.features[LABEL_COLUMN].names)
+    label_names = list(train_dataset.features[LABEL].names)
     if not isinstance(train_data, AnnData):
-        counts = np.bincount(np.asarray(train_dataset[LABEL_COLUMN]), minlength=len(label_names))
+        counts = np.bincount(np.asarray(train_dataset[LABEL]), minlength=len(label_names))
         if not counts.all():
             logger.warning(
                 "Classes of the training dataset without a training cell: %s. The model gets an output for each, "
@@ -167,7 +183,7 @@ def finetuning_datasets(
         splits = stratified_split(train_dataset, eval_fraction=eval_fraction, seed=split_seed)
         train_dataset, eval_dataset = splits["train"], splits["eval"]
     if eval_dataset is not None:
-        eval_names = list(eval_dataset.features[LABEL_COLUMN].names)
+        eval_names = list(eval_dataset.features[LABEL].names)
         if eval_names != label_names:
             raise ValueError(
                 f"The evaluation dataset's classes {eval_names} differ from the training data's {label_names}; "
@@ -181,10 +197,8 @@ def _drop_classes_from(dataset: Any, label_names: Sequence[str]) -> Any:
     import datasets
 
     keep = len(label_names)
-    dataset = dataset.filter(
-        lambda labels: [label < keep for label in labels], input_columns=LABEL_COLUMN, batched=True
-    )
-    return dataset.cast_column(LABEL_COLUMN, datasets.ClassLabel(names=list(label_names)))
+    dataset = dataset.filter(lambda labels: [label < keep for label in labels], input_columns=LABEL, batched=True)
+    return dataset.cast_column(LABEL, datasets.ClassLabel(names=list(label_names)))
 
 
-__all__ = ["LABEL_COLUMN", "check_labels", "encode", "encode_options", "finetuning_datasets"]
+__all__ = ["check_labels", "encode", "encode_options", "finetuning_datasets"]

@@ -3,7 +3,7 @@
 A model trained on a small reference moves with its seed alone (the head's initialisation, the order of the cells,
 the dropout); the average of a few seeds' probabilities is steadier and usually better than any one of them
 (docs/training.md). :func:`finetune_ensemble` trains the members and returns their folders, which
-:func:`~modeling_scbert.annotate.annotate` (and ``scbert annotate --model A B ...``) takes as one ensemble::
+:func:`~modeling_scbert.annotate` (and ``scbert annotate --model A B ...``) takes as one ensemble::
 
     members = finetune_ensemble(reference, seeds=[0, 1, 2], output_dir="annotator", label_key="cell_type",
                                 training_args=TrainingArguments(output_dir="unused", num_train_epochs=4))
@@ -154,7 +154,7 @@ def finetune_ensemble(
     Returns
     -------
     The members' folders, in the order of ``seeds``: pass them together as ``model=`` to
-    :func:`~modeling_scbert.annotate.annotate`.
+    :func:`~modeling_scbert.annotate`.
 
     Raises
     ------

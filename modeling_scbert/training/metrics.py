@@ -1,15 +1,20 @@
 """What a fine-tuned classifier is scored by: the metrics the Trainer reports, the per-class report, and the
-majority-class floor it must beat.
+majority-class floor it must beat; :func:`evaluate_classifier` scores a trained classifier by all three.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
-from transformers import EvalPrediction
+from transformers import EvalPrediction, Trainer
+
+from tokenization.atomic_files import write_text_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -125,9 +130,78 @@ def warn_if_no_better(metrics: dict[str, Any], majority: dict[str, Any]) -> bool
     return True
 
 
+@dataclass(frozen=True)
+class ScBertEvaluation:
+    """The final evaluation of a fine-tuned classifier (what :func:`evaluate_classifier` found).
+
+    Parameters
+    ----------
+    metrics
+        The ``Trainer``'s metrics of the evaluation cells, prefixed ``eval_`` (``eval_accuracy``, ``eval_macro_f1``,
+        ``eval_loss``, ...).
+    report
+        The per-class report of :func:`classification_report`.
+    majority
+        The scores of always predicting the most frequent training class (:func:`majority_class_baseline`).
+    """
+
+    metrics: dict[str, float]
+    report: dict[str, Any]
+    majority: dict[str, Any]
+
+
+def evaluate_classifier(
+    trainer: Trainer,
+    eval_dataset: Any,
+    *,
+    train_labels: Sequence[int] | np.ndarray,
+    label_names: Sequence[str],
+) -> ScBertEvaluation:
+    """Score a trained classifier on the evaluation cells, and report it.
+
+    Logs the ``Trainer``'s metrics, warns when the classifier is no better than always predicting the most frequent
+    training class (:func:`warn_if_no_better`), and, on the main process, logs the per-class report and writes it to
+    ``output_dir/classification_report.json``.
+
+    Parameters
+    ----------
+    trainer
+        The ``Trainer`` after training, with ``compute_metrics=``:func:`compute_classification_metrics`.
+    eval_dataset
+        The evaluation cells (a dataset with a ``label`` column).
+    train_labels
+        Class ids of the training cells (for the majority-class floor).
+    label_names
+        The class names, in class-id order.
+
+    Returns
+    -------
+    The metrics, the per-class report and the majority-class floor.
+
+    Raises
+    ------
+    ValueError
+        When the training or the evaluation cells are empty.
+    """
+    prediction = trainer.predict(eval_dataset, metric_key_prefix="eval")
+    trainer.log_metrics("eval", prediction.metrics)
+    labels = np.asarray(prediction.label_ids)
+    report = classification_report(labels, np.asarray(prediction.predictions).argmax(-1), label_names=label_names)
+    majority = majority_class_baseline(train_labels, labels, label_names=label_names)
+    warn_if_no_better(prediction.metrics, majority)
+    if trainer.is_world_process_zero():
+        output_dir = Path(trainer.args.output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomically(output_dir / "classification_report.json", json.dumps(report, indent=2) + "\n")
+        logger.info("Per-class report:\n%s", format_classification_report(report, label_names))
+    return ScBertEvaluation(metrics=prediction.metrics, report=report, majority=majority)
+
+
 __all__ = [
+    "ScBertEvaluation",
     "classification_report",
     "compute_classification_metrics",
+    "evaluate_classifier",
     "format_classification_report",
     "majority_class_baseline",
     "warn_if_no_better",

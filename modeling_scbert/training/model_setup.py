@@ -3,7 +3,9 @@
 :func:`resolve_tokenizer` picks the panel (given, saved with the model, or built over the training cells);
 :func:`build_model` builds the model class a workflow trains from a folder or Hub id, a config, a model object or
 nothing (a new model over the tokenizer's panel, with :data:`NEW_MODEL_DEFAULTS`), applying
-:func:`parse_config_overrides`' fields and checking the panel against the tokenizer's.
+:func:`parse_config_overrides`' fields and checking the panel against the tokenizer's. Which of its parameters
+fine-tuning trains is a preset (:data:`FINETUNING_PRESETS`): :func:`apply_finetuning_preset` applies one,
+:func:`auto_finetuning_preset` says which one ``"auto"`` stands for.
 """
 
 from __future__ import annotations
@@ -27,12 +29,10 @@ from ..modeling_scbert import ScBertForSequenceClassification
 logger = logging.getLogger(__name__)
 
 # The config of a model built from scratch over a tokenizer's panel, where the config's defaults (the published
-# model's) do not fit: no gene2vec table exists for an arbitrary panel, so the gene embedding is learned; the head is
-# the published per-gene ("conv") head, which learns on real 10x data where a mean over the genes ("pooled") did not
-# (docs/training.md, "Kang 2018"), with dropout on its per-gene scores so that it cannot rest on a few genes.
-# A new model's head and initialisation, chosen on the Kang 2018 PBMCs (docs/training.md): the per-gene head learns
-# where the mean over genes did not; a leaky score activation with a wider initialisation made two of three seeds
-# learn instead of one.
+# model's) do not fit, chosen on the Kang 2018 PBMCs (docs/training.md): no gene2vec table exists for an arbitrary
+# panel, so the gene embedding is learned; the head is the published per-gene ("conv") head, which learns on real 10x
+# data where a mean over the genes ("pooled") did not, with dropout on its per-gene scores so that it cannot rest on a
+# few genes; a leaky score activation with a wider initialisation made two of three seeds learn instead of one.
 NEW_MODEL_DEFAULTS = {
     "gene_embedding_type": "learned",
     "classifier_type": "conv",
@@ -40,6 +40,12 @@ NEW_MODEL_DEFAULTS = {
     "classifier_score_activation": "leaky_relu",
     "initializer_range": 0.1,
 }
+
+# Which parameters fine-tuning trains (apply_finetuning_preset), and what a run may ask for: the presets or "auto",
+# which stands for "full" for a model without pretrained weights or with one layer (nothing to keep frozen), else
+# "published" (auto_finetuning_preset).
+FINETUNING_PRESETS = ("published", "full")
+FINETUNING_PRESET_CHOICES = ("auto", *FINETUNING_PRESETS)
 
 
 def parse_config_overrides(overrides: str | dict[str, Any] | None) -> dict[str, Any]:
@@ -175,13 +181,6 @@ def resolve_tokenizer(
     raise ValueError(
         "A tokenizer is needed: pass tokenizer=, a model folder that has one, or AnnData to build a panel from."
     )
-
-
-FINETUNING_PRESETS = ("published", "full")
-
-
-# "auto": "full" for a model without pretrained weights or with one layer (nothing to keep frozen), else "published".
-FINETUNING_PRESET_CHOICES = ("auto", *FINETUNING_PRESETS)
 
 
 def apply_finetuning_preset(model: ScBertForSequenceClassification, preset: str) -> list[str]:

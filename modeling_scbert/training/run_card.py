@@ -1,5 +1,11 @@
 """The model card of one training run: the facts a run knows (labels, hyperparameters, parameter counts,
 evaluation), gathered while it trains and written with the final model.
+
+The one place that knows what a run tells its card, in the order a run learns it: :func:`run_card_facts` before
+training (labels, cell numbers, the fine-tuning choices, under the caller's facts), :class:`ScBertModelCardCallback`
+while training (settings, length, the latest metrics), :func:`add_evaluation_facts` after the final evaluation
+(per-class rows, the majority-class floor). :class:`~modeling_scbert.training.trainer.ScBertTrainer` renders the card
+from them (``create_model_card``, ``push_to_hub``).
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from tokenization import ScBertTokenizer
 from tokenization.atomic_files import write_text_atomically
 
 from ..hub.card import README_NAME, render_model_card
-from ..hub.card_data import ScBertCardData, metrics_to_evaluation, state_hyperparameters
+from ..hub.card_data import ScBertCardData, metrics_to_evaluation, report_to_evaluation, state_hyperparameters
 from ..modeling_scbert import ScBertForSequenceClassification
 
 logger = logging.getLogger(__name__)
@@ -50,6 +56,11 @@ def run_card_facts(
         The model being fine-tuned (its ``_name_or_path``, when a Hub id, is the base model).
     preset
         The fine-tuning preset used.
+
+    Returns
+    -------
+    The facts, as :class:`~modeling_scbert.hub.card_data.ScBertCardData` names them (``label_counts``,
+    ``training_data``, ``hyperparameters``, ``base_model``, ``evaluation``, and the caller's).
     """
     counts = np.bincount(train_labels, minlength=len(label_names))
     facts: dict[str, Any] = {
@@ -68,6 +79,33 @@ def run_card_facts(
         else:
             facts[key] = value
     return facts
+
+
+def add_evaluation_facts(
+    facts: dict[str, Any], report: dict[str, Any], majority: dict[str, Any], label_names: Sequence[str]
+) -> dict[str, Any]:
+    """A run's card facts with what its final evaluation found: the per-class rows (with accuracy and macro-F1) and
+    the majority-class floor, added to ``facts["evaluation"]``.
+
+    Parameters
+    ----------
+    facts
+        The run's facts (from :func:`run_card_facts`); not changed.
+    report
+        The per-class report of :func:`~modeling_scbert.training.metrics.classification_report`.
+    majority
+        What :func:`~modeling_scbert.training.metrics.majority_class_baseline` returned for the same evaluation
+        cells (the card warns when the model does not beat it).
+    label_names
+        The class names, in class-id order.
+
+    Returns
+    -------
+    A new dict of facts; its ``evaluation`` keeps the facts already there but those the report gives again.
+    """
+    evaluation = {**(facts.get("evaluation") or {}), "majority_class": majority}
+    evaluation.update(report_to_evaluation(report, list(label_names)))
+    return {**facts, "evaluation": evaluation}
 
 
 def hyperparameters_from_args(args: Any) -> dict[str, Any]:
@@ -192,4 +230,10 @@ class ScBertModelCardCallback(TrainerCallback):
         self._write(args, state, kwargs.get("model"), kwargs.get("processing_class"), "end")
 
 
-__all__ = ["ScBertModelCardCallback", "count_parameters", "hyperparameters_from_args", "run_card_facts"]
+__all__ = [
+    "ScBertModelCardCallback",
+    "add_evaluation_facts",
+    "count_parameters",
+    "hyperparameters_from_args",
+    "run_card_facts",
+]

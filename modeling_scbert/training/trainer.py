@@ -36,10 +36,13 @@ class ScBertFeatureRedrawCallback(TrainerCallback):
     The draw uses a generator seeded from ``(seed, global_step)``, so every process of a distributed run draws the
     same features without communicating, and a resumed run draws what the uninterrupted run would have.
 
-    Args:
-        interval: Steps between redraws. ``None`` uses the model's ``config.feature_redraw_interval``; 0 or ``None``
-            there never redraws.
-        seed: Base seed. ``None`` uses ``TrainingArguments.seed``.
+    Parameters
+    ----------
+    interval
+        Steps between redraws. ``None`` uses the model's ``config.feature_redraw_interval``; 0 or ``None`` there
+        never redraws.
+    seed
+        Base seed. ``None`` uses ``TrainingArguments.seed``.
     """
 
     def __init__(self, interval: int | None = None, seed: int | None = None):

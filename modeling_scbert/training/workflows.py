@@ -1,51 +1,38 @@
 """Pretraining and fine-tuning with the stock ``transformers.Trainer``: the workflows :func:`pretrain` and
-:func:`finetune`.
+:func:`finetune`, each a short sequence of named phases.
 
-They wire together the Trainer plug-ins of :mod:`modeling_scbert.trainer_plugins` (feature redraw, class-weighted
-loss, metrics, presets), the collators of :mod:`tokenization.data`, and the model and tokenizer chosen by
-:mod:`modeling_scbert.model_resolution`. The caller's ``TrainingArguments`` is never changed: the Trainer gets a copy
-with the few fields these workflows need. :func:`pretrain_main` and :func:`finetune_main` run them from a command
-line parsed by :mod:`modeling_scbert.training_cli` (every ``TrainingArguments`` option works).
+:func:`finetune`: check the options -> the classes and the datasets (:mod:`.data`, :mod:`.labels`) -> the model
+(:mod:`.model_setup`: build, preset) -> the Trainer (:mod:`.trainer`: feature redraw, early stopping, class-weighted
+loss; :mod:`.run_card`: the card's facts) -> train -> evaluate and report (:mod:`.metrics`) -> save (model,
+tokenizer, pipeline code, card, metrics). :func:`pretrain` is the same without classes, evaluation report or card,
+with the masking collator of :mod:`tokenization.data`. The caller's ``TrainingArguments`` is never changed: the
+Trainer gets a copy with the few fields these workflows need. :func:`pretrain_main` and :func:`finetune_main` run them
+from a command line parsed by :mod:`.arguments` (every ``TrainingArguments`` option works).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 from collections.abc import Sequence
 from os import PathLike
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from accelerate.utils import extract_model_from_parallel
 from anndata import AnnData
 from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 from tokenization import ScBertTokenizer
-from tokenization.atomic_files import write_text_atomically
-from tokenization.data import DataCollatorForCellClassification, DataCollatorForMaskedExpression
-from tokenization.pipeline_scbert import save_pipeline_code
+from tokenization.data import LABEL, DataCollatorForCellClassification, DataCollatorForMaskedExpression
 from tokenization.reading import takes_reading_options
 
 from ..configuration_scbert import ScBertConfig
-from ..hub.card_data import report_to_evaluation
 from ..modeling_scbert import ScBertForMaskedLM, ScBertForSequenceClassification
-from .arguments import (
-    parse_finetune_command,
-    parse_pretrain_command,
-)
-from .data import LABEL_COLUMN, check_labels, encode, encode_options, finetuning_datasets
-from .metrics import (
-    classification_report,
-    compute_classification_metrics,
-    format_classification_report,
-    majority_class_baseline,
-    warn_if_no_better,
-)
+from .arguments import parse_finetune_command, parse_pretrain_command
+from .data import check_labels, encode, encode_options, finetuning_datasets
+from .metrics import compute_classification_metrics, evaluate_classifier
 from .model_setup import (
     FINETUNING_PRESET_CHOICES,
     apply_finetuning_preset,
@@ -55,7 +42,7 @@ from .model_setup import (
     parse_config_overrides,
     resolve_tokenizer,
 )
-from .run_card import ScBertModelCardCallback, run_card_facts
+from .run_card import ScBertModelCardCallback, add_evaluation_facts, run_card_facts
 from .trainer import (
     CLASS_WEIGHTINGS,
     ScBertFeatureRedrawCallback,
@@ -66,7 +53,7 @@ from .trainer import (
 
 logger = logging.getLogger(__name__)
 
-# --- The Trainer's arguments, resuming and saving -------------------------------------------------------------------
+# --- Shared by both workflows: the Trainer's arguments, resuming, saving --------------------------------------------
 
 
 def _trainer_arguments(training_args: TrainingArguments, **changes: Any) -> TrainingArguments:
@@ -82,6 +69,8 @@ def _trainer_arguments(training_args: TrainingArguments, **changes: Any) -> Trai
 
 
 def _resume_point(training_args: TrainingArguments, resume_from_checkpoint: str | bool | None) -> str | bool | None:
+    """The checkpoint to resume from: ``resume_from_checkpoint``, else ``training_args``'; ``True`` is the last
+    ``checkpoint-*`` folder in ``output_dir``, which must exist."""
     resume = resume_from_checkpoint if resume_from_checkpoint is not None else training_args.resume_from_checkpoint
     if resume in (True, "True", "true"):
         last = get_last_checkpoint(training_args.output_dir) if os.path.isdir(training_args.output_dir) else None
@@ -95,14 +84,209 @@ def _resume_point(training_args: TrainingArguments, resume_from_checkpoint: str 
     return resume or None
 
 
-def _finish(trainer: Trainer, tokenizer: ScBertTokenizer) -> None:
+def _save_trained(trainer: Trainer, tokenizer: ScBertTokenizer) -> None:
+    """Save the trained model (with a classifier's pipeline code: :meth:`ScBertTrainer.save_model`), the Trainer's
+    state and the tokenizer in ``output_dir``."""
     trainer.save_model()  # writes on the main process only; the tokenizer goes with it (processing_class)
     trainer.save_state()
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(trainer.args.output_dir)
-        model = extract_model_from_parallel(trainer.model, keep_torch_compile=False)
-        if isinstance(model, ScBertForSequenceClassification):
-            save_pipeline_code(trainer.args.output_dir)  # pipeline("cell-type-annotation", ...) as remote code
+
+
+# --- The phases of pretrain -----------------------------------------------------------------------------------------
+
+
+def _pretraining_trainer(
+    model: ScBertForMaskedLM,
+    training_args: TrainingArguments,
+    *,
+    tokenizer: ScBertTokenizer,
+    train_dataset: Any,
+    eval_dataset: Any,
+    mask_probability: float,
+    replace_probability: float,
+    callbacks: Sequence[TrainerCallback],
+) -> Trainer:
+    """The stock ``Trainer`` of a pretraining run: masking as published, the feature redraw, the caller's
+    callbacks."""
+    args = _trainer_arguments(training_args)
+    collator = DataCollatorForMaskedExpression(
+        num_genes=tokenizer.num_genes,
+        mask_probability=mask_probability,
+        replace_probability=replace_probability,
+        mask_token_id=model.config.mask_token_id,
+        # Seeded per process: replicas mask their own shards differently, and a rerun masks the same way.
+        seed=args.seed + args.process_index,
+    )
+    return Trainer(
+        model=model,
+        args=args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        data_collator=collator,
+        processing_class=tokenizer,
+        callbacks=[ScBertFeatureRedrawCallback(), *callbacks],
+    )
+
+
+# --- The phases of finetune -----------------------------------------------------------------------------------------
+
+
+def _check_finetune_options(
+    train_data: Any,
+    training_args: TrainingArguments,
+    *,
+    label_key: str | None,
+    eval_data: Any,
+    eval_fraction: float | None,
+    preset: str,
+    class_weighting: str | None,
+    early_stopping_patience: int | None,
+    card_facts: dict[str, Any] | None,
+) -> None:
+    """The checks of :func:`finetune`'s options that need no cell: they run before anything is encoded.
+
+    Raises
+    ------
+    ValueError
+        For an unknown ``class_weighting`` or ``preset``, an AnnData without ``label_key``, early stopping without
+        evaluation cells or without ``load_best_model_at_end``, and ``push_to_hub`` without a license.
+    """
+    if class_weighting not in (None, *CLASS_WEIGHTINGS):
+        raise ValueError(f"class_weighting must be one of {CLASS_WEIGHTINGS}; got {class_weighting!r}.")
+    if preset not in FINETUNING_PRESET_CHOICES:
+        raise ValueError(f"preset must be one of {FINETUNING_PRESET_CHOICES}; got {preset!r}.")
+    if isinstance(train_data, AnnData) and label_key is None:
+        raise ValueError(
+            f"label_key= is needed to fine-tune on an AnnData: the .obs column holding the cell types (columns: "
+            f"{list(train_data.obs.columns)})."
+        )
+    if early_stopping_patience:
+        if eval_data is None and not eval_fraction:  # no evaluation dataset (see finetuning_datasets)
+            raise ValueError("early_stopping_patience needs evaluation cells: pass eval_data= or eval_fraction=.")
+        if not training_args.load_best_model_at_end:
+            raise ValueError(
+                "early_stopping_patience needs load_best_model_at_end=True, with matching eval and save strategies."
+            )
+    if training_args.push_to_hub and not (card_facts or {}).get("license"):
+        raise ValueError(
+            "push_to_hub=True pushes a model card, which needs the weights' license: pass card_facts={'license': ...}, "
+            "e.g. 'apache-2.0', 'cc-by-4.0' or 'other'."
+        )
+
+
+def _classifier(
+    start: str | PathLike | ScBertConfig | ScBertForSequenceClassification | None,
+    *,
+    tokenizer: ScBertTokenizer,
+    label_names: list[str],
+    config_overrides: dict[str, Any],
+    preset: str,
+    warmup_steps: float,
+) -> tuple[ScBertForSequenceClassification, str]:
+    """The model a fine-tuning run trains, built from ``start`` (``finetune``'s ``model``) with the run's classes,
+    and its preset (``"auto"`` resolved), applied; warns when a new model trains without warmup.
+
+    Returns
+    -------
+    ``(model, preset)``.
+
+    Raises
+    ------
+    ValueError
+        As :func:`build_model` and :func:`apply_finetuning_preset` raise it, and for a model object with another
+        number of classes.
+    """
+    model = build_model(
+        ScBertForSequenceClassification,
+        start,
+        tokenizer=tokenizer,
+        config_overrides=config_overrides,
+        label_kwargs={
+            "id2label": dict(enumerate(label_names)),
+            "label2id": {name: i for i, name in enumerate(label_names)},
+            "problem_type": "single_label_classification",
+        },
+    )
+    if model.config.num_labels != len(label_names):
+        raise ValueError(f"The model has {model.config.num_labels} classes but the data has {len(label_names)}.")
+    if preset == "auto":
+        preset = auto_finetuning_preset(model, start)
+    apply_finetuning_preset(model, preset)
+    if builds_new_model(start) and not warmup_steps:
+        logger.warning(
+            "A new model without learning-rate warmup can collapse to the majority class (docs/training.md); pass "
+            "TrainingArguments(warmup_steps=0.1), the `scbert finetune` default."
+        )
+    return model, preset
+
+
+def _class_weighted_loss(
+    class_weighting: str | None, train_labels: np.ndarray, label_names: list[str]
+) -> ScBertWeightedLoss | None:
+    """The loss of ``class_weighting``: ``None`` (the model's cross-entropy) unless ``"balanced"``."""
+    if class_weighting != "balanced":
+        return None
+    weights = balanced_class_weights(train_labels, len(label_names))
+    logger.info("Class weights: %s", dict(zip(label_names, np.round(weights.numpy(), 3).tolist())))
+    return ScBertWeightedLoss(weights)
+
+
+def _classification_trainer(
+    model: ScBertForSequenceClassification,
+    training_args: TrainingArguments,
+    *,
+    tokenizer: ScBertTokenizer,
+    train_dataset: Any,
+    eval_dataset: Any,
+    loss: ScBertWeightedLoss | None,
+    early_stopping_patience: int | None,
+    callbacks: Sequence[TrainerCallback],
+    facts: dict[str, Any],
+) -> ScBertTrainer:
+    """The Trainer of a fine-tuning run: a copy of the arguments that keeps the best model by macro-F1, the callbacks
+    (feature redraw, the caller's, early stopping, the card's when ``facts`` has a license), the loss."""
+    # TrainingArguments picks "loss" by itself when load_best_model_at_end is set without a metric; for annotation
+    # the model to keep is the best by macro-F1, which weighs rare cell types as much as common ones.
+    best_by = {}
+    if eval_dataset is not None and training_args.metric_for_best_model in (None, "loss", "eval_loss"):
+        best_by = {"metric_for_best_model": "macro_f1", "greater_is_better": True}
+    trainer_callbacks = [ScBertFeatureRedrawCallback(), *callbacks]
+    if early_stopping_patience:
+        trainer_callbacks.append(EarlyStoppingCallback(early_stopping_patience=early_stopping_patience))
+    if facts.get("license"):
+        trainer_callbacks.append(ScBertModelCardCallback(tokenizer=tokenizer, facts=facts))
+    return ScBertTrainer(  # the stock Trainer; its card is ours
+        model=model,
+        args=_trainer_arguments(training_args, **best_by),
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        data_collator=DataCollatorForCellClassification(num_genes=tokenizer.num_genes),
+        processing_class=tokenizer,
+        compute_metrics=compute_classification_metrics,
+        compute_loss_func=loss,
+        callbacks=trainer_callbacks,
+    )
+
+
+def _save_classifier(
+    trainer: ScBertTrainer, tokenizer: ScBertTokenizer, *, facts: dict[str, Any], metrics: dict[str, float] | None
+) -> None:
+    """Save the fine-tuned model, its tokenizer, pipeline code and final metrics in ``output_dir``; with a license,
+    the model card too, and push them all with ``push_to_hub``."""
+    if metrics is not None:
+        trainer.save_metrics("eval", metrics)
+    if not facts.get("license"):
+        _save_trained(trainer, tokenizer)
+        logger.info("No license given (card_facts={'license': ...}): no model card written.")
+    elif trainer.args.push_to_hub:
+        trainer.save_state()
+        # The stock push: saves model and tokenizer, ScBertTrainer.create_model_card renders our card, one commit.
+        trainer.push_to_hub(card_facts=facts)
+    else:
+        trainer.save_state()
+        trainer.save_model()
+        trainer.create_model_card(card_facts=facts)
 
 
 # --- The two workflows ----------------------------------------------------------------------------------------------
@@ -152,7 +336,7 @@ def pretrain(
     encode_kwargs
         Other keyword arguments of ``to_dataset`` for AnnData inputs (``cache_dir``, ``batch_size``, ...).
     **read_options
-        How to read the cells, by name: every field of :class:`~modeling_scbert.reading.ScBertReadingArguments`
+        How to read the cells, by name: every field of :class:`~tokenization.reading.ScBertReadingArguments`
         (``layer``, ``gene_key``, ``input_kind``, ``synonyms``, ``min_gene_overlap``, ...); the same options as
         ``scbert pretrain``'s.
 
@@ -167,39 +351,30 @@ def pretrain(
     ValueError
         For cells that cannot be read (too few panel genes, an input kind that does not fit the values, ...) and
         bad ``config_overrides``, before training starts.
+    FileNotFoundError
+        For ``resume_from_checkpoint=True`` when ``output_dir`` holds no checkpoint, or a tokenizer or model folder
+        that holds none, before anything is encoded.
     """
     encode_kwargs = encode_options(encode_kwargs, read_options, caller="pretrain")
+    overrides = parse_config_overrides(config_overrides)
+    resume = _resume_point(training_args, resume_from_checkpoint)
     tokenizer = resolve_tokenizer(tokenizer, model, train_data)
-    train_dataset = encode(
-        train_data, tokenizer=tokenizer, label_key=None, label_names=None, encode_kwargs=encode_kwargs
-    )
-    eval_dataset = encode(
-        eval_data, tokenizer=tokenizer, label_key=None, label_names=None, encode_kwargs=encode_kwargs
-    )
+    train_dataset = encode(train_data, tokenizer=tokenizer, encode_kwargs=encode_kwargs)
+    eval_dataset = encode(eval_data, tokenizer=tokenizer, encode_kwargs=encode_kwargs)
     set_seed(training_args.seed)  # the new weights (and random features) are drawn from the run's seed
-    model = build_model(
-        ScBertForMaskedLM, model, tokenizer=tokenizer, config_overrides=parse_config_overrides(config_overrides)
-    )
-    training_args = _trainer_arguments(training_args)
-    collator = DataCollatorForMaskedExpression(
-        num_genes=tokenizer.num_genes,
-        mask_probability=mask_probability,
-        replace_probability=replace_probability,
-        mask_token_id=model.config.mask_token_id,
-        # Seeded per process: replicas mask their own shards differently, and a rerun masks the same way.
-        seed=training_args.seed + training_args.process_index,
-    )
-    trainer = Trainer(
-        model=model,
-        args=training_args,
+    masked_lm = build_model(ScBertForMaskedLM, model, tokenizer=tokenizer, config_overrides=overrides)
+    trainer = _pretraining_trainer(
+        masked_lm,
+        training_args,
+        tokenizer=tokenizer,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
-        data_collator=collator,
-        processing_class=tokenizer,
-        callbacks=[ScBertFeatureRedrawCallback(), *callbacks],
+        mask_probability=mask_probability,
+        replace_probability=replace_probability,
+        callbacks=callbacks,
     )
-    trainer.train(resume_from_checkpoint=_resume_point(training_args, resume_from_checkpoint))
-    _finish(trainer, tokenizer)
+    trainer.train(resume_from_checkpoint=resume)
+    _save_trained(trainer, tokenizer)
     return trainer
 
 
@@ -227,7 +402,7 @@ def finetune(
 ) -> Trainer:
     """Fine-tune a cell-type classifier with the stock ``Trainer``.
 
-    The classes are the labels present in the training cells, in natural order (see :mod:`modeling_scbert.labels`:
+    The classes are the labels present in the training cells, in natural order (see :mod:`modeling_scbert.training.labels`:
     categories no training cell has are dropped with a WARNING; cells without a label are refused; evaluation cells
     of types absent from the training cells are refused unless ``drop_unseen_labels``). They are stored in the saved
     config (``id2label`` / ``label2id``). With evaluation data, every
@@ -289,7 +464,7 @@ def finetune(
         Leave out evaluation cells whose type no training cell has (logged at WARNING with the count of each type),
         instead of refusing them.
     **read_options
-        How to read the cells, by name: every field of :class:`~modeling_scbert.reading.ScBertReadingArguments`
+        How to read the cells, by name: every field of :class:`~tokenization.reading.ScBertReadingArguments`
         (``layer``, ``gene_key``, ``input_kind``, ``synonyms``, ``min_gene_overlap``, ...); the same options as
         ``scbert finetune``'s.
 
@@ -304,19 +479,30 @@ def finetune(
         For a keyword that is not an option.
     ValueError
         Before training starts: for a missing label column, cells without a label, evaluation cells of types
-        absent from the training cells (without ``drop_unseen_labels``), cells that cannot be read, bad options.
+        absent from the training cells (without ``drop_unseen_labels``), cells that cannot be read, bad options
+        (those that need no cell, such as ``early_stopping_patience`` without evaluation cells or ``push_to_hub``
+        without a license, before anything is encoded).
+    FileNotFoundError
+        For ``resume_from_checkpoint=True`` when ``output_dir`` holds no checkpoint, or a tokenizer or model folder
+        that holds none, before anything is encoded.
     """
-    if class_weighting not in (None, *CLASS_WEIGHTINGS):
-        raise ValueError(f"class_weighting must be one of {CLASS_WEIGHTINGS}; got {class_weighting!r}.")
-    if preset not in FINETUNING_PRESET_CHOICES:
-        raise ValueError(f"preset must be one of {FINETUNING_PRESET_CHOICES}; got {preset!r}.")
-    if isinstance(train_data, AnnData) and label_key is None:
-        raise ValueError(
-            f"label_key= is needed to fine-tune on an AnnData: the .obs column holding the cell types (columns: "
-            f"{list(train_data.obs.columns)})."
-        )
+    # Check the options: everything that can be refused without a cell is refused before anything is encoded.
+    _check_finetune_options(
+        train_data,
+        training_args,
+        label_key=label_key,
+        eval_data=eval_data,
+        eval_fraction=eval_fraction,
+        preset=preset,
+        class_weighting=class_weighting,
+        early_stopping_patience=early_stopping_patience,
+        card_facts=card_facts,
+    )
     encode_kwargs = encode_options(encode_kwargs, read_options, caller="finetune")
-    # The class list and the evaluation labels are checked before anything is encoded or trained.
+    overrides = parse_config_overrides(config_overrides)
+    resume = _resume_point(training_args, resume_from_checkpoint)
+
+    # The classes and the datasets: the class list and the evaluation labels are checked before anything is encoded.
     label_names, unseen = check_labels(train_data, eval_data, label_key=label_key, drop=drop_unseen_labels)
     tokenizer = resolve_tokenizer(tokenizer, model, train_data)
     train_dataset, eval_dataset, label_names = finetuning_datasets(
@@ -331,126 +517,59 @@ def finetune(
         drop=drop_unseen_labels,
         encode_kwargs=encode_kwargs,
     )
+    train_labels = np.asarray(train_dataset[LABEL])
 
-    set_seed(training_args.seed)
-    start = model
-    model = build_model(
-        ScBertForSequenceClassification,
+    # The model, its card's facts, the Trainer; then train.
+    set_seed(training_args.seed)  # the new weights (a new head at least) are drawn from the run's seed
+    classifier, applied_preset = _classifier(
         model,
         tokenizer=tokenizer,
-        config_overrides=parse_config_overrides(config_overrides),
-        label_kwargs={
-            "id2label": dict(enumerate(label_names)),
-            "label2id": {name: i for i, name in enumerate(label_names)},
-            "problem_type": "single_label_classification",
-        },
+        label_names=label_names,
+        config_overrides=overrides,
+        preset=preset,
+        warmup_steps=training_args.warmup_steps,
     )
-    if model.config.num_labels != len(label_names):
-        raise ValueError(f"The model has {model.config.num_labels} classes but the data has {len(label_names)}.")
-    if preset == "auto":
-        preset = auto_finetuning_preset(model, start)
-    apply_finetuning_preset(model, preset)
-    if builds_new_model(start) and not training_args.warmup_steps:
-        logger.warning(
-            "A new model without learning-rate warmup can collapse to the majority class (docs/training.md); pass "
-            "TrainingArguments(warmup_steps=0.1), the `scbert finetune` default."
-        )
-
-    # TrainingArguments picks "loss" by itself when load_best_model_at_end is set without a metric; for annotation
-    # the model to keep is the best by macro-F1, which weighs rare cell types as much as common ones.
-    best_by = {}
-    if eval_dataset is not None and training_args.metric_for_best_model in (None, "loss", "eval_loss"):
-        best_by = {"metric_for_best_model": "macro_f1", "greater_is_better": True}
-    training_args = _trainer_arguments(training_args, **best_by)
-    trainer_callbacks = [ScBertFeatureRedrawCallback(), *callbacks]
-    if early_stopping_patience:
-        if eval_dataset is None:
-            raise ValueError("early_stopping_patience needs evaluation cells: pass eval_data= or eval_fraction=.")
-        if not training_args.load_best_model_at_end:
-            raise ValueError(
-                "early_stopping_patience needs load_best_model_at_end=True, with matching eval and save strategies."
-            )
-        trainer_callbacks.append(EarlyStoppingCallback(early_stopping_patience=early_stopping_patience))
-    train_labels = np.asarray(train_dataset[LABEL_COLUMN])
     num_eval_cells = None if eval_dataset is None else len(eval_dataset)
     facts = run_card_facts(
-        card_facts, train_labels, label_names, num_eval_cells=num_eval_cells, model=model, preset=preset
+        card_facts, train_labels, label_names, num_eval_cells=num_eval_cells, model=classifier, preset=applied_preset
     )
-    if facts.get("license"):
-        trainer_callbacks.append(ScBertModelCardCallback(tokenizer=tokenizer, facts=facts))
-    elif training_args.push_to_hub:
-        raise ValueError(
-            "push_to_hub=True pushes a model card, which needs the weights' license: pass card_facts={'license': ...}, "
-            "e.g. 'apache-2.0', 'cc-by-4.0' or 'other'."
-        )
-    loss = None
-    if class_weighting == "balanced":
-        weights = balanced_class_weights(train_labels, len(label_names))
-        logger.info("Class weights: %s", dict(zip(label_names, np.round(weights.numpy(), 3).tolist())))
-        loss = ScBertWeightedLoss(weights)
-
-    trainer = ScBertTrainer(  # the stock Trainer; its card is ours
-        model=model,
-        args=training_args,
+    trainer = _classification_trainer(
+        classifier,
+        training_args,
+        tokenizer=tokenizer,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
-        data_collator=DataCollatorForCellClassification(num_genes=tokenizer.num_genes),
-        processing_class=tokenizer,
-        compute_metrics=compute_classification_metrics,
-        compute_loss_func=loss,
-        callbacks=trainer_callbacks,
+        loss=_class_weighted_loss(class_weighting, train_labels, label_names),
+        early_stopping_patience=early_stopping_patience,
+        callbacks=callbacks,
+        facts=facts,
     )
-    trainer.train(resume_from_checkpoint=_resume_point(training_args, resume_from_checkpoint))
+    trainer.train(resume_from_checkpoint=resume)
 
+    # Evaluate and report, then save.
     metrics = None
     if eval_dataset is not None:
-        prediction = trainer.predict(eval_dataset, metric_key_prefix="eval")
-        metrics = prediction.metrics
-        trainer.log_metrics("eval", metrics)
-        report = classification_report(
-            prediction.label_ids, np.asarray(prediction.predictions).argmax(-1), label_names=label_names
-        )
-        majority = majority_class_baseline(train_labels, np.asarray(prediction.label_ids), label_names=label_names)
-        facts.setdefault("evaluation", {})["majority_class"] = majority
-        facts["evaluation"].update(report_to_evaluation(report, list(label_names)))  # per-class rows for the card
-        warn_if_no_better(metrics, majority)
-        if trainer.is_world_process_zero():
-            Path(training_args.output_dir).mkdir(parents=True, exist_ok=True)
-            path = Path(training_args.output_dir) / "classification_report.json"
-            write_text_atomically(path, json.dumps(report, indent=2) + "\n")
-            logger.info("Per-class report:\n%s", format_classification_report(report, label_names))
-    if facts.get("license"):
-        if metrics is not None:
-            trainer.save_metrics("eval", metrics)
-        trainer.save_state()
-        if training_args.push_to_hub:
-            # The stock push: saves model and tokenizer, ScBertTrainer.create_model_card renders our card, one commit.
-            trainer.push_to_hub(card_facts=facts)
-        else:
-            trainer.save_model()
-            trainer.create_model_card(card_facts=facts)
-    else:
-        _finish(trainer, tokenizer)
-        if metrics is not None:
-            trainer.save_metrics("eval", metrics)
-        logger.info("No license given (card_facts={'license': ...}): no model card written.")
+        evaluation = evaluate_classifier(trainer, eval_dataset, train_labels=train_labels, label_names=label_names)
+        facts = add_evaluation_facts(facts, evaluation.report, evaluation.majority, label_names)
+        metrics = evaluation.metrics
+    _save_classifier(trainer, tokenizer, facts=facts, metrics=metrics)
     return trainer
 
 
-# --- From the command line (parsed by training_cli) -----------------------------------------------------------------
+# --- From the command line (parsed by .arguments) ------------------------------------------------------------------
 
 
 def pretrain_main(argv: Sequence[str] | None = None, *, prog: str = "scbert pretrain") -> Trainer:
     """Masked-expression pretraining from the command line (also takes one ``.json`` / ``.yaml`` file of options).
 
-    :func:`~modeling_scbert.training_cli.parse_pretrain_command` reads the options, then :func:`pretrain` runs.
+    :func:`~modeling_scbert.training.arguments.parse_pretrain_command` reads the options, then :func:`pretrain` runs.
 
     Raises
     ------
     SystemExit
         From argparse, for options it cannot parse.
     ValueError, FileNotFoundError
-        As :func:`~modeling_scbert.training_cli.parse_pretrain_command` and :func:`pretrain` raise them, before
+        As :func:`~modeling_scbert.training.arguments.parse_pretrain_command` and :func:`pretrain` raise them, before
         training starts.
     """
     return pretrain(**parse_pretrain_command(argv, prog=prog))
@@ -459,14 +578,14 @@ def pretrain_main(argv: Sequence[str] | None = None, *, prog: str = "scbert pret
 def finetune_main(argv: Sequence[str] | None = None, *, prog: str = "scbert finetune") -> Trainer:
     """Fine-tuning from the command line (also takes one ``.json`` / ``.yaml`` file of options).
 
-    :func:`~modeling_scbert.training_cli.parse_finetune_command` reads the options and says their defaults.
+    :func:`~modeling_scbert.training.arguments.parse_finetune_command` reads the options and says their defaults.
 
     Raises
     ------
     SystemExit
         From argparse, for options it cannot parse.
     ValueError, FileNotFoundError
-        As :func:`~modeling_scbert.training_cli.parse_finetune_command` and :func:`finetune` raise them, before
+        As :func:`~modeling_scbert.training.arguments.parse_finetune_command` and :func:`finetune` raise them, before
         training starts.
     """
     return finetune(**parse_finetune_command(argv, prog=prog))
