@@ -107,8 +107,10 @@ class InferenceProcesses:
         The failing process re-raises its own exception; the others raise :class:`ScBertProcessError` with its
         message. With one process the block runs as it is.
 
-        Raises:
-            ScBertProcessError: On the processes where the block went through, when it raised on another.
+        Raises
+        ------
+        ScBertProcessError
+            On the processes where the block went through, when it raised on another.
         """
         if not self.distributed:
             yield
