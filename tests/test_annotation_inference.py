@@ -90,8 +90,8 @@ def test_from_pretrained_says_what_is_missing_and_what_to_pass(mismatched_dir, t
     (bare / "genes.txt").unlink()
     with pytest.raises(FileNotFoundError, match="has tokenizer_config.json but no genes.txt"):
         ScBertTokenizer.from_pretrained(bare)
-    # A Hub id that cannot be fetched (offline here, nothing cached) says so, and what a folder needs.
-    with pytest.raises(FileNotFoundError, match="No scBERT tokenizer found for 'my-lab/none' .*genes.txt"):
+    # A name that is no folder and no cached Hub repository (offline here) says first that no such folder exists.
+    with pytest.raises(FileNotFoundError, match="There is no folder 'my-lab/none' here.*not in the local Hub cache"):
         ScBertTokenizer.from_pretrained("my-lab/none", cache_dir=tmp_path / "cache", local_files_only=True)
     # load_annotator needs nothing else: its errors are these.
     with pytest.raises(FileNotFoundError, match="does not exist"):

@@ -59,6 +59,21 @@ _NO_TOKENIZER = (
 )
 
 
+def _hub_miss(name: str, error: Exception) -> str:
+    """Why ``name``, not a local folder, gave no tokenizer from the Hub: say first that no such folder exists here
+    (the likeliest cause of a miss is a mistyped path), then what the Hub said."""
+    kind = type(error).__name__
+    no_folder = f"There is no folder {name!r} here (in {str(Path.cwd())!r}); check the spelling."
+    if kind in ("RepositoryNotFoundError", "HFValidationError", "GatedRepoError", "RevisionNotFoundError"):
+        return f"{no_folder} As a Hub id it names no repository you can read ({kind}: {error})."
+    if kind == "LocalEntryNotFoundError":
+        return (
+            f"{no_folder} As a Hub id it is not in the local Hub cache, and the Hub was not asked or could not be "
+            "reached (HF_HUB_OFFLINE is set, or there is no network)."
+        )
+    return f"{no_folder} As a Hub id: {kind}: {error}. {_NO_TOKENIZER}"
+
+
 def _looks_local(name: str) -> bool:
     """A Hub id is ``"name"`` or ``"org/name"``: an absolute, ``.``/``~`` or deeper path is a local folder."""
     return Path(name).is_absolute() or name.startswith((".", "~")) or name.count("/") > 1
@@ -563,10 +578,7 @@ class ScBertTokenizer:
             except GenesFileOutsideFolderError:
                 raise
             except (OSError, ValueError) as error:  # huggingface_hub's errors for ids, repositories, files, offline
-                raise FileNotFoundError(
-                    f"No scBERT tokenizer found for {name!r} (not a local folder; as a Hub id: {type(error).__name__}: "
-                    f"{error}). {_NO_TOKENIZER}"
-                ) from error
+                raise FileNotFoundError(_hub_miss(name, error)) from error
         if config.get("tokenizer_class", cls.tokenizer_class) != cls.tokenizer_class:
             raise ValueError(
                 f"{config_path} describes a {config['tokenizer_class']!r}, not a {cls.tokenizer_class}; "
