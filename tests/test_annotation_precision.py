@@ -68,3 +68,31 @@ def test_cli_dtype(model_dir, tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli_main([*args, "--overwrite", "--dtype", "float64"])
     assert "invalid choice: 'float64'" in capsys.readouterr().err
+
+
+def test_a_model_object_loaded_in_bfloat16_annotates_within_the_tolerance_and_leaves_its_folder(model_dir):
+    """Buffers (the FAVOR+ random features) may stay float32 beside bfloat16 parameters; annotate copes."""
+    import hashlib
+    from pathlib import Path
+
+    from transformers import AutoModelForSequenceClassification
+
+    from tokenization import ScBertTokenizer
+
+    weights = Path(model_dir) / "model.safetensors"
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    cells = make_adata(40, seed=5)
+    reference = annotate(cells, str(model_dir), return_probabilities=True, progress=False, copy=True)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, dtype=torch.bfloat16)
+    assert torch.bfloat16 in {p.dtype for p in model.parameters()}
+    result = annotate(
+        cells,
+        model,
+        tokenizer=ScBertTokenizer.from_pretrained(model_dir),
+        return_probabilities=True,
+        progress=False,
+        copy=True,
+    )
+    gap = np.abs(result.obsm["scbert_probabilities"] - reference.obsm["scbert_probabilities"]).max()
+    assert gap <= 0.03
+    assert hashlib.sha256(weights.read_bytes()).hexdigest() == digest

@@ -178,3 +178,21 @@ def test_pipeline_runs_as_remote_code_without_the_package(model_dir, tmp_path):
     for folder in folders:
         assert [r["label"] for r in outputs[folder]] == labels
         np.testing.assert_allclose([r["score"] for r in outputs[folder]], confidence, rtol=1e-6)
+
+
+def test_batching_and_lists_of_anndata_give_one_result_per_cell_as_annotate_does(model_dir):
+    annotator = pipeline("cell-type-annotation", model=str(model_dir), trust_remote_code=True, device="cpu")
+    first, second = make_adata(30, seed=5), make_adata(20, seed=6)
+    labels, confidence = annotated(first.copy(), model_dir)
+    plain = annotator(first)
+    batched = annotator(first, batch_size=7)
+    both = annotator([first, second], batch_size=4)
+    top2 = annotator(first, top_k=2)
+    assert [r["label"] for r in plain] == [r["label"] for r in batched] == labels
+    np.testing.assert_allclose([r["score"] for r in batched], confidence, atol=1e-5)
+    assert [len(result) for result in both] == [30, 20]
+    assert [r["label"] for r in both[0]] == labels
+    np.testing.assert_allclose([r["score"] for r in both[0]], confidence, atol=1e-5)
+    assert all(
+        len(r) == 2 and r[0]["score"] >= r[1]["score"] and r[0]["label"] == p["label"] for r, p in zip(top2, plain)
+    )
