@@ -56,7 +56,7 @@ def test_a_gene_file_outside_the_tokenizer_folder_is_refused_at_load(tmp_path, g
     config_path = folder / "tokenizer_config.json"
     config = json.loads(config_path.read_text())
     config_path.write_text(json.dumps({**config, "genes_file": genes_file}))
-    with pytest.raises(ValueError, match=r"genes_file=.*must name a file inside the tokenizer's folder"):
+    with pytest.raises(ValueError, match=r"names its gene file .*must be a file inside the tokenizer's folder"):
         ScBertTokenizer.from_pretrained(folder)
 
 
@@ -82,7 +82,9 @@ def test_a_hub_tokenizer_naming_a_gene_file_outside_the_repository_is_refused(tm
         return str(tmp_path / filename)
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
-    with pytest.raises(ValueError, match=r"user/scbert/tokenizer_config.json gives genes_file='../../../.ssh/id_rsa'"):
+    with pytest.raises(
+        ValueError, match=r"user/scbert/tokenizer_config.json names its gene file '../../../.ssh/id_rsa'"
+    ):
         ScBertTokenizer.from_pretrained("user/scbert")
     assert downloads == ["tokenizer_config.json"]
 

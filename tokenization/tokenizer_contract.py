@@ -112,7 +112,7 @@ def checked_genes_file(value: object, config_path: object) -> str:
         if not (posix.is_absolute() or windows.is_absolute() or windows.drive or ".." in windows.parts):
             return value
     raise GenesFileOutsideFolderError(
-        f"{config_path} gives genes_file={value!r}; it must name a file inside the tokenizer's folder (a relative "
+        f"{config_path} names its gene file {value!r} (key 'genes_file'); it must be a file inside the tokenizer's folder (a relative "
         f"path without '..', normally {GENES_NAME!r}). Restore the file ScBertTokenizer.save_pretrained wrote."
     )
 
