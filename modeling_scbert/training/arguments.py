@@ -96,6 +96,14 @@ class ScBertFinetuningArguments:
         default=False,
         metadata={"help": "Leave out evaluation cells whose type no training cell has, instead of refusing them."},
     )
+    drop_missing_labels: bool = field(
+        default=False,
+        metadata={"help": "Leave out cells without a label (NaN, 'nan', 'None', '', ...), instead of refusing them."},
+    )
+    merge_label_variants: bool = field(
+        default=False,
+        metadata={"help": "Merge labels that differ only by whitespace or case into the most frequent spelling."},
+    )
 
 
 # Defaults of `scbert finetune` that differ from TrainingArguments': evaluate and save every epoch, keep the best model
@@ -309,6 +317,8 @@ def parse_finetune_command(argv: Sequence[str] | None = None, *, prog: str = "sc
         "config_overrides": model_args.config_overrides,
         "encode_kwargs": _encode_kwargs(data_args, reading),
         "drop_unseen_labels": finetune_args.drop_unseen_labels,
+        "drop_missing_labels": finetune_args.drop_missing_labels,
+        "merge_label_variants": finetune_args.merge_label_variants,
         "card_facts": {
             key: value
             for key, value in {"license": finetune_args.license, "base_model": finetune_args.base_model}.items()

@@ -398,6 +398,8 @@ def finetune(
     encode_kwargs: dict[str, Any] | None = None,
     card_facts: dict[str, Any] | None = None,
     drop_unseen_labels: bool = False,
+    drop_missing_labels: bool = False,
+    merge_label_variants: bool = False,
     **read_options: Any,
 ) -> Trainer:
     """Fine-tune a cell-type classifier with the stock ``Trainer``.
@@ -463,6 +465,12 @@ def finetune(
     drop_unseen_labels
         Leave out evaluation cells whose type no training cell has (logged at WARNING with the count of each type),
         instead of refusing them.
+    drop_missing_labels
+        Leave out training and evaluation cells without a label (NaN, None, or a text such as ``'nan'``, ``'None'``,
+        ``''`` that ``.astype(str)`` makes of one; logged at WARNING with their count) instead of refusing them.
+    merge_label_variants
+        Merge labels that differ only by whitespace or case (``'T cell'``, ``'T cell '``, ``'t cell'``) into the
+        most frequent spelling (logged at WARNING) instead of refusing them with the groups listed.
     **read_options
         How to read the cells, by name: every field of :class:`~tokenization.reading.ScBertReadingArguments`
         (``layer``, ``gene_key``, ``input_kind``, ``synonyms``, ``min_gene_overlap``, ...); the same options as
@@ -503,7 +511,10 @@ def finetune(
     resume = _resume_point(training_args, resume_from_checkpoint)
 
     # The classes and the datasets: the class list and the evaluation labels are checked before anything is encoded.
-    label_names, unseen = check_labels(train_data, eval_data, label_key=label_key, drop=drop_unseen_labels)
+    label_rule = {"drop_missing_labels": drop_missing_labels, "merge_label_variants": merge_label_variants}
+    label_names, unseen = check_labels(
+        train_data, eval_data, label_key=label_key, drop=drop_unseen_labels, label_rule=label_rule
+    )
     tokenizer = resolve_tokenizer(tokenizer, model, train_data)
     train_dataset, eval_dataset, label_names = finetuning_datasets(
         train_data,
@@ -516,6 +527,7 @@ def finetune(
         split_seed=split_seed,
         drop=drop_unseen_labels,
         encode_kwargs=encode_kwargs,
+        label_rule=label_rule,
     )
     train_labels = np.asarray(train_dataset[LABEL])
 
