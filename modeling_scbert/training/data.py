@@ -178,6 +178,8 @@ def finetuning_datasets(
             f"The training dataset has no {LABEL!r} column (columns: {train_dataset.column_names}); build it "
             "with to_dataset(..., label_key=...)."
         )
+    if label_names is not None:  # a dataset's classes in the run's order (the starting model's, when kept)
+        train_dataset = _in_class_order(train_dataset, label_names)
     label_names = list(train_dataset.features[LABEL].names)
     if not isinstance(train_data, AnnData):
         counts = np.bincount(np.asarray(train_dataset[LABEL]), minlength=len(label_names))
@@ -204,6 +206,7 @@ def finetuning_datasets(
         splits = stratified_split(train_dataset, eval_fraction=eval_fraction, seed=split_seed)
         train_dataset, eval_dataset = splits["train"], splits["eval"]
     if eval_dataset is not None:
+        eval_dataset = _in_class_order(eval_dataset, label_names)
         eval_names = list(eval_dataset.features[LABEL].names)
         if eval_names != label_names:
             raise ValueError(
@@ -211,6 +214,25 @@ def finetuning_datasets(
                 f"build it with to_dataset(..., label_names=...) given the training classes."
             )
     return train_dataset, eval_dataset, label_names
+
+
+def _in_class_order(dataset: Any, label_names: Sequence[str]) -> Any:
+    """``dataset`` with its class ids mapped onto ``label_names`` when its own classes are among them in another
+    order (or fewer); otherwise unchanged (a dataset with other classes is refused by the caller)."""
+    import datasets
+
+    names = list(dataset.features[LABEL].names)
+    if names == list(label_names) or not set(names) <= set(label_names):
+        return dataset
+    table = np.array([list(label_names).index(name) for name in names], dtype=np.int64)
+    features = dataset.features.copy()
+    features[LABEL] = datasets.ClassLabel(names=list(label_names))
+    return dataset.map(
+        lambda labels: {LABEL: table[np.asarray(labels, dtype=np.int64)]},
+        input_columns=LABEL,
+        batched=True,
+        features=features,
+    )
 
 
 def _drop_classes_from(dataset: Any, label_names: Sequence[str]) -> Any:

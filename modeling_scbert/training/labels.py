@@ -26,6 +26,8 @@ from anndata import AnnData
 
 from tokenization.label_rules import MISSING_LABEL_TEXTS, CellLabels, read_cell_labels
 
+from .model_setup import ScBertStartingClasses
+
 logger = logging.getLogger(__name__)
 
 
@@ -214,4 +216,99 @@ def unseen_labels(
     return sorted(np.asarray(counts.index, dtype=str).tolist())
 
 
-__all__ = ["class_names_from_labels", "describe_data", "unseen_labels"]
+# What finetune does when the starting model's classes differ from the data's (class_change=, --class_change).
+CLASS_CHANGES = ("refuse", "new_head", "extend")
+
+
+def reconcile_classes(
+    run_classes: list[str],
+    *,
+    start: ScBertStartingClasses | None,
+    checkpoint: ScBertStartingClasses | None,
+    class_change: str,
+) -> tuple[list[str], str]:
+    """The classes a fine-tuning run trains, reconciled with those of the classifier it starts from.
+
+    Parameters
+    ----------
+    run_classes
+        The classes of the training cells, in natural order.
+    start
+        The starting model's classes (:func:`~modeling_scbert.training.model_setup.starting_classes`), or ``None``
+        when it is not a classifier with real labels.
+    checkpoint
+        The classes of the checkpoint the run resumes from, or ``None``.
+    class_change
+        What to do when the starting model's classes differ from the data's: ``"refuse"``, ``"new_head"`` (a new
+        head over the data's classes) or ``"extend"`` (the model's classes kept in their order, the data's new ones
+        appended).
+
+    Returns
+    -------
+    ``(classes, head)``: the classes in the order of the head's outputs, and what happens to the head: ``"new"``
+    (no classes to keep: a new model, or a masked-expression / unlabelled one), ``"keep"`` (the same classes: the
+    model's order is kept, and the labels are mapped through its ``label2id``), ``"new_head"`` or ``"extend"``.
+
+    Raises
+    ------
+    ValueError
+        For classes that differ from the starting model's without ``class_change``, naming both lists and the
+        options; for a checkpoint whose classes differ from those of the run, naming the checkpoint.
+    """
+    head = "new"
+    classes = list(run_classes)
+    if start is not None:
+        if set(start.names) == set(run_classes):
+            head, classes = "keep", list(start.names)
+            if start.names != list(run_classes):
+                logger.info(
+                    "The classes of the data are those of %s: its order is kept (%s), and the labels are mapped "
+                    "through its label2id.",
+                    start.source,
+                    start.names,
+                )
+        elif class_change == "new_head":
+            head = "new_head"
+            logger.warning(
+                "class_change='new_head': %s has the classes %s; the data has %s. A new head over the data's classes "
+                "replaces the model's (its outputs start untrained); the encoder is kept.",
+                start.source,
+                start.names,
+                list(run_classes),
+            )
+        elif class_change == "extend":
+            head = "extend"
+            added = [name for name in run_classes if name not in set(start.names)]
+            classes = [*start.names, *added]
+            without_cells = [name for name in start.names if name not in set(run_classes)]
+            logger.warning(
+                "class_change='extend': the classes of %s are kept in their order %s and new ones appended: %s.%s",
+                start.source,
+                start.names,
+                added,
+                f" Classes without a training cell stay outputs of the model: {without_cells}."
+                if without_cells
+                else "",
+            )
+        else:
+            raise ValueError(
+                f"The classes of the data differ from those of {start.source}: the model has {start.names}, the data "
+                f"has {list(run_classes)} (only in the model: {sorted(set(start.names) - set(run_classes))}; only in "
+                f"the data: {sorted(set(run_classes) - set(start.names))}). Its head's outputs mean the model's "
+                "classes, so it cannot be reused as it is. Pass class_change='new_head' (--class_change new_head) to "
+                "start a new head over the data's classes, or class_change='extend' (--class_change extend) to keep "
+                "the model's classes and add the new ones; or fix the labels."
+            )
+    if checkpoint is not None and checkpoint.names != classes:
+        if set(checkpoint.names) != set(classes):
+            raise ValueError(
+                f"The classes of {checkpoint.source} differ from those of this run: the checkpoint has "
+                f"{checkpoint.names}, the run has {classes}. Its head's outputs mean the checkpoint's classes; "
+                "resuming would train them on other labels. Resume with the labels the checkpoint was trained on, "
+                "or start afresh (without resume_from_checkpoint, in another output_dir)."
+            )
+        classes = list(checkpoint.names)  # the same classes: the checkpoint's order
+    return classes, head
+
+
+__all__ = ["CLASS_CHANGES", "class_names_from_labels", "describe_data", "reconcile_classes", "unseen_labels"]

@@ -38,6 +38,7 @@ def run_card_facts(
     num_eval_cells: int | None,
     model: ScBertForSequenceClassification,
     preset: str,
+    class_change: str | None = None,
 ) -> dict[str, Any]:
     """The model-card facts a fine-tuning run knows (label counts, cell numbers, the fine-tuning choices), under the
     caller's ``given`` facts (which win; dicts are merged key by key).
@@ -56,6 +57,9 @@ def run_card_facts(
         The model being fine-tuned (its ``_name_or_path``, when a Hub id, is the base model).
     preset
         The fine-tuning preset used.
+    class_change
+        What became of the starting model's classes when they differed from the data's (``class_change=``):
+        recorded as the hyperparameter ``classes of the starting model``.
 
     Returns
     -------
@@ -68,6 +72,8 @@ def run_card_facts(
         "training_data": {"num_cells": int(counts.sum())},
         "hyperparameters": {"fine-tuning preset": preset},
     }
+    if class_change:
+        facts["hyperparameters"]["classes of the starting model"] = class_change
     base = getattr(model.config, "_name_or_path", "")
     if base and not os.path.isdir(base) and "/" in base:
         facts["base_model"] = base  # a Hub id; local folders are not citable

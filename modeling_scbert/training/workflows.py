@@ -32,15 +32,21 @@ from ..configuration_scbert import ScBertConfig
 from ..modeling_scbert import ScBertForMaskedLM, ScBertForSequenceClassification
 from .arguments import parse_finetune_command, parse_pretrain_command
 from .data import check_labels, encode, encode_options, finetuning_datasets
+from .labels import CLASS_CHANGES, reconcile_classes
 from .metrics import compute_classification_metrics, evaluate_classifier
 from .model_setup import (
     FINETUNING_PRESET_CHOICES,
+    ScBertStartingClasses,
     apply_finetuning_preset,
     auto_finetuning_preset,
     build_model,
     builds_new_model,
+    checkpoint_classes,
+    extend_classifier_head,
+    new_classifier_head,
     parse_config_overrides,
     resolve_tokenizer,
+    starting_classes,
 )
 from .run_card import ScBertModelCardCallback, add_evaluation_facts, run_card_facts
 from .trainer import (
@@ -143,19 +149,22 @@ def _check_finetune_options(
     class_weighting: str | None,
     early_stopping_patience: int | None,
     card_facts: dict[str, Any] | None,
+    class_change: str = "refuse",
 ) -> None:
     """The checks of :func:`finetune`'s options that need no cell: they run before anything is encoded.
 
     Raises
     ------
     ValueError
-        For an unknown ``class_weighting`` or ``preset``, an AnnData without ``label_key``, early stopping without
+        For an unknown ``class_weighting``, ``preset`` or ``class_change``, an AnnData without ``label_key``, early stopping without
         evaluation cells or without ``load_best_model_at_end``, and ``push_to_hub`` without a license.
     """
     if class_weighting not in (None, *CLASS_WEIGHTINGS):
         raise ValueError(f"class_weighting must be one of {CLASS_WEIGHTINGS}; got {class_weighting!r}.")
     if preset not in FINETUNING_PRESET_CHOICES:
         raise ValueError(f"preset must be one of {FINETUNING_PRESET_CHOICES}; got {preset!r}.")
+    if class_change not in CLASS_CHANGES:
+        raise ValueError(f"class_change must be one of {CLASS_CHANGES}; got {class_change!r}.")
     if isinstance(train_data, AnnData) and label_key is None:
         raise ValueError(
             f"label_key= is needed to fine-tune on an AnnData: the .obs column holding the cell types (columns: "
@@ -180,12 +189,19 @@ def _classifier(
     *,
     tokenizer: ScBertTokenizer,
     label_names: list[str],
+    head: str,
     config_overrides: dict[str, Any],
     preset: str,
     warmup_steps: float,
 ) -> tuple[ScBertForSequenceClassification, str]:
     """The model a fine-tuning run trains, built from ``start`` (``finetune``'s ``model``) with the run's classes,
     and its preset (``"auto"`` resolved), applied; warns when a new model trains without warmup.
+
+    ``head`` says what happens to the starting model's head (:func:`~modeling_scbert.training.labels.
+    reconcile_classes`): ``"new"`` / ``"keep"`` build the model over ``label_names`` (a kept head loads as saved),
+    ``"new_head"`` replaces it by a new one, ``"extend"`` appends the outputs of the classes after the model's own.
+    A folder or Hub id is loaded with its saved weights checked (:func:`~modeling_scbert.loading.load_checked_model`);
+    only a new head over a pretrained encoder may lack the ``classifier`` tensors.
 
     Returns
     -------
@@ -197,17 +213,35 @@ def _classifier(
         As :func:`build_model` and :func:`apply_finetuning_preset` raise it, and for a model object with another
         number of classes.
     """
+    start_names = None
+    if head == "extend":  # the model is built with its own classes, then extended
+        start_config = start.config if isinstance(start, ScBertForSequenceClassification) else None
+        start_config = start_config or ScBertConfig.from_pretrained(start)
+        start_names = [start_config.id2label[i] for i in range(len(start_config.id2label))]
+    build_names = start_names or label_names
     model = build_model(
         ScBertForSequenceClassification,
         start,
         tokenizer=tokenizer,
         config_overrides=config_overrides,
         label_kwargs={
-            "id2label": dict(enumerate(label_names)),
-            "label2id": {name: i for i, name in enumerate(label_names)},
+            "id2label": dict(enumerate(build_names)),
+            "label2id": {name: i for i, name in enumerate(build_names)},
             "problem_type": "single_label_classification",
         },
+        may_lack=("classifier.",) if head in ("new", "new_head") else (),
     )
+    if head == "new_head":
+        new_classifier_head(model, label_names)
+    elif head == "extend":
+        extend_classifier_head(model, label_names[len(start_names) :])
+    elif (
+        head == "new"
+        and isinstance(start, ScBertForSequenceClassification)
+        and model.config.num_labels == len(label_names)
+    ):
+        model.config.id2label = dict(enumerate(label_names))  # a model object without real classes gets the run's
+        model.config.label2id = {name: i for i, name in enumerate(label_names)}
     if model.config.num_labels != len(label_names):
         raise ValueError(f"The model has {model.config.num_labels} classes but the data has {len(label_names)}.")
     if preset == "auto":
@@ -219,6 +253,24 @@ def _classifier(
             "TrainingArguments(warmup_steps=0.1), the `scbert finetune` default."
         )
     return model, preset
+
+
+def _dataset_classes(train_data: Any) -> list[str] | None:
+    """The class names of a dataset of training cells (its ``label`` column), known without encoding anything."""
+    features = getattr(train_data, "features", None)
+    if features is None or LABEL not in features or not hasattr(features[LABEL], "names"):
+        return None
+    return list(features[LABEL].names)
+
+
+def _class_change_fact(head: str, start: ScBertStartingClasses | None, label_names: list[str]) -> str | None:
+    """What the model card says about the starting model's classes when they were replaced or extended."""
+    if start is None or head not in ("new_head", "extend"):
+        return None
+    if head == "new_head":
+        return f"replaced by a new head (class_change='new_head'); the starting model's were {', '.join(start.names)}"
+    added = label_names[len(start.names) :]
+    return f"kept, with {', '.join(added) or 'no class'} appended (class_change='extend')"
 
 
 def _class_weighted_loss(
@@ -400,6 +452,7 @@ def finetune(
     drop_unseen_labels: bool = False,
     drop_missing_labels: bool = False,
     merge_label_variants: bool = False,
+    class_change: Literal["refuse", "new_head", "extend"] = "refuse",
     **read_options: Any,
 ) -> Trainer:
     """Fine-tune a cell-type classifier with the stock ``Trainer``.
@@ -471,6 +524,13 @@ def finetune(
     merge_label_variants
         Merge labels that differ only by whitespace or case (``'T cell'``, ``'T cell '``, ``'t cell'``) into the
         most frequent spelling (logged at WARNING) instead of refusing them with the groups listed.
+    class_change
+        When ``model`` is a classifier with classes (``id2label``) other than the data's, before anything is
+        encoded: ``"refuse"`` (the default) names both lists; ``"new_head"`` starts a new head over the data's
+        classes (logged at WARNING and recorded in the model card); ``"extend"`` keeps the model's classes in their
+        order, with their rows of the final layer, and appends the data's new ones. With the same classes the
+        model's order is always kept (the labels are mapped through its ``label2id``). A checkpoint to resume from
+        must have the run's classes.
     **read_options
         How to read the cells, by name: every field of :class:`~tokenization.reading.ScBertReadingArguments`
         (``layer``, ``gene_key``, ``input_kind``, ``synonyms``, ``min_gene_overlap``, ...); the same options as
@@ -505,6 +565,7 @@ def finetune(
         class_weighting=class_weighting,
         early_stopping_patience=early_stopping_patience,
         card_facts=card_facts,
+        class_change=class_change,
     )
     encode_kwargs = encode_options(encode_kwargs, read_options, caller="finetune")
     overrides = parse_config_overrides(config_overrides)
@@ -515,7 +576,34 @@ def finetune(
     label_names, unseen = check_labels(
         train_data, eval_data, label_key=label_key, drop=drop_unseen_labels, label_rule=label_rule
     )
+    # The classes of the model the run starts from (a checkpoint's, a folder's, an object's) are kept, or refused.
+    run_classes = label_names if label_names is not None else _dataset_classes(train_data)
+    start, head = starting_classes(model), "new"
+    if run_classes is not None:
+        label_names, head = reconcile_classes(
+            run_classes,
+            start=start,
+            checkpoint=checkpoint_classes(resume),
+            class_change=class_change,
+        )
     tokenizer = resolve_tokenizer(tokenizer, model, train_data)
+
+    # The model, built (and its saved weights checked) before any cell is encoded when the classes are known.
+    def build_classifier() -> tuple[ScBertForSequenceClassification, str]:
+        set_seed(training_args.seed)  # the new weights (a new head at least) are drawn from the run's seed
+        return _classifier(
+            model,
+            tokenizer=tokenizer,
+            label_names=label_names,
+            head=head,
+            config_overrides=overrides,
+            preset=preset,
+            warmup_steps=training_args.warmup_steps,
+        )
+
+    classifier = applied_preset = None
+    if label_names is not None:
+        classifier, applied_preset = build_classifier()
     train_dataset, eval_dataset, label_names = finetuning_datasets(
         train_data,
         eval_data,
@@ -530,20 +618,19 @@ def finetune(
         label_rule=label_rule,
     )
     train_labels = np.asarray(train_dataset[LABEL])
+    if classifier is None:  # a dataset whose classes were known only once it was read
+        classifier, applied_preset = build_classifier()
 
-    # The model, its card's facts, the Trainer; then train.
-    set_seed(training_args.seed)  # the new weights (a new head at least) are drawn from the run's seed
-    classifier, applied_preset = _classifier(
-        model,
-        tokenizer=tokenizer,
-        label_names=label_names,
-        config_overrides=overrides,
-        preset=preset,
-        warmup_steps=training_args.warmup_steps,
-    )
+    # The card's facts, the Trainer; then train.
     num_eval_cells = None if eval_dataset is None else len(eval_dataset)
     facts = run_card_facts(
-        card_facts, train_labels, label_names, num_eval_cells=num_eval_cells, model=classifier, preset=applied_preset
+        card_facts,
+        train_labels,
+        label_names,
+        num_eval_cells=num_eval_cells,
+        model=classifier,
+        preset=applied_preset,
+        class_change=_class_change_fact(head, start, label_names),
     )
     trainer = _classification_trainer(
         classifier,
