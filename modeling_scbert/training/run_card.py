@@ -88,7 +88,11 @@ def run_card_facts(
 
 
 def add_evaluation_facts(
-    facts: dict[str, Any], report: dict[str, Any], majority: dict[str, Any], label_names: Sequence[str]
+    facts: dict[str, Any],
+    report: dict[str, Any],
+    majority: dict[str, Any],
+    label_names: Sequence[str],
+    missed: Sequence[dict[str, Any]] = (),
 ) -> dict[str, Any]:
     """A run's card facts with what its final evaluation found: the per-class rows (with accuracy and macro-F1) and
     the majority-class floor, added to ``facts["evaluation"]``.
@@ -104,12 +108,17 @@ def add_evaluation_facts(
         cells (the card warns when the model does not beat it).
     label_names
         The class names, in class-id order.
+    missed
+        The classes the model never predicts or predicts with F1 near 0
+        (:func:`~modeling_scbert.training.metrics.missed_classes`): the card names them in a warning.
 
     Returns
     -------
     A new dict of facts; its ``evaluation`` keeps the facts already there but those the report gives again.
     """
     evaluation = {**(facts.get("evaluation") or {}), "majority_class": majority}
+    if missed:
+        evaluation["missed_classes"] = [dict(row) for row in missed]
     evaluation.update(report_to_evaluation(report, list(label_names)))
     return {**facts, "evaluation": evaluation}
 

@@ -284,9 +284,44 @@ def _class_weighted_loss(
     return ScBertWeightedLoss(weights)
 
 
+# The metrics an evaluation of finetune reports (compute_classification_metrics, and the Trainer's loss).
+FINETUNING_METRICS = ("accuracy", "macro_f1", "weighted_f1", "loss")
+
+
+def _finetuning_arguments(training_args: TrainingArguments, *, has_evaluation: bool) -> TrainingArguments:
+    """The Trainer's copy of a fine-tuning run's arguments, built (and so checked) before any cell is encoded.
+
+    TrainingArguments picks "loss" by itself when ``load_best_model_at_end`` is set without a metric; for annotation
+    the model to keep is the best by macro-F1, which weighs rare cell types as much as common ones.
+
+    Raises
+    ------
+    ValueError
+        For an ``eval_strategy`` without evaluation cells, and a ``metric_for_best_model`` that no evaluation
+        reports; what ``TrainingArguments`` refuses in the copy.
+    """
+    if training_args.eval_strategy != "no" and not has_evaluation:
+        raise ValueError(
+            f"eval_strategy={str(training_args.eval_strategy.value)!r} evaluates during training, but there are no "
+            "evaluation cells: pass eval_data= (held-out labelled cells) or eval_fraction= (a fraction of the training "
+            "cells held out; --validation_file / --validation_fraction on the command line), or set "
+            "eval_strategy='no'."
+        )
+    best_by = {}
+    metric = training_args.metric_for_best_model
+    if has_evaluation and metric in (None, "loss", "eval_loss"):
+        best_by = {"metric_for_best_model": "macro_f1", "greater_is_better": True}
+    elif has_evaluation and metric is not None and metric.removeprefix("eval_") not in FINETUNING_METRICS:
+        raise ValueError(
+            f"metric_for_best_model={metric!r} is not a metric that fine-tuning reports; choose one of "
+            f"{list(FINETUNING_METRICS)}."
+        )
+    return _trainer_arguments(training_args, **best_by)
+
+
 def _classification_trainer(
     model: ScBertForSequenceClassification,
-    training_args: TrainingArguments,
+    trainer_args: TrainingArguments,
     *,
     tokenizer: ScBertTokenizer,
     train_dataset: Any,
@@ -296,13 +331,9 @@ def _classification_trainer(
     callbacks: Sequence[TrainerCallback],
     facts: dict[str, Any],
 ) -> ScBertTrainer:
-    """The Trainer of a fine-tuning run: a copy of the arguments that keeps the best model by macro-F1, the callbacks
-    (feature redraw, the caller's, early stopping, the card's when ``facts`` has a license), the loss."""
-    # TrainingArguments picks "loss" by itself when load_best_model_at_end is set without a metric; for annotation
-    # the model to keep is the best by macro-F1, which weighs rare cell types as much as common ones.
-    best_by = {}
-    if eval_dataset is not None and training_args.metric_for_best_model in (None, "loss", "eval_loss"):
-        best_by = {"metric_for_best_model": "macro_f1", "greater_is_better": True}
+    """The Trainer of a fine-tuning run: its arguments (:func:`_finetuning_arguments`, built before anything was
+    encoded), the callbacks (feature redraw, the caller's, early stopping, the card's when ``facts`` has a license),
+    the loss."""
     trainer_callbacks = [ScBertFeatureRedrawCallback(), *callbacks]
     if early_stopping_patience:
         trainer_callbacks.append(EarlyStoppingCallback(early_stopping_patience=early_stopping_patience))
@@ -310,7 +341,7 @@ def _classification_trainer(
         trainer_callbacks.append(ScBertModelCardCallback(tokenizer=tokenizer, facts=facts))
     return ScBertTrainer(  # the stock Trainer; its card is ours
         model=model,
-        args=_trainer_arguments(training_args, **best_by),
+        args=trainer_args,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         data_collator=DataCollatorForCellClassification(num_genes=tokenizer.num_genes),
@@ -567,6 +598,7 @@ def finetune(
         card_facts=card_facts,
         class_change=class_change,
     )
+    trainer_args = _finetuning_arguments(training_args, has_evaluation=eval_data is not None or bool(eval_fraction))
     encode_kwargs = encode_options(encode_kwargs, read_options, caller="finetune")
     overrides = parse_config_overrides(config_overrides)
     resume = _resume_point(training_args, resume_from_checkpoint)
@@ -634,7 +666,7 @@ def finetune(
     )
     trainer = _classification_trainer(
         classifier,
-        training_args,
+        trainer_args,
         tokenizer=tokenizer,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
@@ -649,7 +681,7 @@ def finetune(
     metrics = None
     if eval_dataset is not None:
         evaluation = evaluate_classifier(trainer, eval_dataset, train_labels=train_labels, label_names=label_names)
-        facts = add_evaluation_facts(facts, evaluation.report, evaluation.majority, label_names)
+        facts = add_evaluation_facts(facts, evaluation.report, evaluation.majority, label_names, evaluation.missed)
         metrics = evaluation.metrics
     _save_classifier(trainer, tokenizer, facts=facts, metrics=metrics)
     return trainer
