@@ -490,13 +490,15 @@ def finetune(
 
     The classes are the labels present in the training cells, in natural order (see :mod:`modeling_scbert.training.labels`:
     categories no training cell has are dropped with a WARNING; cells without a label are refused; evaluation cells
-    of types absent from the training cells are refused unless ``drop_unseen_labels``). They are stored in the saved
-    config (``id2label`` / ``label2id``). With evaluation data, every
+    of types absent from the training cells are refused unless ``drop_unseen_labels``). When ``model`` is a
+    classifier with the same classes, its order is kept; with other classes, see ``class_change``. They are stored
+    in the saved config (``id2label`` / ``label2id``). With evaluation data, every
     evaluation reports accuracy, macro-F1 and weighted F1; at the end the per-class report (precision, recall, F1,
     support) is logged and written to ``output_dir/classification_report.json``. When
     ``training_args.metric_for_best_model`` is unset or ``"loss"`` (what ``TrainingArguments`` fills in by itself
     for ``load_best_model_at_end``), it becomes ``"macro_f1"``, so with ``load_best_model_at_end=True`` the model
-    kept is the best by macro-F1.
+    kept is the best by macro-F1. Classes of the evaluation cells that the model never predicts, or predicts with
+    F1 near 0, are named in a WARNING and in the model card.
 
     Parameters
     ----------
@@ -507,8 +509,9 @@ def finetune(
         Any ``TrainingArguments``; ``output_dir`` receives checkpoints and the final model with its tokenizer. Never
         changed: the Trainer gets a copy (``trainer.args``).
     model
-        A pretrained folder or Hub id (masked-expression or fine-tuned; a new head is initialised where the shapes
-        differ), a :class:`ScBertConfig`, a model, or ``None`` for a new model over the tokenizer's panel.
+        A pretrained folder or Hub id (masked-expression: a new head; fine-tuned: its classes are kept, or see
+        ``class_change``), a :class:`ScBertConfig`, a model, or ``None`` for a new model over the tokenizer's panel.
+        A folder's saved weights are checked as they load (missing, mistyped or non-finite tensors are refused).
     tokenizer
         The panel; by default the model folder's tokenizer, else a new panel over ``train_data``'s genes.
     label_key
@@ -577,10 +580,15 @@ def finetune(
     TypeError
         For a keyword that is not an option.
     ValueError
-        Before training starts: for a missing label column, cells without a label, evaluation cells of types
-        absent from the training cells (without ``drop_unseen_labels``), cells that cannot be read, bad options
-        (those that need no cell, such as ``early_stopping_patience`` without evaluation cells or ``push_to_hub``
-        without a license, before anything is encoded).
+        Before training starts: for a missing label column, cells without a label (without
+        ``drop_missing_labels``), labels that differ only by whitespace or case (without ``merge_label_variants``),
+        evaluation cells of types absent from the training cells (without ``drop_unseen_labels``), classes that
+        differ from the starting model's (without ``class_change``) or from the checkpoint's, cells that cannot be
+        read, bad options (those that need no cell, such as ``early_stopping_patience`` or an ``eval_strategy``
+        without evaluation cells, an unknown ``metric_for_best_model`` or ``push_to_hub`` without a license, before
+        anything is encoded).
+    tokenization.saved_weights.DamagedWeightsError
+        For a starting folder with missing, mistyped or non-finite saved tensors, before anything is encoded.
     FileNotFoundError
         For ``resume_from_checkpoint=True`` when ``output_dir`` holds no checkpoint, or a tokenizer or model folder
         that holds none, before anything is encoded.
