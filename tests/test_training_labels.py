@@ -175,7 +175,7 @@ def test_near_duplicate_labels_are_refused_with_the_group_or_merged_on_request(t
 @pytest.mark.parametrize("placeholder", ["nan", "None", "", " NA ", "<NA>", None, np.nan])
 def test_missing_labels_in_every_spelling_are_refused_or_their_cells_left_out(tmp_path, placeholder):
     from tokenization import ScBertTokenizer
-    from tokenization.data import to_dataset
+    from tokenization.data import to_dataset, to_iterable_dataset
 
     labels = ["B", "T"] * 6
     labels[3] = labels[8] = placeholder
@@ -194,6 +194,11 @@ def test_missing_labels_in_every_spelling_are_refused_or_their_cells_left_out(tm
     )
     assert len(dataset) == 10 and "c3" not in dataset["cell_id"] and "c8" not in dataset["cell_id"]
     assert dataset.features["label"].names == ["B", "T"]
+    streamed = list(
+        to_iterable_dataset(adata, tokenizer=tokenizer, label_key="cell_type", drop_missing_labels=True, batch_size=5)
+    )
+    assert [row["cell_id"] for row in streamed] == dataset["cell_id"]
+    assert [row["label"] for row in streamed] == dataset["label"]
 
 
 def test_finetune_and_the_command_line_leave_cells_without_a_label_out_of_both_datasets(tmp_path):
