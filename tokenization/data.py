@@ -192,9 +192,8 @@ def to_dataset(
         When ``output_dir`` exists and is not an empty folder.
     ValueError
         For a ``label_key`` that is not an ``.obs`` column, missing labels, spellings of one label, labels not in
-        ``label_names``, and
-        whatever :meth:`ScBertTokenizer.__call__` refuses (too few panel genes, values that are not counts or
-        (log-)normalised values, ...).
+        ``label_names``, and whatever :meth:`ScBertTokenizer.__call__` refuses (too few panel genes, values that are
+        not counts or (log-)normalised values, ...).
     TypeError
         For reading options that do not fit the input, as :meth:`ScBertTokenizer.__call__` says, an unknown keyword,
         and ``reading`` together with reading options by name.
