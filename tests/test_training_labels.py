@@ -172,6 +172,23 @@ def test_near_duplicate_labels_are_refused_with_the_group_or_merged_on_request(t
     assert adata.obs.equals(obs_before)
 
 
+def test_merged_evaluation_spellings_map_onto_the_training_classes(tmp_path):
+    train = _near_duplicates()  # 'T cell' is the most frequent spelling here
+    evaluation = cells(["B cell", "t cell", "T cell ", "NK cell", "t cell", "B cell"], seed=1)  # 't cell' there
+    run = {"label_key": "cell_type", "preset": "full", "config_overrides": TINY, "merge_label_variants": True}
+    run["encode_kwargs"] = {"cache_dir": str(tmp_path / "cache")}
+    trainer = finetune(train, training_args=arguments(tmp_path), eval_data=evaluation, **run)
+    assert trainer.eval_dataset.features["label"].names == ["B cell", "NK cell", "T cell"]
+    assert [trainer.eval_dataset.features["label"].int2str(i) for i in trainer.eval_dataset["label"]] == [
+        "B cell",
+        "T cell",
+        "T cell",
+        "NK cell",
+        "T cell",
+        "B cell",
+    ]
+
+
 @pytest.mark.parametrize("placeholder", ["nan", "None", "", " NA ", "<NA>", None, np.nan])
 def test_missing_labels_in_every_spelling_are_refused_or_their_cells_left_out(tmp_path, placeholder):
     from tokenization import ScBertTokenizer

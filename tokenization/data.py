@@ -30,7 +30,7 @@ from anndata import AnnData
 
 from .atomic_files import atomic_path
 from .encoding import encode_chunks, plan_encoding
-from .label_rules import read_cell_labels
+from .label_rules import read_cell_labels, variant_key
 from .reading import ScBertReadingArguments, takes_reading_options
 from .tokenization_scbert import ENCODING_CHUNK_CELLS, ScBertTokenizer
 
@@ -96,13 +96,17 @@ def cell_labels(
     # By default the classes are the labels some kept cell has, in natural order (an unused category is no class).
     label_names = read.class_names if label_names is None else [str(n) for n in label_names]
     index = {name: i for i, name in enumerate(label_names)}
-    unknown = sorted(set(read.labels) - set(index))
+    labels = read.labels
+    if merge_label_variants:  # a merged spelling of a given class is that class (e.g. the training cells' spelling)
+        spelling = {variant_key(name): name for name in label_names}
+        labels = np.array([spelling.get(variant_key(s), s) for s in labels], dtype=object)
+    unknown = sorted(set(labels) - set(index))
     if unknown:
         raise ValueError(
             f"adata.obs[{label_key!r}] has labels not in label_names: {unknown[:10]}; add them to label_names."
         )
     ids = np.full(adata.n_obs, -1, dtype=np.int64)
-    ids[read.keep] = [index[s] for s in read.labels]
+    ids[read.keep] = [index[s] for s in labels]
     return label_names, ids
 
 

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from tokenization.label_rules import MISSING_LABEL_TEXTS, CellLabels, read_cell_labels
+from tokenization.label_rules import MISSING_LABEL_TEXTS, CellLabels, read_cell_labels, variant_key
 
 from .model_setup import ScBertStartingClasses
 
@@ -191,6 +191,9 @@ def unseen_labels(
         merge_label_variants=merge_label_variants,
     )
     values = pd.Series(read.labels, dtype=object)
+    if merge_label_variants:  # a merged spelling of a training class is that class
+        spelling = {variant_key(name): name for name in class_names}
+        values = values.map(lambda label: spelling.get(variant_key(label), label))
     counts = values[~values.isin(list(class_names))].value_counts()
     if counts.empty:
         return []
