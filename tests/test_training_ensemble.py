@@ -173,3 +173,26 @@ def test_processes_split_the_cores_and_never_exceed_the_members(monkeypatch):
     assert ensemble_processes(None, 3) == (1, 8)
     with pytest.raises(ValueError, match="at least 1"):
         ensemble_processes(0, 3)
+
+
+def test_members_read_the_labels_by_the_one_rule_and_its_options(tmp_path):
+    cells = make_cells()
+    labels = cells.obs["cell_type"].astype(str).to_numpy()
+    labels[0], labels[3], labels[1] = "b", "nan", "T "  # a case variant, a missing label, a trailing space
+    cells.obs["cell_type"] = labels
+    run = {"label_key": "cell_type", "preset": "full", "config_overrides": TINY, "processes": 1}
+    run["encode_kwargs"] = {"cache_dir": str(tmp_path / "cache")}
+    with pytest.raises(RuntimeError, match="no label") as error:
+        finetune_ensemble(cells, seeds=[0], output_dir=tmp_path / "refused", training_args=template(tmp_path), **run)
+    assert "drop_missing_labels=True" in str(error.value)
+    folders = finetune_ensemble(
+        cells,
+        seeds=[0],
+        output_dir=tmp_path / "ensemble",
+        training_args=template(tmp_path),
+        drop_missing_labels=True,
+        merge_label_variants=True,
+        **run,
+    )
+    member = ScBertForSequenceClassification.from_pretrained(folders[0])
+    assert member.config.id2label == {0: "B", 1: "NK", 2: "T"}

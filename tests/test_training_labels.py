@@ -141,3 +141,110 @@ def test_to_dataset_by_default_leaves_unused_categories_out_of_the_class_list(tm
     )
     assert dataset.features["label"].names == ["T", "B"]
     assert dataset["label"] == [0, 1, 0]
+
+
+# --- One label rule everywhere (issue 21, kind 2; case 22) -----------------------------------------------------------
+
+
+def _near_duplicates() -> ad.AnnData:
+    """Case 22: one type spelled 'T cell', 'T cell ' (a second annotator's spreadsheet) and 't cell'."""
+    labels = ["B cell", "T cell", "NK cell"] * 8
+    labels[1], labels[4], labels[7] = "T cell ", "T cell ", "t cell"
+    return cells(labels)
+
+
+def test_near_duplicate_labels_are_refused_with_the_group_or_merged_on_request(tmp_path, caplog):
+    adata = _near_duplicates()
+    obs_before = adata.obs.copy()
+    run = {"label_key": "cell_type", "preset": "full", "config_overrides": TINY}
+    run["encode_kwargs"] = {"cache_dir": str(tmp_path / "cache")}
+    with pytest.raises(ValueError, match="differ only by whitespace or case") as error:
+        finetune(adata, training_args=arguments(tmp_path), **run)
+    message = str(error.value)
+    assert "'T cell' (5 cells)" in message and "'T cell ' (2 cells)" in message and "'t cell' (1 cells)" in message
+    assert "merge_label_variants=True" in message and "--merge_label_variants" in message
+    assert not (tmp_path / "model").exists()
+    with caplog.at_level(logging.WARNING, logger="tokenization.label_rules"):
+        trainer = finetune(adata, training_args=arguments(tmp_path), merge_label_variants=True, **run)
+    assert trainer.model.config.id2label == {0: "B cell", 1: "NK cell", 2: "T cell"}
+    assert np.bincount(trainer.train_dataset["label"]).tolist() == [8, 8, 8]
+    assert "Merging spellings" in caplog.text
+    assert adata.obs.equals(obs_before)
+
+
+def test_merged_evaluation_spellings_map_onto_the_training_classes(tmp_path):
+    train = _near_duplicates()  # 'T cell' is the most frequent spelling here
+    evaluation = cells(["B cell", "t cell", "T cell ", "NK cell", "t cell", "B cell"], seed=1)  # 't cell' there
+    run = {"label_key": "cell_type", "preset": "full", "config_overrides": TINY, "merge_label_variants": True}
+    run["encode_kwargs"] = {"cache_dir": str(tmp_path / "cache")}
+    trainer = finetune(train, training_args=arguments(tmp_path), eval_data=evaluation, **run)
+    assert trainer.eval_dataset.features["label"].names == ["B cell", "NK cell", "T cell"]
+    assert [trainer.eval_dataset.features["label"].int2str(i) for i in trainer.eval_dataset["label"]] == [
+        "B cell",
+        "T cell",
+        "T cell",
+        "NK cell",
+        "T cell",
+        "B cell",
+    ]
+
+
+@pytest.mark.parametrize("placeholder", ["nan", "None", "", " NA ", "<NA>", None, np.nan])
+def test_missing_labels_in_every_spelling_are_refused_or_their_cells_left_out(tmp_path, placeholder):
+    from tokenization import ScBertTokenizer
+    from tokenization.data import to_dataset, to_iterable_dataset
+
+    labels = ["B", "T"] * 6
+    labels[3] = labels[8] = placeholder
+    adata = cells(labels)
+    if placeholder is not None and placeholder is not np.nan:
+        adata.obs["cell_type"] = adata.obs["cell_type"].astype(str)
+    with pytest.raises(ValueError, match="2 of 12 cells"):
+        class_names_from_labels(adata, label_key="cell_type", what="the training data")
+    with pytest.raises(ValueError, match="drop_missing_labels=True"):
+        to_dataset(adata, tokenizer=ScBertTokenizer(list(adata.var_names)), label_key="cell_type", cache_dir=tmp_path)
+    tokenizer = ScBertTokenizer(list(adata.var_names))
+    names = class_names_from_labels(adata, label_key="cell_type", what="x", drop_missing_labels=True)
+    assert names == ["B", "T"]
+    dataset = to_dataset(
+        adata, tokenizer=tokenizer, label_key="cell_type", cache_dir=tmp_path, drop_missing_labels=True
+    )
+    assert len(dataset) == 10 and "c3" not in dataset["cell_id"] and "c8" not in dataset["cell_id"]
+    assert dataset.features["label"].names == ["B", "T"]
+    streamed = list(
+        to_iterable_dataset(adata, tokenizer=tokenizer, label_key="cell_type", drop_missing_labels=True, batch_size=5)
+    )
+    assert [row["cell_id"] for row in streamed] == dataset["cell_id"]
+    assert [row["label"] for row in streamed] == dataset["label"]
+
+
+def test_finetune_and_the_command_line_leave_cells_without_a_label_out_of_both_datasets(tmp_path):
+    train = cells(["B", "T", "NK"] * 8)
+    train.obs["cell_type"] = train.obs["cell_type"].astype(str)
+    train.obs.iloc[[0, 5], 0] = "nan"
+    evaluation = cells(["B", "T", "None", "NK"] * 2, seed=1)
+    run = {"label_key": "cell_type", "preset": "full", "config_overrides": TINY}
+    run["encode_kwargs"] = {"cache_dir": str(tmp_path / "cache")}
+    with pytest.raises(ValueError, match="2 of 24 cells have no label"):
+        finetune(train, training_args=arguments(tmp_path), eval_data=evaluation, **run)
+    trainer = finetune(
+        train,
+        training_args=arguments(tmp_path, eval_strategy="epoch"),
+        eval_data=evaluation,
+        drop_missing_labels=True,
+        **run,
+    )
+    assert len(trainer.train_dataset) == 22 and len(trainer.eval_dataset) == 6
+    assert trainer.model.config.id2label == {0: "B", 1: "NK", 2: "T"}
+    train_file, eval_file = tmp_path / "train.h5ad", tmp_path / "eval.h5ad"
+    train.write_h5ad(train_file)
+    evaluation.write_h5ad(eval_file)
+    overrides = ",".join(f"{k}={json.dumps(v).replace(' ', '')}" for k, v in TINY.items())
+    argv = ["finetune", "--train-file", str(train_file), "--validation-file", str(eval_file), "--label-key"]
+    argv += ["cell_type", "--output-dir", str(tmp_path / "out"), "--use-cpu", "--report-to", "none"]
+    argv += ["--num-train-epochs", "1", "--config-overrides", overrides, "--preset", "full"]
+    argv += ["--dataset-cache-dir", str(tmp_path / "cache")]
+    assert cli_main(argv) == 2
+    assert cli_main([*argv, "--drop-missing-labels"]) == 0
+    report = json.loads((tmp_path / "out" / "classification_report.json").read_text())
+    assert report["macro avg"]["support"] == 6

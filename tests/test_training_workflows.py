@@ -400,3 +400,54 @@ def test_pretrain_and_finetune_never_change_the_callers_training_arguments(tmp_p
         assert used.output_dir == given.output_dir and used.seed == given.seed, name
     assert trainers["finetune"].args.metric_for_best_model == "macro_f1"
     assert trainers["finetune"].args.greater_is_better is True
+
+
+def test_evaluation_options_that_cannot_work_are_refused_before_any_cell_is_encoded(tmp_path, cells, monkeypatch):
+    def encoding(*args, **kwargs):
+        raise AssertionError("cells were encoded before the options were checked")
+
+    monkeypatch.setattr("modeling_scbert.training.data.to_dataset", encoding)
+    run = {"label_key": "cell_type", "config_overrides": TINY}
+    with pytest.raises(ValueError, match="eval_strategy='epoch'") as error:
+        finetune(cells, training_args=args(tmp_path, eval_strategy="epoch"), **run)
+    assert "eval_data=" in str(error.value) and "eval_fraction=" in str(error.value)
+    assert "--validation_fraction" in str(error.value)
+    best = {"eval_strategy": "epoch", "save_strategy": "epoch", "load_best_model_at_end": True}
+    with pytest.raises(ValueError, match="metric_for_best_model='f1' is not a metric"):
+        finetune(cells, training_args=args(tmp_path, metric_for_best_model="f1", **best), eval_fraction=0.25, **run)
+
+
+def test_missed_classes_never_predicted_or_with_f1_near_0():
+    from modeling_scbert.training.metrics import missed_classes
+
+    labels = np.array([0] * 10 + [1] * 100 + [2] * 20)
+    predictions = np.array([0] * 10 + [1] + [0] * 99 + [0] * 20)  # 'T' right once in 100; 'NK' never predicted
+    missed = missed_classes(labels, predictions, label_names=["B", "T", "NK"])
+    assert [row["label"] for row in missed] == ["T", "NK"]
+    assert missed[0]["predicted"] == 1 and missed[0]["f1"] == pytest.approx(2 / 101)
+    assert missed[1] == {"label": "NK", "cells": 20, "predicted": 0, "f1": 0.0}
+    assert missed_classes(labels, labels, label_names=["B", "T", "NK"]) == []
+    # a class the evaluation cells lack is not missed, even when never predicted
+    assert missed_classes(np.array([0, 1]), np.array([0, 1]), label_names=["B", "T", "NK"]) == []
+
+
+def test_classes_the_model_never_predicts_are_named_in_the_log_and_the_card(tmp_path, cells, caplog):
+    config = ScBertConfig(num_genes=12, **TINY, id2label=dict(enumerate(CELL_TYPES)))
+    model = ScBertForSequenceClassification(config)
+    with torch.no_grad():
+        model.classifier.out_proj.bias[0] = 100.0  # always "B"; at learning rate 0 it stays so
+    with caplog.at_level("WARNING", logger="modeling_scbert.training"):
+        finetune(
+            cells,
+            model=model,
+            training_args=args(tmp_path, "blind", max_steps=1, learning_rate=0.0),
+            label_key="cell_type",
+            eval_fraction=0.25,
+            card_facts={"license": "apache-2.0"},
+            encode_kwargs=_encode(tmp_path),
+        )
+    warning = next(record.message for record in caplog.records if "never predicts" in record.message)
+    assert "never predicts 'T' (4 cells), 'NK' (4 cells)" in warning and "these 2 classes" in warning
+    card = (tmp_path / "blind" / "README.md").read_text()
+    assert "**Warning: this model has not learned 2 of the cell types its evaluation cells have:**" in card
+    assert "T (4 cells, never predicted), NK (4 cells, never predicted)" in card

@@ -24,13 +24,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import torch
 from anndata import AnnData
 
 from .atomic_files import atomic_path
 from .encoding import encode_chunks, plan_encoding
+from .label_rules import read_cell_labels, variant_key
 from .reading import ScBertReadingArguments, takes_reading_options
 from .tokenization_scbert import ENCODING_CHUNK_CELLS, ScBertTokenizer
 
@@ -60,15 +60,24 @@ def dataset_features(label_names: Sequence[str] | None):
 
 
 def cell_labels(
-    adata: AnnData, *, label_key: str | None, label_names: Sequence[str] | None
+    adata: AnnData,
+    *,
+    label_key: str | None,
+    label_names: Sequence[str] | None,
+    drop_missing_labels: bool = False,
+    merge_label_variants: bool = False,
 ) -> tuple[list[str] | None, np.ndarray | None]:
-    """Class names and per-cell class ids (int64) for ``.obs[label_key]``; ``(None, None)`` without ``label_key``.
+    """Class names and per-cell class ids (int64) for ``.obs[label_key]``, read by the one label rule
+    (:func:`tokenization.label_rules.read_cell_labels`); ``(None, None)`` without ``label_key``.
+
+    A cell left out by ``drop_missing_labels`` gets the class id ``-1``: the dataset builders skip it.
 
     Raises
     ------
     ValueError
         For ``label_names`` without ``label_key``, a ``label_key`` that is not an ``.obs`` column (listing the
-        columns), missing labels, or labels not in ``label_names``.
+        columns), missing labels (without ``drop_missing_labels``), spellings of one label (without
+        ``merge_label_variants``), or labels not in ``label_names``.
     """
     if label_key is None:
         if label_names is not None:
@@ -78,28 +87,27 @@ def cell_labels(
         raise ValueError(
             f"label_key={label_key!r} is not a column of adata.obs; the columns are {list(adata.obs.columns)}."
         )
-    values = adata.obs[label_key]
-    missing = values.isna()
-    if missing.any():
-        raise ValueError(
-            f"adata.obs[{label_key!r}] has {int(missing.sum()):,} missing labels; drop those cells or fill them "
-            "(e.g. with 'Unknown') before building a labelled dataset."
-        )
-    if label_names is None:
-        if isinstance(values.dtype, pd.CategoricalDtype):
-            # The categories that some cell has, in category order: an unused category is not a class.
-            label_names = [str(c) for c in values.cat.remove_unused_categories().cat.categories]
-        else:
-            label_names = sorted({str(v) for v in values})
-    label_names = [str(n) for n in label_names]
+    read = read_cell_labels(
+        adata.obs[label_key],
+        where=f"adata.obs[{label_key!r}]",
+        drop_missing_labels=drop_missing_labels,
+        merge_label_variants=merge_label_variants,
+    )
+    # By default the classes are the labels some kept cell has, in natural order (an unused category is no class).
+    label_names = read.class_names if label_names is None else [str(n) for n in label_names]
     index = {name: i for i, name in enumerate(label_names)}
-    strings = values.astype(str).to_numpy()
-    unknown = sorted(set(strings) - set(index))
+    labels = read.labels
+    if merge_label_variants:  # a merged spelling of a given class is that class (e.g. the training cells' spelling)
+        spelling = {variant_key(name): name for name in label_names}
+        labels = np.array([spelling.get(variant_key(s), s) for s in labels], dtype=object)
+    unknown = sorted(set(labels) - set(index))
     if unknown:
         raise ValueError(
             f"adata.obs[{label_key!r}] has labels not in label_names: {unknown[:10]}; add them to label_names."
         )
-    return label_names, np.array([index[s] for s in strings], dtype=np.int64)
+    ids = np.full(adata.n_obs, -1, dtype=np.int64)
+    ids[read.keep] = [index[s] for s in labels]
+    return label_names, ids
 
 
 def record_batch(schema: pa.Schema, tokens: Any, cell_ids: np.ndarray, labels: np.ndarray | None) -> pa.RecordBatch:
@@ -132,6 +140,8 @@ def to_dataset(
     tokenizer: ScBertTokenizer,
     label_key: str | None = None,
     label_names: Sequence[str] | None = None,
+    drop_missing_labels: bool = False,
+    merge_label_variants: bool = False,
     output_dir: str | PathLike | None = None,
     cache_dir: str | PathLike | None = None,
     batch_size: int = ENCODING_CHUNK_CELLS,
@@ -156,6 +166,13 @@ def to_dataset(
     label_names
         Class names in id order (e.g. a fine-tuned model's ``id2label``); by default the column's categories that
         some cell has (in category order), or its sorted unique values.
+    drop_missing_labels
+        Leave out the cells without a label (NaN, or a text such as ``'nan'`` / ``'None'`` that ``.astype(str)``
+        makes of one; logged at WARNING with their count) instead of refusing them: they are not in the dataset.
+    merge_label_variants
+        Merge spellings of one label that differ only by whitespace or case (``'T cell'``, ``'T cell '``,
+        ``'t cell'``) into the most frequent one (logged at WARNING) instead of refusing them. The label rule is
+        :mod:`tokenization.label_rules`'.
     output_dir
         Save the dataset here with ``Dataset.save_to_disk`` (reload with ``datasets.load_from_disk``). The cells are
         first written to Arrow files in a hidden folder beside it, removed afterwards; the saved folder is built
@@ -178,9 +195,9 @@ def to_dataset(
     FileExistsError
         When ``output_dir`` exists and is not an empty folder.
     ValueError
-        For a ``label_key`` that is not an ``.obs`` column, missing labels or labels not in ``label_names``, and
-        whatever :meth:`ScBertTokenizer.__call__` refuses (too few panel genes, values that are not counts or
-        (log-)normalised values, ...).
+        For a ``label_key`` that is not an ``.obs`` column, missing labels, spellings of one label, labels not in
+        ``label_names``, and whatever :meth:`ScBertTokenizer.__call__` refuses (too few panel genes, values that are
+        not counts or (log-)normalised values, ...).
     TypeError
         For reading options that do not fit the input, as :meth:`ScBertTokenizer.__call__` says, an unknown keyword,
         and ``reading`` together with reading options by name.
@@ -188,7 +205,13 @@ def to_dataset(
     import datasets
 
     reading = ScBertReadingArguments.from_kwargs(read_options, caller="to_dataset", reading=reading)
-    label_names, labels = cell_labels(adata, label_key=label_key, label_names=label_names)
+    label_names, labels = cell_labels(
+        adata,
+        label_key=label_key,
+        label_names=label_names,
+        drop_missing_labels=drop_missing_labels,
+        merge_label_variants=merge_label_variants,
+    )
     features = dataset_features(label_names)
     chunks = tokenizer.iter_encoded(adata, batch_size=batch_size, progress=progress, reading=reading)
     if output_dir is not None:
@@ -257,8 +280,11 @@ def _write_shards(
                 paths.append(directory / f"shard-{len(paths):05d}.arrow")
                 sink = pa.OSFile(str(paths[-1]), "wb")
                 writer = pa.ipc.new_stream(sink, schema)
-            batch_labels = None if labels is None else labels[start:end]
-            writer.write_batch(record_batch(schema, tokens, cell_ids[start:end], batch_labels))
+            batch_ids, batch_labels = cell_ids[start:end], None if labels is None else labels[start:end]
+            if batch_labels is not None and (batch_labels < 0).any():  # cells without a label, left out
+                kept = batch_labels >= 0
+                tokens, batch_ids, batch_labels = tokens[kept], batch_ids[kept], batch_labels[kept]
+            writer.write_batch(record_batch(schema, tokens, batch_ids, batch_labels))
         if writer is None:  # no cells: still write one empty shard so the dataset has its columns
             paths.append(directory / "shard-00000.arrow")
             sink = pa.OSFile(str(paths[-1]), "wb")
@@ -281,6 +307,8 @@ def _generate_cells(
         ):
             indptr = tokens.indptr
             for i in range(tokens.shape[0]):
+                if labels is not None and labels[start + i] < 0:  # a cell without a label, left out
+                    continue
                 row = {
                     GENE_INDICES: tokens.indices[indptr[i] : indptr[i + 1]],
                     BINS: tokens.data[indptr[i] : indptr[i + 1]],
@@ -298,6 +326,8 @@ def to_iterable_dataset(
     tokenizer: ScBertTokenizer,
     label_key: str | None = None,
     label_names: Sequence[str] | None = None,
+    drop_missing_labels: bool = False,
+    merge_label_variants: bool = False,
     num_shards: int | None = None,
     batch_size: int = ENCODING_CHUNK_CELLS,
     reading: ScBertReadingArguments | None = None,
@@ -316,7 +346,7 @@ def to_iterable_dataset(
         The cells (in memory or backed); never modified.
     tokenizer
         Gives the panel and the binning rule.
-    label_key, label_names
+    label_key, label_names, drop_missing_labels, merge_label_variants
         As for :func:`to_dataset`.
     num_shards
         Contiguous row ranges to split the cells into; one per ``batch_size`` cells by default.
@@ -343,7 +373,13 @@ def to_iterable_dataset(
     reading = ScBertReadingArguments.from_kwargs(read_options, caller="to_iterable_dataset", reading=reading)
     if batch_size < 1:
         raise ValueError(f"batch_size must be a positive number of cells per chunk; got {batch_size}.")
-    label_names, labels = cell_labels(adata, label_key=label_key, label_names=label_names)
+    label_names, labels = cell_labels(
+        adata,
+        label_key=label_key,
+        label_names=label_names,
+        drop_missing_labels=drop_missing_labels,
+        merge_label_variants=merge_label_variants,
+    )
     plan = plan_encoding(adata, tokenizer=tokenizer, reading=reading)
     n_obs = adata.n_obs
     num_shards = max(1, math.ceil(n_obs / batch_size)) if num_shards is None else num_shards

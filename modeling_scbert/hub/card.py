@@ -78,6 +78,7 @@ _FACT_KEYS = {
         "macro_f1",
         "per_class",
         "majority_class",
+        "missed_classes",
     ),
     "provenance": ("source_file", "sha256", "layout"),
 }

@@ -78,8 +78,10 @@ class ScBertCardData(CardData):
     evaluation
         ``{"dataset_name", "dataset_id", "split", "num_cells", "accuracy", "macro_f1",
         "per_class": {label: {"precision", "recall", "f1", "support"}},
-        "majority_class": {"label", "accuracy", "macro_f1"}}``; any key may be missing. ``majority_class`` holds the
-        scores of always predicting the most frequent training label; the card warns when the model is no better.
+        "majority_class": {"label", "accuracy", "macro_f1"}, "missed_classes": [{"label", "cells", "predicted",
+        "f1"}]}``; any key may be missing. ``majority_class`` holds the scores of always predicting the most frequent
+        training label; the card warns when the model is no better. ``missed_classes`` lists the classes of the
+        evaluation cells the model never predicts or predicts with F1 near 0; the card names them in a warning.
     provenance
         For converted published checkpoints: ``{"source_file", "sha256", "layout"}``.
     description

@@ -25,6 +25,7 @@ from transformers import HfArgumentParser, TrainingArguments
 from tokenization.data import to_dataset
 from tokenization.reading import ScBertReadingArguments
 
+from .labels import CLASS_CHANGES
 from .model_setup import FINETUNING_PRESET_CHOICES, resolve_tokenizer
 from .trainer import CLASS_WEIGHTINGS
 
@@ -95,6 +96,22 @@ class ScBertFinetuningArguments:
     drop_unseen_labels: bool = field(
         default=False,
         metadata={"help": "Leave out evaluation cells whose type no training cell has, instead of refusing them."},
+    )
+    drop_missing_labels: bool = field(
+        default=False,
+        metadata={"help": "Leave out cells without a label (NaN, 'nan', 'None', '', ...), instead of refusing them."},
+    )
+    merge_label_variants: bool = field(
+        default=False,
+        metadata={"help": "Merge labels that differ only by whitespace or case into the most frequent spelling."},
+    )
+    class_change: str = field(
+        default="refuse",
+        metadata={
+            "help": "When the starting model's classes differ from the data's: refuse (default), new_head (a new head "
+            "over the data's classes), or extend (keep the model's classes, append the new ones).",
+            "choices": CLASS_CHANGES,
+        },
     )
 
 
@@ -309,6 +326,9 @@ def parse_finetune_command(argv: Sequence[str] | None = None, *, prog: str = "sc
         "config_overrides": model_args.config_overrides,
         "encode_kwargs": _encode_kwargs(data_args, reading),
         "drop_unseen_labels": finetune_args.drop_unseen_labels,
+        "drop_missing_labels": finetune_args.drop_missing_labels,
+        "merge_label_variants": finetune_args.merge_label_variants,
+        "class_change": finetune_args.class_change,
         "card_facts": {
             key: value
             for key, value in {"license": finetune_args.license, "base_model": finetune_args.base_model}.items()

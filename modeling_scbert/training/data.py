@@ -55,6 +55,7 @@ def encode(
     encode_kwargs: dict[str, Any],
     label_key: str | None = None,
     label_names: Sequence[str] | None = None,
+    label_rule: dict[str, bool] | None = None,
 ):
     """AnnData -> ``datasets.Dataset`` (with :func:`tokenization.data.to_dataset`); a dataset or ``None`` passes
     through.
@@ -69,6 +70,8 @@ def encode(
         The keyword arguments of ``to_dataset`` (from :func:`encode_options`).
     label_key, label_names
         The ``.obs`` column of the cell types and the class list, for labelled cells (``to_dataset``'s).
+    label_rule
+        The options of the label rule (``drop_missing_labels``, ``merge_label_variants``), for labelled cells.
 
     Returns
     -------
@@ -81,25 +84,29 @@ def encode(
     """
     if data is None or not isinstance(data, AnnData):
         return data
-    return to_dataset(data, tokenizer=tokenizer, label_key=label_key, label_names=label_names, **encode_kwargs)
+    labelled = {"label_key": label_key, "label_names": label_names, **(label_rule or {} if label_key else {})}
+    return to_dataset(data, tokenizer=tokenizer, **labelled, **encode_kwargs)
 
 
-def _unseen(eval_data: Any, *, label_key: str | None, class_names: list[str], drop: bool) -> list[str]:
+def _unseen(
+    eval_data: Any, *, label_key: str | None, class_names: list[str], drop: bool, label_rule: dict[str, bool]
+) -> list[str]:
     if not isinstance(eval_data, AnnData):
         return []
     what = describe_data(eval_data, role="evaluation", argument="eval_data")
-    return unseen_labels(eval_data, label_key=label_key, class_names=class_names, what=what, drop=drop)
+    return unseen_labels(eval_data, label_key=label_key, class_names=class_names, what=what, drop=drop, **label_rule)
 
 
 def check_labels(
-    train_data: Any, eval_data: Any, *, label_key: str | None, drop: bool
+    train_data: Any, eval_data: Any, *, label_key: str | None, drop: bool, label_rule: dict[str, bool] | None = None
 ) -> tuple[list[str] | None, list[str] | None]:
     """Before anything is encoded: the classes of AnnData training cells, and the evaluation types they lack.
 
     Returns
     -------
     ``(class names, unseen evaluation types)``; both ``None`` for a dataset of training cells, whose classes are
-    known only from the dataset (see :func:`finetuning_datasets`).
+    known only from the dataset (see :func:`finetuning_datasets`). ``label_rule`` holds the options of the label
+    rule (``drop_missing_labels``, ``merge_label_variants``; :mod:`tokenization.label_rules`).
 
     Raises
     ------
@@ -110,8 +117,11 @@ def check_labels(
     if not isinstance(train_data, AnnData):
         return None, None
     what = describe_data(train_data, role="training", argument="train_data")
-    label_names = class_names_from_labels(train_data, label_key=label_key, what=what)
-    return label_names, _unseen(eval_data, label_key=label_key, class_names=label_names, drop=drop)
+    label_rule = label_rule or {}
+    label_names = class_names_from_labels(train_data, label_key=label_key, what=what, **label_rule)
+    return label_names, _unseen(
+        eval_data, label_key=label_key, class_names=label_names, drop=drop, label_rule=label_rule
+    )
 
 
 def finetuning_datasets(
@@ -126,6 +136,7 @@ def finetuning_datasets(
     split_seed: int,
     drop: bool,
     encode_kwargs: dict[str, Any],
+    label_rule: dict[str, bool] | None = None,
 ) -> tuple[Any, Any, list[str]]:
     """The training and evaluation datasets of a fine-tuning run, over one class list.
 
@@ -139,6 +150,9 @@ def finetuning_datasets(
         Without ``eval_data``: hold out this fraction of each class of the training cells, seeded.
     drop
         Leave out evaluation cells of types no training cell has (``finetune``'s ``drop_unseen_labels``).
+    label_rule
+        The options of the label rule (``drop_missing_labels``, ``merge_label_variants``): cells left out by it are
+        not in the datasets.
 
     Returns
     -------
@@ -150,14 +164,22 @@ def finetuning_datasets(
         For a training dataset without a ``label`` column, evaluation labels the training classes lack, or an
         evaluation dataset whose classes differ from the training data's.
     """
+    label_rule = label_rule or {}
     train_dataset = encode(
-        train_data, tokenizer=tokenizer, label_key=label_key, label_names=label_names, encode_kwargs=encode_kwargs
+        train_data,
+        tokenizer=tokenizer,
+        label_key=label_key,
+        label_names=label_names,
+        label_rule=label_rule,
+        encode_kwargs=encode_kwargs,
     )
     if LABEL not in train_dataset.column_names:
         raise ValueError(
             f"The training dataset has no {LABEL!r} column (columns: {train_dataset.column_names}); build it "
             "with to_dataset(..., label_key=...)."
         )
+    if label_names is not None:  # a dataset's classes in the run's order (the starting model's, when kept)
+        train_dataset = _in_class_order(train_dataset, label_names)
     label_names = list(train_dataset.features[LABEL].names)
     if not isinstance(train_data, AnnData):
         counts = np.bincount(np.asarray(train_dataset[LABEL]), minlength=len(label_names))
@@ -169,12 +191,13 @@ def finetuning_datasets(
                 [name for name, count in zip(label_names, counts) if not count],
             )
     if unseen is None:  # a dataset of training cells: its class list is known only now
-        unseen = _unseen(eval_data, label_key=label_key, class_names=label_names, drop=drop)
+        unseen = _unseen(eval_data, label_key=label_key, class_names=label_names, drop=drop, label_rule=label_rule)
     eval_dataset = encode(
         eval_data,
         tokenizer=tokenizer,
         label_key=label_key,
         label_names=[*label_names, *unseen],
+        label_rule=label_rule,
         encode_kwargs=encode_kwargs,
     )
     if unseen:
@@ -183,6 +206,7 @@ def finetuning_datasets(
         splits = stratified_split(train_dataset, eval_fraction=eval_fraction, seed=split_seed)
         train_dataset, eval_dataset = splits["train"], splits["eval"]
     if eval_dataset is not None:
+        eval_dataset = _in_class_order(eval_dataset, label_names)
         eval_names = list(eval_dataset.features[LABEL].names)
         if eval_names != label_names:
             raise ValueError(
@@ -190,6 +214,25 @@ def finetuning_datasets(
                 f"build it with to_dataset(..., label_names=...) given the training classes."
             )
     return train_dataset, eval_dataset, label_names
+
+
+def _in_class_order(dataset: Any, label_names: Sequence[str]) -> Any:
+    """``dataset`` with its class ids mapped onto ``label_names`` when its own classes are among them in another
+    order (or fewer); otherwise unchanged (a dataset with other classes is refused by the caller)."""
+    import datasets
+
+    names = list(dataset.features[LABEL].names)
+    if names == list(label_names) or not set(names) <= set(label_names):
+        return dataset
+    table = np.array([list(label_names).index(name) for name in names], dtype=np.int64)
+    features = dataset.features.copy()
+    features[LABEL] = datasets.ClassLabel(names=list(label_names))
+    return dataset.map(
+        lambda labels: {LABEL: table[np.asarray(labels, dtype=np.int64)]},
+        input_columns=LABEL,
+        batched=True,
+        features=features,
+    )
 
 
 def _drop_classes_from(dataset: Any, label_names: Sequence[str]) -> Any:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -130,6 +130,64 @@ def warn_if_no_better(metrics: dict[str, Any], majority: dict[str, Any]) -> bool
     return True
 
 
+# A class of the evaluation cells that the model predicts with an F1 below this has, for annotation, not been learned.
+MISSED_CLASS_F1 = 0.05
+
+
+def missed_classes(
+    labels: Sequence[int] | np.ndarray,
+    predictions: Sequence[int] | np.ndarray,
+    *,
+    label_names: Sequence[str],
+    min_f1: float = MISSED_CLASS_F1,
+) -> list[dict[str, Any]]:
+    """The classes of the evaluation cells that a model never predicts, or predicts with an F1 below ``min_f1``.
+
+    Returns
+    -------
+    One ``{"label", "cells", "predicted", "f1"}`` per such class (cells: evaluation cells of the class; predicted:
+    cells predicted as it), in class-id order; empty when every class the evaluation cells have is learned.
+    """
+    from sklearn.metrics import f1_score
+
+    labels, predictions = np.asarray(labels), np.asarray(predictions)
+    classes = list(range(len(label_names)))
+    f1 = f1_score(labels, predictions, labels=classes, average=None, zero_division=0)
+    cells = np.bincount(labels, minlength=len(classes))
+    predicted = np.bincount(predictions, minlength=len(classes))
+    return [
+        {"label": str(label_names[k]), "cells": int(cells[k]), "predicted": int(predicted[k]), "f1": float(f1[k])}
+        for k in classes
+        if cells[k] and (not predicted[k] or f1[k] < min_f1)
+    ]
+
+
+def warn_if_classes_missed(missed: Sequence[dict[str, Any]]) -> bool:
+    """Log a WARNING naming the classes of :func:`missed_classes` (never predicted, or F1 near 0); returns whether
+    it warned."""
+    if not missed:
+        return False
+    never = [row for row in missed if not row["predicted"]]
+    weak = [row for row in missed if row["predicted"]]
+    parts = []
+    if never:
+        parts.append("never predicts " + ", ".join(f"{row['label']!r} ({row['cells']:,} cells)" for row in never))
+    if weak:
+        parts.append(
+            f"predicts with F1 below {MISSED_CLASS_F1} "
+            + ", ".join(f"{row['label']!r} ({row['cells']:,} cells, F1 {row['f1']:.3f})" for row in weak)
+        )
+    logger.warning(
+        "On the evaluation cells the fine-tuned model %s: it has not learned %s, and cells of %s will be "
+        "annotated as other types. Check the learning rate, the number of epochs and the seed (docs/training.md), "
+        "class_weighting='balanced' for rare types, and the genes the panel keeps.",
+        "; ".join(parts),
+        "this class" if len(missed) == 1 else f"these {len(missed)} classes",
+        "this type" if len(missed) == 1 else "these types",
+    )
+    return True
+
+
 @dataclass(frozen=True)
 class ScBertEvaluation:
     """The final evaluation of a fine-tuned classifier (what :func:`evaluate_classifier` found).
@@ -143,11 +201,14 @@ class ScBertEvaluation:
         The per-class report of :func:`classification_report`.
     majority
         The scores of always predicting the most frequent training class (:func:`majority_class_baseline`).
+    missed
+        The classes of the evaluation cells never predicted or predicted with F1 near 0 (:func:`missed_classes`).
     """
 
     metrics: dict[str, float]
     report: dict[str, Any]
     majority: dict[str, Any]
+    missed: list[dict[str, Any]] = field(default_factory=list)
 
 
 def evaluate_classifier(
@@ -160,7 +221,8 @@ def evaluate_classifier(
     """Score a trained classifier on the evaluation cells, and report it.
 
     Logs the ``Trainer``'s metrics, warns when the classifier is no better than always predicting the most frequent
-    training class (:func:`warn_if_no_better`), and, on the main process, logs the per-class report and writes it to
+    training class (:func:`warn_if_no_better`) and when it never predicts classes the evaluation cells have, or
+    predicts them with F1 near 0 (:func:`missed_classes`), and, on the main process, logs the per-class report and writes it to
     ``output_dir/classification_report.json``.
 
     Parameters
@@ -186,15 +248,18 @@ def evaluate_classifier(
     prediction = trainer.predict(eval_dataset, metric_key_prefix="eval")
     trainer.log_metrics("eval", prediction.metrics)
     labels = np.asarray(prediction.label_ids)
-    report = classification_report(labels, np.asarray(prediction.predictions).argmax(-1), label_names=label_names)
+    predicted = np.asarray(prediction.predictions).argmax(-1)
+    report = classification_report(labels, predicted, label_names=label_names)
     majority = majority_class_baseline(train_labels, labels, label_names=label_names)
     warn_if_no_better(prediction.metrics, majority)
+    missed = missed_classes(labels, predicted, label_names=label_names)
+    warn_if_classes_missed(missed)
     if trainer.is_world_process_zero():
         output_dir = Path(trainer.args.output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
         write_text_atomically(output_dir / "classification_report.json", json.dumps(report, indent=2) + "\n")
         logger.info("Per-class report:\n%s", format_classification_report(report, label_names))
-    return ScBertEvaluation(metrics=prediction.metrics, report=report, majority=majority)
+    return ScBertEvaluation(metrics=prediction.metrics, report=report, majority=majority, missed=missed)
 
 
 __all__ = [
@@ -203,6 +268,9 @@ __all__ = [
     "compute_classification_metrics",
     "evaluate_classifier",
     "format_classification_report",
+    "MISSED_CLASS_F1",
     "majority_class_baseline",
+    "missed_classes",
+    "warn_if_classes_missed",
     "warn_if_no_better",
 ]

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
+from dataclasses import dataclass
 from os import PathLike
 from typing import Any
 
+import torch
 from anndata import AnnData
 from transformers import (
     PreTrainedModel,
@@ -24,6 +27,7 @@ from transformers import (
 from tokenization import ScBertTokenizer
 
 from ..configuration_scbert import ScBertConfig
+from ..loading import load_checked_model
 from ..modeling_scbert import ScBertForSequenceClassification
 
 logger = logging.getLogger(__name__)
@@ -101,6 +105,7 @@ def build_model(
     tokenizer: ScBertTokenizer,
     config_overrides: dict[str, Any],
     label_kwargs: dict[str, Any] | None = None,
+    may_lack: tuple[str, ...] | None = None,
 ) -> PreTrainedModel:
     """The model a workflow trains, of class ``model_class``.
 
@@ -117,6 +122,10 @@ def build_model(
         Config fields to set (from :func:`parse_config_overrides`); not allowed with a model object.
     label_kwargs
         Config fields of the classes (``id2label``, ``label2id``, ``problem_type``), set on the config.
+    may_lack
+        For a folder or Hub id: load it with :func:`~modeling_scbert.loading.load_checked_model`, which refuses
+        damaged saved weights; the saved tensors may lack these name prefixes (``("classifier.",)`` when the run
+        starts a new head over a pretrained encoder). ``None``: plain ``from_pretrained``.
 
     Raises
     ------
@@ -127,6 +136,8 @@ def build_model(
         For a model object of another class than ``model_class``.
     OSError
         From ``from_pretrained``, for a folder or Hub id that holds no model.
+    tokenization.saved_weights.DamagedWeightsError
+        With ``may_lack``, for saved tensors that are missing, of another kind, or not finite.
     """
     label_kwargs = label_kwargs or {}
     _check_config_keys(config_overrides)
@@ -151,9 +162,122 @@ def build_model(
     for key, value in label_kwargs.items():
         setattr(config, key, value)
     tokenizer.check_model_config(config)
-    # A pretrained (masked-expression) folder has no classifier, and a fine-tuned one may have other classes:
-    # mismatched head weights are re-initialised rather than refused.
-    return model_class.from_pretrained(model, config=config, ignore_mismatched_sizes=True)
+    if may_lack is None:
+        # A pretrained (masked-expression) folder has no classifier: mismatched head weights are re-initialised.
+        return model_class.from_pretrained(model, config=config, ignore_mismatched_sizes=True)
+    # Missing, mistyped or non-finite saved tensors are refused (loading.load_checked_model); head weights whose
+    # shapes differ (a new head, or other classifier widths in config_overrides) are initialised anew.
+    return load_checked_model(model_class, model, may_lack=may_lack, config=config, ignore_mismatched_sizes=True)
+
+
+# The class names transformers gives a config without labels ("LABEL_0", "LABEL_1", ...): no classes at all.
+_DEFAULT_LABEL = re.compile(r"LABEL_\d+")
+
+
+@dataclass(frozen=True)
+class ScBertStartingClasses:
+    """The classes of the classifier a fine-tuning run starts from (see :func:`starting_classes`).
+
+    Attributes
+    ----------
+    names
+        The classes, in the order of the head's outputs (``id2label``).
+    source
+        How messages name where they come from: ``"the starting model 'annotator/'"``, ``"the checkpoint '...'"``.
+    """
+
+    names: list[str]
+    source: str
+
+
+def _real_classes(id2label: dict | None) -> list[str] | None:
+    """A classifier config's classes in id order, or ``None`` for none / transformers' default ``LABEL_<i>``."""
+    id2label = {int(i): str(name) for i, name in (id2label or {}).items()}
+    names = [id2label[i] for i in sorted(id2label)]
+    if not names or all(_DEFAULT_LABEL.fullmatch(name) for name in names):
+        return None
+    return names
+
+
+def _is_classifier(architectures: Any) -> bool:
+    return any(str(name).endswith("ForSequenceClassification") for name in architectures or ())
+
+
+def starting_classes(model: Any, **from_pretrained: Any) -> ScBertStartingClasses | None:
+    """The classes of the classifier a fine-tuning run starts from, read from its config only (no weights loaded).
+
+    Parameters
+    ----------
+    model
+        ``finetune``'s ``model``: a folder or Hub id (its ``config.json``: ``architectures`` and ``id2label``), a
+        model object (``model.config``), a config or ``None`` (a new model: no classes).
+    **from_pretrained
+        For reading a folder's or Hub id's config (``revision``, ...).
+
+    Returns
+    -------
+    The classes, or ``None`` when the starting model is not a classifier (``...ForSequenceClassification``) or
+    has no real labels (transformers' default ``LABEL_0``, ``LABEL_1``, ...).
+    """
+    if builds_new_model(model):
+        return None
+    if isinstance(model, PreTrainedModel):
+        if not isinstance(model, ScBertForSequenceClassification):
+            return None
+        names = _real_classes(model.config.id2label)
+        return None if names is None else ScBertStartingClasses(names, "the starting model (a model object)")
+    config = ScBertConfig.from_pretrained(model, **from_pretrained)
+    names = _real_classes(config.id2label) if _is_classifier(config.architectures) else None
+    return None if names is None else ScBertStartingClasses(names, f"the starting model {str(model)!r}")
+
+
+def checkpoint_classes(checkpoint: str | PathLike | None) -> ScBertStartingClasses | None:
+    """The classes of a checkpoint a run resumes from (its ``config.json``), or ``None`` without one."""
+    if not checkpoint or not isinstance(checkpoint, (str, PathLike)):
+        return None
+    path = os.path.join(checkpoint, "config.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as handle:
+        config = json.load(handle)
+    if not _is_classifier(config.get("architectures")):
+        return None
+    names = _real_classes(config.get("id2label"))
+    return None if names is None else ScBertStartingClasses(names, f"the checkpoint {str(checkpoint)!r}")
+
+
+def _set_classes(model: ScBertForSequenceClassification, label_names: list[str]) -> None:
+    model.config.id2label = dict(enumerate(label_names))
+    model.config.label2id = {name: i for i, name in enumerate(label_names)}
+    model.num_labels = len(label_names)
+
+
+@torch.no_grad()
+def new_classifier_head(model: ScBertForSequenceClassification, label_names: list[str]) -> None:
+    """Replace ``model``'s head by a new one over ``label_names``, initialised as ``_init_weights`` does (in
+    place; the encoder is kept)."""
+    _set_classes(model, label_names)
+    head = type(model.classifier)(model.config)
+    head.apply(model._init_weights)
+    model.classifier = head.to(device=model.device, dtype=model.dtype)
+
+
+@torch.no_grad()
+def extend_classifier_head(model: ScBertForSequenceClassification, added: list[str]) -> None:
+    """Append outputs for the classes ``added`` to ``model``'s head (in place): the rows of the final layer
+    (``classifier.out_proj``) of the classes it has are kept, in their order; the new rows are initialised as
+    ``_init_weights`` does."""
+    old = model.classifier.out_proj
+    names = [model.config.id2label[i] for i in range(old.out_features)]
+    new = torch.nn.Linear(old.in_features, old.out_features + len(added), device=old.weight.device)
+    model._init_weights(new)
+    new = new.to(dtype=old.weight.dtype)
+    new.weight[: old.out_features] = old.weight
+    new.bias[: old.out_features] = old.bias
+    new.weight.requires_grad_(old.weight.requires_grad)
+    new.bias.requires_grad_(old.bias.requires_grad)
+    model.classifier.out_proj = new
+    _set_classes(model, [*names, *added])
 
 
 def resolve_tokenizer(
@@ -254,10 +378,15 @@ __all__ = [
     "FINETUNING_PRESETS",
     "FINETUNING_PRESET_CHOICES",
     "NEW_MODEL_DEFAULTS",
+    "ScBertStartingClasses",
     "apply_finetuning_preset",
     "auto_finetuning_preset",
     "build_model",
     "builds_new_model",
+    "checkpoint_classes",
+    "extend_classifier_head",
+    "new_classifier_head",
     "parse_config_overrides",
     "resolve_tokenizer",
+    "starting_classes",
 ]

@@ -38,6 +38,7 @@ def run_card_facts(
     num_eval_cells: int | None,
     model: ScBertForSequenceClassification,
     preset: str,
+    class_change: str | None = None,
 ) -> dict[str, Any]:
     """The model-card facts a fine-tuning run knows (label counts, cell numbers, the fine-tuning choices), under the
     caller's ``given`` facts (which win; dicts are merged key by key).
@@ -56,6 +57,9 @@ def run_card_facts(
         The model being fine-tuned (its ``_name_or_path``, when a Hub id, is the base model).
     preset
         The fine-tuning preset used.
+    class_change
+        What became of the starting model's classes when they differed from the data's (``class_change=``):
+        recorded as the hyperparameter ``classes of the starting model``.
 
     Returns
     -------
@@ -68,6 +72,8 @@ def run_card_facts(
         "training_data": {"num_cells": int(counts.sum())},
         "hyperparameters": {"fine-tuning preset": preset},
     }
+    if class_change:
+        facts["hyperparameters"]["classes of the starting model"] = class_change
     base = getattr(model.config, "_name_or_path", "")
     if base and not os.path.isdir(base) and "/" in base:
         facts["base_model"] = base  # a Hub id; local folders are not citable
@@ -82,7 +88,11 @@ def run_card_facts(
 
 
 def add_evaluation_facts(
-    facts: dict[str, Any], report: dict[str, Any], majority: dict[str, Any], label_names: Sequence[str]
+    facts: dict[str, Any],
+    report: dict[str, Any],
+    majority: dict[str, Any],
+    label_names: Sequence[str],
+    missed: Sequence[dict[str, Any]] = (),
 ) -> dict[str, Any]:
     """A run's card facts with what its final evaluation found: the per-class rows (with accuracy and macro-F1) and
     the majority-class floor, added to ``facts["evaluation"]``.
@@ -98,12 +108,17 @@ def add_evaluation_facts(
         cells (the card warns when the model does not beat it).
     label_names
         The class names, in class-id order.
+    missed
+        The classes the model never predicts or predicts with F1 near 0
+        (:func:`~modeling_scbert.training.metrics.missed_classes`): the card names them in a warning.
 
     Returns
     -------
     A new dict of facts; its ``evaluation`` keeps the facts already there but those the report gives again.
     """
     evaluation = {**(facts.get("evaluation") or {}), "majority_class": majority}
+    if missed:
+        evaluation["missed_classes"] = [dict(row) for row in missed]
     evaluation.update(report_to_evaluation(report, list(label_names)))
     return {**facts, "evaluation": evaluation}
 

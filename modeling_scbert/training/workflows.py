@@ -32,15 +32,21 @@ from ..configuration_scbert import ScBertConfig
 from ..modeling_scbert import ScBertForMaskedLM, ScBertForSequenceClassification
 from .arguments import parse_finetune_command, parse_pretrain_command
 from .data import check_labels, encode, encode_options, finetuning_datasets
+from .labels import CLASS_CHANGES, reconcile_classes
 from .metrics import compute_classification_metrics, evaluate_classifier
 from .model_setup import (
     FINETUNING_PRESET_CHOICES,
+    ScBertStartingClasses,
     apply_finetuning_preset,
     auto_finetuning_preset,
     build_model,
     builds_new_model,
+    checkpoint_classes,
+    extend_classifier_head,
+    new_classifier_head,
     parse_config_overrides,
     resolve_tokenizer,
+    starting_classes,
 )
 from .run_card import ScBertModelCardCallback, add_evaluation_facts, run_card_facts
 from .trainer import (
@@ -143,19 +149,22 @@ def _check_finetune_options(
     class_weighting: str | None,
     early_stopping_patience: int | None,
     card_facts: dict[str, Any] | None,
+    class_change: str = "refuse",
 ) -> None:
     """The checks of :func:`finetune`'s options that need no cell: they run before anything is encoded.
 
     Raises
     ------
     ValueError
-        For an unknown ``class_weighting`` or ``preset``, an AnnData without ``label_key``, early stopping without
+        For an unknown ``class_weighting``, ``preset`` or ``class_change``, an AnnData without ``label_key``, early stopping without
         evaluation cells or without ``load_best_model_at_end``, and ``push_to_hub`` without a license.
     """
     if class_weighting not in (None, *CLASS_WEIGHTINGS):
         raise ValueError(f"class_weighting must be one of {CLASS_WEIGHTINGS}; got {class_weighting!r}.")
     if preset not in FINETUNING_PRESET_CHOICES:
         raise ValueError(f"preset must be one of {FINETUNING_PRESET_CHOICES}; got {preset!r}.")
+    if class_change not in CLASS_CHANGES:
+        raise ValueError(f"class_change must be one of {CLASS_CHANGES}; got {class_change!r}.")
     if isinstance(train_data, AnnData) and label_key is None:
         raise ValueError(
             f"label_key= is needed to fine-tune on an AnnData: the .obs column holding the cell types (columns: "
@@ -180,12 +189,19 @@ def _classifier(
     *,
     tokenizer: ScBertTokenizer,
     label_names: list[str],
+    head: str,
     config_overrides: dict[str, Any],
     preset: str,
     warmup_steps: float,
 ) -> tuple[ScBertForSequenceClassification, str]:
     """The model a fine-tuning run trains, built from ``start`` (``finetune``'s ``model``) with the run's classes,
     and its preset (``"auto"`` resolved), applied; warns when a new model trains without warmup.
+
+    ``head`` says what happens to the starting model's head (:func:`~modeling_scbert.training.labels.
+    reconcile_classes`): ``"new"`` / ``"keep"`` build the model over ``label_names`` (a kept head loads as saved),
+    ``"new_head"`` replaces it by a new one, ``"extend"`` appends the outputs of the classes after the model's own.
+    A folder or Hub id is loaded with its saved weights checked (:func:`~modeling_scbert.loading.load_checked_model`);
+    only a new head over a pretrained encoder may lack the ``classifier`` tensors.
 
     Returns
     -------
@@ -197,17 +213,35 @@ def _classifier(
         As :func:`build_model` and :func:`apply_finetuning_preset` raise it, and for a model object with another
         number of classes.
     """
+    start_names = None
+    if head == "extend":  # the model is built with its own classes, then extended
+        start_config = start.config if isinstance(start, ScBertForSequenceClassification) else None
+        start_config = start_config or ScBertConfig.from_pretrained(start)
+        start_names = [start_config.id2label[i] for i in range(len(start_config.id2label))]
+    build_names = start_names or label_names
     model = build_model(
         ScBertForSequenceClassification,
         start,
         tokenizer=tokenizer,
         config_overrides=config_overrides,
         label_kwargs={
-            "id2label": dict(enumerate(label_names)),
-            "label2id": {name: i for i, name in enumerate(label_names)},
+            "id2label": dict(enumerate(build_names)),
+            "label2id": {name: i for i, name in enumerate(build_names)},
             "problem_type": "single_label_classification",
         },
+        may_lack=("classifier.",) if head in ("new", "new_head") else (),
     )
+    if head == "new_head":
+        new_classifier_head(model, label_names)
+    elif head == "extend":
+        extend_classifier_head(model, label_names[len(start_names) :])
+    elif (
+        head == "new"
+        and isinstance(start, ScBertForSequenceClassification)
+        and model.config.num_labels == len(label_names)
+    ):
+        model.config.id2label = dict(enumerate(label_names))  # a model object without real classes gets the run's
+        model.config.label2id = {name: i for i, name in enumerate(label_names)}
     if model.config.num_labels != len(label_names):
         raise ValueError(f"The model has {model.config.num_labels} classes but the data has {len(label_names)}.")
     if preset == "auto":
@@ -221,6 +255,24 @@ def _classifier(
     return model, preset
 
 
+def _dataset_classes(train_data: Any) -> list[str] | None:
+    """The class names of a dataset of training cells (its ``label`` column), known without encoding anything."""
+    features = getattr(train_data, "features", None)
+    if features is None or LABEL not in features or not hasattr(features[LABEL], "names"):
+        return None
+    return list(features[LABEL].names)
+
+
+def _class_change_fact(head: str, start: ScBertStartingClasses | None, label_names: list[str]) -> str | None:
+    """What the model card says about the starting model's classes when they were replaced or extended."""
+    if start is None or head not in ("new_head", "extend"):
+        return None
+    if head == "new_head":
+        return f"replaced by a new head (class_change='new_head'); the starting model's were {', '.join(start.names)}"
+    added = label_names[len(start.names) :]
+    return f"kept, with {', '.join(added) or 'no class'} appended (class_change='extend')"
+
+
 def _class_weighted_loss(
     class_weighting: str | None, train_labels: np.ndarray, label_names: list[str]
 ) -> ScBertWeightedLoss | None:
@@ -232,9 +284,44 @@ def _class_weighted_loss(
     return ScBertWeightedLoss(weights)
 
 
+# The metrics an evaluation of finetune reports (compute_classification_metrics, and the Trainer's loss).
+FINETUNING_METRICS = ("accuracy", "macro_f1", "weighted_f1", "loss")
+
+
+def _finetuning_arguments(training_args: TrainingArguments, *, has_evaluation: bool) -> TrainingArguments:
+    """The Trainer's copy of a fine-tuning run's arguments, built (and so checked) before any cell is encoded.
+
+    TrainingArguments picks "loss" by itself when ``load_best_model_at_end`` is set without a metric; for annotation
+    the model to keep is the best by macro-F1, which weighs rare cell types as much as common ones.
+
+    Raises
+    ------
+    ValueError
+        For an ``eval_strategy`` without evaluation cells, and a ``metric_for_best_model`` that no evaluation
+        reports; what ``TrainingArguments`` refuses in the copy.
+    """
+    if training_args.eval_strategy != "no" and not has_evaluation:
+        raise ValueError(
+            f"eval_strategy={str(training_args.eval_strategy.value)!r} evaluates during training, but there are no "
+            "evaluation cells: pass eval_data= (held-out labelled cells) or eval_fraction= (a fraction of the training "
+            "cells held out; --validation_file / --validation_fraction on the command line), or set "
+            "eval_strategy='no'."
+        )
+    best_by = {}
+    metric = training_args.metric_for_best_model
+    if has_evaluation and metric in (None, "loss", "eval_loss"):
+        best_by = {"metric_for_best_model": "macro_f1", "greater_is_better": True}
+    elif has_evaluation and metric is not None and metric.removeprefix("eval_") not in FINETUNING_METRICS:
+        raise ValueError(
+            f"metric_for_best_model={metric!r} is not a metric that fine-tuning reports; choose one of "
+            f"{list(FINETUNING_METRICS)}."
+        )
+    return _trainer_arguments(training_args, **best_by)
+
+
 def _classification_trainer(
     model: ScBertForSequenceClassification,
-    training_args: TrainingArguments,
+    trainer_args: TrainingArguments,
     *,
     tokenizer: ScBertTokenizer,
     train_dataset: Any,
@@ -244,13 +331,9 @@ def _classification_trainer(
     callbacks: Sequence[TrainerCallback],
     facts: dict[str, Any],
 ) -> ScBertTrainer:
-    """The Trainer of a fine-tuning run: a copy of the arguments that keeps the best model by macro-F1, the callbacks
-    (feature redraw, the caller's, early stopping, the card's when ``facts`` has a license), the loss."""
-    # TrainingArguments picks "loss" by itself when load_best_model_at_end is set without a metric; for annotation
-    # the model to keep is the best by macro-F1, which weighs rare cell types as much as common ones.
-    best_by = {}
-    if eval_dataset is not None and training_args.metric_for_best_model in (None, "loss", "eval_loss"):
-        best_by = {"metric_for_best_model": "macro_f1", "greater_is_better": True}
+    """The Trainer of a fine-tuning run: its arguments (:func:`_finetuning_arguments`, built before anything was
+    encoded), the callbacks (feature redraw, the caller's, early stopping, the card's when ``facts`` has a license),
+    the loss."""
     trainer_callbacks = [ScBertFeatureRedrawCallback(), *callbacks]
     if early_stopping_patience:
         trainer_callbacks.append(EarlyStoppingCallback(early_stopping_patience=early_stopping_patience))
@@ -258,7 +341,7 @@ def _classification_trainer(
         trainer_callbacks.append(ScBertModelCardCallback(tokenizer=tokenizer, facts=facts))
     return ScBertTrainer(  # the stock Trainer; its card is ours
         model=model,
-        args=_trainer_arguments(training_args, **best_by),
+        args=trainer_args,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         data_collator=DataCollatorForCellClassification(num_genes=tokenizer.num_genes),
@@ -398,19 +481,24 @@ def finetune(
     encode_kwargs: dict[str, Any] | None = None,
     card_facts: dict[str, Any] | None = None,
     drop_unseen_labels: bool = False,
+    drop_missing_labels: bool = False,
+    merge_label_variants: bool = False,
+    class_change: Literal["refuse", "new_head", "extend"] = "refuse",
     **read_options: Any,
 ) -> Trainer:
     """Fine-tune a cell-type classifier with the stock ``Trainer``.
 
     The classes are the labels present in the training cells, in natural order (see :mod:`modeling_scbert.training.labels`:
     categories no training cell has are dropped with a WARNING; cells without a label are refused; evaluation cells
-    of types absent from the training cells are refused unless ``drop_unseen_labels``). They are stored in the saved
-    config (``id2label`` / ``label2id``). With evaluation data, every
+    of types absent from the training cells are refused unless ``drop_unseen_labels``). When ``model`` is a
+    classifier with the same classes, its order is kept; with other classes, see ``class_change``. They are stored
+    in the saved config (``id2label`` / ``label2id``). With evaluation data, every
     evaluation reports accuracy, macro-F1 and weighted F1; at the end the per-class report (precision, recall, F1,
     support) is logged and written to ``output_dir/classification_report.json``. When
     ``training_args.metric_for_best_model`` is unset or ``"loss"`` (what ``TrainingArguments`` fills in by itself
     for ``load_best_model_at_end``), it becomes ``"macro_f1"``, so with ``load_best_model_at_end=True`` the model
-    kept is the best by macro-F1.
+    kept is the best by macro-F1. Classes of the evaluation cells that the model never predicts, or predicts with
+    F1 near 0, are named in a WARNING and in the model card.
 
     Parameters
     ----------
@@ -421,8 +509,9 @@ def finetune(
         Any ``TrainingArguments``; ``output_dir`` receives checkpoints and the final model with its tokenizer. Never
         changed: the Trainer gets a copy (``trainer.args``).
     model
-        A pretrained folder or Hub id (masked-expression or fine-tuned; a new head is initialised where the shapes
-        differ), a :class:`ScBertConfig`, a model, or ``None`` for a new model over the tokenizer's panel.
+        A pretrained folder or Hub id (masked-expression: a new head; fine-tuned: its classes are kept, or see
+        ``class_change``), a :class:`ScBertConfig`, a model, or ``None`` for a new model over the tokenizer's panel.
+        A folder's saved weights are checked as they load (missing, mistyped or non-finite tensors are refused).
     tokenizer
         The panel; by default the model folder's tokenizer, else a new panel over ``train_data``'s genes.
     label_key
@@ -463,6 +552,19 @@ def finetune(
     drop_unseen_labels
         Leave out evaluation cells whose type no training cell has (logged at WARNING with the count of each type),
         instead of refusing them.
+    drop_missing_labels
+        Leave out training and evaluation cells without a label (NaN, None, or a text such as ``'nan'``, ``'None'``,
+        ``''`` that ``.astype(str)`` makes of one; logged at WARNING with their count) instead of refusing them.
+    merge_label_variants
+        Merge labels that differ only by whitespace or case (``'T cell'``, ``'T cell '``, ``'t cell'``) into the
+        most frequent spelling (logged at WARNING) instead of refusing them with the groups listed.
+    class_change
+        When ``model`` is a classifier with classes (``id2label``) other than the data's, before anything is
+        encoded: ``"refuse"`` (the default) names both lists; ``"new_head"`` starts a new head over the data's
+        classes (logged at WARNING and recorded in the model card); ``"extend"`` keeps the model's classes in their
+        order, with their rows of the final layer, and appends the data's new ones. With the same classes the
+        model's order is always kept (the labels are mapped through its ``label2id``). A checkpoint to resume from
+        must have the run's classes.
     **read_options
         How to read the cells, by name: every field of :class:`~tokenization.reading.ScBertReadingArguments`
         (``layer``, ``gene_key``, ``input_kind``, ``synonyms``, ``min_gene_overlap``, ...); the same options as
@@ -478,10 +580,15 @@ def finetune(
     TypeError
         For a keyword that is not an option.
     ValueError
-        Before training starts: for a missing label column, cells without a label, evaluation cells of types
-        absent from the training cells (without ``drop_unseen_labels``), cells that cannot be read, bad options
-        (those that need no cell, such as ``early_stopping_patience`` without evaluation cells or ``push_to_hub``
-        without a license, before anything is encoded).
+        Before training starts: for a missing label column, cells without a label (without
+        ``drop_missing_labels``), labels that differ only by whitespace or case (without ``merge_label_variants``),
+        evaluation cells of types absent from the training cells (without ``drop_unseen_labels``), classes that
+        differ from the starting model's (without ``class_change``) or from the checkpoint's, cells that cannot be
+        read, bad options (those that need no cell, such as ``early_stopping_patience`` or an ``eval_strategy``
+        without evaluation cells, an unknown ``metric_for_best_model`` or ``push_to_hub`` without a license, before
+        anything is encoded).
+    tokenization.saved_weights.DamagedWeightsError
+        For a starting folder with missing, mistyped or non-finite saved tensors, before anything is encoded.
     FileNotFoundError
         For ``resume_from_checkpoint=True`` when ``output_dir`` holds no checkpoint, or a tokenizer or model folder
         that holds none, before anything is encoded.
@@ -497,14 +604,46 @@ def finetune(
         class_weighting=class_weighting,
         early_stopping_patience=early_stopping_patience,
         card_facts=card_facts,
+        class_change=class_change,
     )
+    trainer_args = _finetuning_arguments(training_args, has_evaluation=eval_data is not None or bool(eval_fraction))
     encode_kwargs = encode_options(encode_kwargs, read_options, caller="finetune")
     overrides = parse_config_overrides(config_overrides)
     resume = _resume_point(training_args, resume_from_checkpoint)
 
     # The classes and the datasets: the class list and the evaluation labels are checked before anything is encoded.
-    label_names, unseen = check_labels(train_data, eval_data, label_key=label_key, drop=drop_unseen_labels)
+    label_rule = {"drop_missing_labels": drop_missing_labels, "merge_label_variants": merge_label_variants}
+    label_names, unseen = check_labels(
+        train_data, eval_data, label_key=label_key, drop=drop_unseen_labels, label_rule=label_rule
+    )
+    # The classes of the model the run starts from (a checkpoint's, a folder's, an object's) are kept, or refused.
+    run_classes = label_names if label_names is not None else _dataset_classes(train_data)
+    start, head = starting_classes(model), "new"
+    if run_classes is not None:
+        label_names, head = reconcile_classes(
+            run_classes,
+            start=start,
+            checkpoint=checkpoint_classes(resume),
+            class_change=class_change,
+        )
     tokenizer = resolve_tokenizer(tokenizer, model, train_data)
+
+    # The model, built (and its saved weights checked) before any cell is encoded when the classes are known.
+    def build_classifier() -> tuple[ScBertForSequenceClassification, str]:
+        set_seed(training_args.seed)  # the new weights (a new head at least) are drawn from the run's seed
+        return _classifier(
+            model,
+            tokenizer=tokenizer,
+            label_names=label_names,
+            head=head,
+            config_overrides=overrides,
+            preset=preset,
+            warmup_steps=training_args.warmup_steps,
+        )
+
+    classifier = applied_preset = None
+    if label_names is not None:
+        classifier, applied_preset = build_classifier()
     train_dataset, eval_dataset, label_names = finetuning_datasets(
         train_data,
         eval_data,
@@ -516,26 +655,26 @@ def finetune(
         split_seed=split_seed,
         drop=drop_unseen_labels,
         encode_kwargs=encode_kwargs,
+        label_rule=label_rule,
     )
     train_labels = np.asarray(train_dataset[LABEL])
+    if classifier is None:  # a dataset whose classes were known only once it was read
+        classifier, applied_preset = build_classifier()
 
-    # The model, its card's facts, the Trainer; then train.
-    set_seed(training_args.seed)  # the new weights (a new head at least) are drawn from the run's seed
-    classifier, applied_preset = _classifier(
-        model,
-        tokenizer=tokenizer,
-        label_names=label_names,
-        config_overrides=overrides,
-        preset=preset,
-        warmup_steps=training_args.warmup_steps,
-    )
+    # The card's facts, the Trainer; then train.
     num_eval_cells = None if eval_dataset is None else len(eval_dataset)
     facts = run_card_facts(
-        card_facts, train_labels, label_names, num_eval_cells=num_eval_cells, model=classifier, preset=applied_preset
+        card_facts,
+        train_labels,
+        label_names,
+        num_eval_cells=num_eval_cells,
+        model=classifier,
+        preset=applied_preset,
+        class_change=_class_change_fact(head, start, label_names),
     )
     trainer = _classification_trainer(
         classifier,
-        training_args,
+        trainer_args,
         tokenizer=tokenizer,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
@@ -550,7 +689,7 @@ def finetune(
     metrics = None
     if eval_dataset is not None:
         evaluation = evaluate_classifier(trainer, eval_dataset, train_labels=train_labels, label_names=label_names)
-        facts = add_evaluation_facts(facts, evaluation.report, evaluation.majority, label_names)
+        facts = add_evaluation_facts(facts, evaluation.report, evaluation.majority, label_names, evaluation.missed)
         metrics = evaluation.metrics
     _save_classifier(trainer, tokenizer, facts=facts, metrics=metrics)
     return trainer
