@@ -451,3 +451,16 @@ def test_classes_the_model_never_predicts_are_named_in_the_log_and_the_card(tmp_
     card = (tmp_path / "blind" / "README.md").read_text()
     assert "**Warning: this model has not learned 2 of the cell types its evaluation cells have:**" in card
     assert "T (4 cells, never predicted), NK (4 cells, never predicted)" in card
+
+
+def test_pretrain_and_finetune_document_their_shared_parameters_once_and_the_same():
+    import re
+
+    from modeling_scbert.training.workflows import _SHARED_PARAMETERS
+
+    def entry(doc, name):
+        return re.search(rf"^    {name}\n((?:        .*\n)+)", doc, re.M).group(1)
+
+    for name in [*_SHARED_PARAMETERS, "layer", "gene_key", "min_genes"]:
+        assert entry(pretrain.__doc__, name) == entry(finetune.__doc__, name)
+    assert not re.search(r"^\s*\{\w+\}\s*$", pretrain.__doc__ + finetune.__doc__, re.M)  # no placeholder left

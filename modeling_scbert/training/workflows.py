@@ -15,9 +15,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from collections.abc import Sequence
+import textwrap
+from collections.abc import Callable, Sequence
 from os import PathLike
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 from anndata import AnnData
@@ -372,10 +373,41 @@ def _save_classifier(
         trainer.create_model_card(card_facts=facts)
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+# Parameters that pretrain and finetune share, documented once (a docstring line holding only {name} takes them).
+_SHARED_PARAMETERS = {
+    "training_args": (
+        "Any ``TrainingArguments``; ``output_dir`` receives checkpoints and the final model with its tokenizer. Never "
+        "changed: the Trainer gets a copy (``trainer.args``)."
+    ),
+    "tokenizer": ("The panel; by default the model folder's tokenizer, else a new panel over ``train_data``'s genes."),
+    "callbacks": ("Extra Trainer callbacks; :class:`ScBertFeatureRedrawCallback` is always added."),
+    "resume_from_checkpoint": (
+        "A checkpoint folder, or ``True`` for the last one in ``output_dir``; ``training_args.resume_from_checkpoint`` "
+        "when ``None``."
+    ),
+    "encode_kwargs": (
+        "Other keyword arguments of ``to_dataset`` for AnnData inputs (``cache_dir``, ``batch_size``, ...)."
+    ),
+}
+
+
+def _shared_parameters(function: F) -> F:
+    """Write the entries of :data:`_SHARED_PARAMETERS` into ``function``'s docstring where a line holds ``{name}``."""
+    doc = function.__doc__ or ""
+    for name, text in _SHARED_PARAMETERS.items():
+        entry = f"    {name}\n" + textwrap.indent(textwrap.fill(text, width=111), " " * 8)
+        doc = doc.replace(f"    {{{name}}}", entry)
+    function.__doc__ = doc
+    return function
+
+
 # --- The two workflows ----------------------------------------------------------------------------------------------
 
 
 @takes_reading_options
+@_shared_parameters
 def pretrain(
     train_data: AnnData | Any,
     *,
@@ -397,31 +429,21 @@ def pretrain(
     ----------
     train_data
         Cells to pretrain on: an AnnData (encoded with :func:`tokenization.data.to_dataset`) or a dataset from it.
-    training_args
-        Any ``TrainingArguments``; ``output_dir`` receives checkpoints and the final model with its tokenizer. Never
-        changed: the Trainer gets a copy (``trainer.args``).
+    {training_args}
     model
         A folder or Hub id to continue from, a :class:`ScBertConfig`, a model, or ``None`` for a new model over the
         tokenizer's panel (learned gene embedding; the published widths unless ``config_overrides`` says otherwise).
-    tokenizer
-        The panel; by default the model folder's tokenizer, else a new panel over ``train_data``'s genes.
+    {tokenizer}
     eval_data
         Held-out cells for the masked-expression loss (``--eval_strategy``).
     config_overrides
         Config fields to change, as a dict or ``"hidden_size=64,num_hidden_layers=2"``.
     mask_probability, replace_probability
         Masking rule of :class:`tokenization.data.DataCollatorForMaskedExpression`.
-    callbacks
-        Extra Trainer callbacks; :class:`ScBertFeatureRedrawCallback` is always added.
-    resume_from_checkpoint
-        A checkpoint folder, or ``True`` for the last one in ``output_dir``; ``training_args.resume_from_checkpoint``
-        when ``None``.
-    encode_kwargs
-        Other keyword arguments of ``to_dataset`` for AnnData inputs (``cache_dir``, ``batch_size``, ...).
-    **read_options
-        How to read the cells, by name: every field of :class:`~tokenization.reading.ScBertReadingArguments`
-        (``layer``, ``gene_key``, ``input_kind``, ``synonyms``, ``min_gene_overlap``, ...); the same options as
-        ``scbert pretrain``'s.
+    {callbacks}
+    {resume_from_checkpoint}
+    {encode_kwargs}
+    {reading_options}
 
     Returns
     -------
@@ -462,6 +484,7 @@ def pretrain(
 
 
 @takes_reading_options
+@_shared_parameters
 def finetune(
     train_data: AnnData | Any,
     *,
@@ -505,15 +528,12 @@ def finetune(
     train_data
         Labelled reference cells: an AnnData (with ``label_key``) or a dataset with a ``ClassLabel`` column
         ``label`` (from :func:`tokenization.data.to_dataset`).
-    training_args
-        Any ``TrainingArguments``; ``output_dir`` receives checkpoints and the final model with its tokenizer. Never
-        changed: the Trainer gets a copy (``trainer.args``).
+    {training_args}
     model
         A pretrained folder or Hub id (masked-expression: a new head; fine-tuned: its classes are kept, or see
         ``class_change``), a :class:`ScBertConfig`, a model, or ``None`` for a new model over the tokenizer's panel.
         A folder's saved weights are checked as they load (missing, mistyped or non-finite tensors are refused).
-    tokenizer
-        The panel; by default the model folder's tokenizer, else a new panel over ``train_data``'s genes.
+    {tokenizer}
     label_key
         ``.obs`` column with the cell types (AnnData inputs).
     eval_data
@@ -536,13 +556,9 @@ def finetune(
         and ``load_best_model_at_end=True``.
     config_overrides
         Config fields to change (e.g. ``classifier_type``, ``classifier_dropout``).
-    callbacks
-        Extra Trainer callbacks; :class:`ScBertFeatureRedrawCallback` is always added.
-    resume_from_checkpoint
-        A checkpoint folder, or ``True`` for the last one in ``output_dir``; ``training_args.resume_from_checkpoint``
-        when ``None``.
-    encode_kwargs
-        Other keyword arguments of ``to_dataset`` for AnnData inputs (``cache_dir``, ``batch_size``, ...).
+    {callbacks}
+    {resume_from_checkpoint}
+    {encode_kwargs}
     card_facts
         Facts for the model card written into ``output_dir`` (``README.md``) and pushed with the model: at least
         ``license`` (the weights' license, your choice: nothing is assumed); optionally ``base_model``,
@@ -565,10 +581,7 @@ def finetune(
         order, with their rows of the final layer, and appends the data's new ones. With the same classes the
         model's order is always kept (the labels are mapped through its ``label2id``). A checkpoint to resume from
         must have the run's classes.
-    **read_options
-        How to read the cells, by name: every field of :class:`~tokenization.reading.ScBertReadingArguments`
-        (``layer``, ``gene_key``, ``input_kind``, ``synonyms``, ``min_gene_overlap``, ...); the same options as
-        ``scbert finetune``'s.
+    {reading_options}
 
     Returns
     -------
