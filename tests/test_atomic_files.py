@@ -343,3 +343,31 @@ def test_a_full_disk_while_writing_a_folder_leaves_the_old_folder_and_no_tempora
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 100 + errno.EFBIG % 100
     assert _version(target) == "old"
     assert _leftovers(tmp_path, {"model"}) == []
+
+
+@pytest.mark.parametrize("point", FILE_POINTS)
+@pytest.mark.parametrize("replace", [True, False])
+def test_files_written_as_one_result_and_killed_at_any_point_are_all_old_or_all_new(tmp_path, point, replace):
+    from tokenization.atomic_files import atomic_paths
+
+    h5ad, csv = tmp_path / "out.h5ad", tmp_path / "out.csv"
+    if replace:
+        h5ad.write_text("old h5ad")
+        csv.write_text("old csv")
+
+    def write():
+        with atomic_paths([h5ad, csv], replace=replace) as (one, two):
+            one.write_text("new h5ad")
+            two.write_text("new csv")
+
+    status = _run_in_child(write, kill_at=point)
+    assert os.WIFSIGNALED(status)
+    found = (h5ad.read_text() if h5ad.exists() else None, csv.read_text() if csv.exists() else None)
+    before = ("old h5ad", "old csv") if replace else (None, None)
+    assert found == (("new h5ad", "new csv") if point == "published" else before)
+    if h5ad.exists():
+        h5ad.unlink()
+        csv.unlink()
+    write()  # the rerun works without hand cleaning
+    assert (h5ad.read_text(), csv.read_text()) == ("new h5ad", "new csv")
+    assert _leftovers(tmp_path, {"out.h5ad", "out.csv"}) == []
