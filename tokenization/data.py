@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import functools
 import logging
 import math
@@ -29,7 +31,7 @@ import pyarrow as pa
 import torch
 from anndata import AnnData
 
-from .atomic_files import atomic_path
+from .atomic_files import atomic_path, process_tag, remove_stale_working_folders
 from .encoding import encode_chunks, plan_encoding
 from .reading import ScBertReadingArguments, takes_reading_options
 from .tokenization_scbert import ENCODING_CHUNK_CELLS, ScBertTokenizer
@@ -161,7 +163,11 @@ def to_dataset(
         first written to Arrow files in a hidden folder beside it, removed afterwards; the saved folder is built
         under a temporary name and renamed into place, so a crash never leaves a half-written dataset.
     cache_dir
-        Where the Arrow files go when ``output_dir`` is ``None``; the ``datasets`` cache by default.
+        Where the Arrow files go when ``output_dir`` is ``None``, kept there (each call writes a new folder): remove
+        them when done. By default they are working files in the ``datasets`` cache
+        (``$HF_DATASETS_CACHE/scbert/.scbert-dataset-<host>-<pid>-*``), removed at the end of the enclosing
+        :func:`working_files` block (``finetune`` and ``pretrain`` are one), else when the process exits; those of a
+        killed process are removed by the next call on the same host.
     batch_size
         Cells read, encoded and written at a time, as one Arrow record batch (:data:`ENCODING_CHUNK_CELLS` by
         default); it bounds the memory used and never changes the rows. Not a training batch.
@@ -207,10 +213,12 @@ def to_dataset(
         max_shard_bytes=MAX_SHARD_BYTES,
     )
     if output_dir is None:
-        parent = Path(cache_dir) if cache_dir is not None else Path(datasets.config.HF_DATASETS_CACHE) / "scbert"
-        parent.mkdir(parents=True, exist_ok=True)
         # The Arrow files stay in this folder: the dataset returned is memory-mapped from them.
-        work_dir = Path(tempfile.mkdtemp(dir=parent, prefix=".scbert-dataset-"))
+        if cache_dir is None:
+            work_dir = _new_working_folder(Path(datasets.config.HF_DATASETS_CACHE) / "scbert")
+        else:
+            Path(cache_dir).mkdir(parents=True, exist_ok=True)
+            work_dir = Path(tempfile.mkdtemp(dir=cache_dir, prefix=_WORKING_PREFIX))
         try:
             return write(work_dir)
         except BaseException:
@@ -230,6 +238,44 @@ def to_dataset(
         dataset.save_to_disk(str(staging), **shards)
         del dataset  # its Arrow files are memory-mapped from the folder about to be removed
     return datasets.load_from_disk(str(output_dir))
+
+
+_WORKING_PREFIX = ".scbert-dataset-"
+# This process's working folders in the datasets cache, oldest first (removed by working_files and at exit).
+_working_folders: list[Path] = []
+
+
+def _new_working_folder(parent: Path) -> Path:
+    """A new working folder of this process under ``parent``, named with :func:`process_tag`; the folders that
+    killed processes of this host left there are removed first."""
+    parent.mkdir(parents=True, exist_ok=True)
+    for stale in remove_stale_working_folders(parent, _WORKING_PREFIX):
+        logger.info("Removed %s, encoded cells left by a process that no longer runs.", stale)
+    folder = Path(tempfile.mkdtemp(dir=parent, prefix=f"{_WORKING_PREFIX}{process_tag()}-"))
+    if not _working_folders:
+        atexit.register(_remove_working_folders, 0)
+    _working_folders.append(folder)
+    return folder
+
+
+def _remove_working_folders(keep: int) -> None:
+    """Remove this process's working folders but the first ``keep``. Only this process's: another process (torchrun)
+    encodes into folders of its own."""
+    while len(_working_folders) > keep:
+        shutil.rmtree(_working_folders.pop(), ignore_errors=True)
+
+
+@contextlib.contextmanager
+def working_files() -> Iterator[None]:
+    """Remove the datasets that :func:`to_dataset` encodes into the ``datasets`` cache inside this block (no
+    ``output_dir``, no ``cache_dir``) when it ends, by success or failure; usable as a decorator (``finetune``,
+    ``pretrain``). Datasets made in the block that are still in use stay readable in this process (their files are
+    memory-mapped; Linux keeps removed files for the maps that hold them), but cannot be mapped or reopened anew."""
+    keep = len(_working_folders)
+    try:
+        yield
+    finally:
+        _remove_working_folders(keep)
 
 
 def _write_shards(
@@ -635,4 +681,5 @@ __all__ = [
     "stratified_split",
     "to_dataset",
     "to_iterable_dataset",
+    "working_files",
 ]

@@ -23,7 +23,12 @@ from anndata import AnnData
 from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from tokenization import ScBertTokenizer
-from tokenization.data import LABEL, DataCollatorForCellClassification, DataCollatorForMaskedExpression
+from tokenization.data import (
+    LABEL,
+    DataCollatorForCellClassification,
+    DataCollatorForMaskedExpression,
+    working_files,
+)
 from tokenization.reading import takes_reading_options
 
 from ..configuration_scbert import ScBertConfig
@@ -287,6 +292,7 @@ def _save_classifier(
 # --- The two workflows ----------------------------------------------------------------------------------------------
 
 
+@working_files()  # the cells encoded into the datasets cache are removed when the run ends, success or failure
 @takes_reading_options
 def pretrain(
     train_data: AnnData | Any,
@@ -373,6 +379,7 @@ def pretrain(
     return trainer
 
 
+@working_files()  # the cells encoded into the datasets cache are removed when the run ends, success or failure
 @takes_reading_options
 def finetune(
     train_data: AnnData | Any,
@@ -554,6 +561,7 @@ def finetune(
 # --- From the command line (parsed by .arguments) ------------------------------------------------------------------
 
 
+@working_files()  # also the cells the command line encodes to split them
 def pretrain_main(argv: Sequence[str] | None = None, *, prog: str = "scbert pretrain") -> Trainer:
     """Masked-expression pretraining from the command line (also takes one ``.json`` / ``.yaml`` file of options).
 
@@ -570,6 +578,7 @@ def pretrain_main(argv: Sequence[str] | None = None, *, prog: str = "scbert pret
     return pretrain(**parse_pretrain_command(argv, prog=prog))
 
 
+@working_files()  # also the cells the command line encodes to split them
 def finetune_main(argv: Sequence[str] | None = None, *, prog: str = "scbert finetune") -> Trainer:
     """Fine-tuning from the command line (also takes one ``.json`` / ``.yaml`` file of options).
 
