@@ -173,7 +173,8 @@ def test_push_to_hub_of_an_scbert_trainer_uploads_only_the_allow_listed_model_fi
         from pathlib import Path
         sys.path.insert(0, {str(Path(__file__).parent)!r})
         from test_training_trainer import tiny_trainer
-        trainer = tiny_trainer(Path({str(tmp_path)!r}), hub_model_id="my-lab/allow-listed")
+        trainer = tiny_trainer(Path({str(tmp_path)!r}), hub_model_id="my-lab/allow-listed", save_strategy="epoch",
+                               push_to_hub=True)  # also a push at each save
         trainer.train()
         trainer.push_to_hub()
     """
@@ -186,6 +187,10 @@ def test_push_to_hub_of_an_scbert_trainer_uploads_only_the_allow_listed_model_fi
     assert {"config.json", "model.safetensors", "genes.txt", "tokenizer_config.json", "README.md"} <= files
     assert "pipeline_scbert.py" in files and (run / "training_args.bin").is_file()
     assert not files & {*secrets, "training_args.bin", ".hidden"} and not any("/" in name for name in files)
+    messages = hub.commit_messages("my-lab/allow-listed")
+    assert messages[0] == "End of training" and any(m.startswith("Training in progress") for m in messages)
+    for commit in hub.repos["my-lab/allow-listed"].commits.values():
+        assert not set(commit.files) & {*secrets, "training_args.bin"}, commit.message
     assert not hub.unhandled, hub.unhandled
 
 

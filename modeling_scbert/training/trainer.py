@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -227,6 +228,55 @@ class ScBertTrainer(Trainer):
             allow_patterns=list(plan.files),
             revision=revision if revision is not None else self.args.hub_revision,
         )
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        """The stock push at each save (``hub_strategy``), with the upload of ``output_dir`` limited to the model's
+        files, as in :meth:`push_to_hub`. With ``hub_strategy="checkpoint"`` / ``"all_checkpoints"`` the checkpoint
+        folder itself is uploaded whole, as that option asks (resuming needs its optimizer state)."""
+        from transformers.trainer_utils import HubStrategy, SaveStrategy
+        from transformers.utils import PushInProgress
+        from transformers.utils.hub import hf_api
+
+        if not self.is_world_process_zero() or self.args.hub_strategy == HubStrategy.END:
+            return
+        if not self.args.hub_always_push and self.push_in_progress is not None and not self.push_in_progress.is_done():
+            return  # the last push is still running
+        self.callback_handler.on_push_begin(self.args, self.state, self.control)
+        output_dir, checkpoint = Path(self.args.output_dir), Path(checkpoint_folder)
+        # The checkpoint's model files (no new gathering of the weights) and the tokenizer, then the model's files.
+        for name in plan_upload(checkpoint).files:
+            shutil.copy(checkpoint / name, output_dir / name)
+        if self.processing_class is not None:
+            self.processing_class.save_pretrained(output_dir)
+        if self.args.save_strategy == SaveStrategy.STEPS:
+            commit_message = f"Training in progress, step {self.state.global_step}"
+        else:
+            commit_message = f"Training in progress, epoch {int(self.state.epoch)}"
+        upload = {"repo_id": self.hub_model_id, "token": self.args.hub_token, "revision": self.args.hub_revision}
+        jobs = [
+            hf_api().upload_folder(
+                folder_path=output_dir,
+                commit_message=commit_message,
+                run_as_future=True,
+                allow_patterns=list(plan_upload(output_dir).files),
+                **upload,
+            )
+        ]
+        if self.args.hub_strategy in (HubStrategy.CHECKPOINT, HubStrategy.ALL_CHECKPOINTS):
+            in_repo = "last-checkpoint" if self.args.hub_strategy == HubStrategy.CHECKPOINT else checkpoint.name
+            jobs.append(
+                hf_api().upload_folder(
+                    folder_path=checkpoint,
+                    path_in_repo=in_repo,
+                    commit_message=commit_message + ", checkpoint",
+                    run_as_future=True,
+                    **upload,
+                )
+            )
+        if self.push_in_progress is None or self.push_in_progress.is_done():
+            self.push_in_progress = PushInProgress(jobs)
+        else:
+            self.push_in_progress.jobs.extend(jobs)
 
     def create_model_card(
         self,
