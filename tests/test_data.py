@@ -101,7 +101,7 @@ def test_saved_dataset_equals_the_in_cache_one_row_for_row_across_shards(cells, 
     saved = to_dataset(cells, output_dir=tmp_path / "ds", **options)
     cached = to_dataset(cells, cache_dir=tmp_path / "cache", **options)
     assert len(list((tmp_path / "ds").glob("*.arrow"))) > 1
-    assert len(list(next((tmp_path / "cache").glob(".scbert-dataset-*")).glob("*.arrow"))) > 1
+    assert len(list(next((tmp_path / "cache").glob("scbert-dataset-*")).glob("*.arrow"))) > 1
     rows = rows_of(saved)
     assert rows == rows_of(cached) == rows_of(datasets.load_from_disk(str(tmp_path / "ds")))
     assert saved.features == cached.features
@@ -330,4 +330,30 @@ def test_working_files_block_removes_default_cache_datasets_and_keeps_a_named_ca
         assert len(splits["test"]) == 15 and len(list((tmp_path / "default").glob("scbert/.scbert-dataset-*"))) == 1
     assert list((tmp_path / "default").glob("scbert/.scbert-dataset-*")) == []
     assert len(working) == 60 and working[59]["cell_id"] == "cell59"  # still readable in this process
-    assert len(list((tmp_path / "mine").glob(".scbert-dataset-*"))) == 1 and len(kept) == 60
+    assert len(list((tmp_path / "mine").glob("scbert-dataset-*"))) == 1 and len(kept) == 60
+
+
+def test_a_named_cache_dir_reuses_the_same_encoding_and_only_the_same(cells, tmp_path, caplog):
+    tokenizer = ScBertTokenizer(list(cells.var_names))
+    options = {"tokenizer": tokenizer, "label_key": "cell_type", "cache_dir": tmp_path / "mine"}
+    first = to_dataset(cells, **options)
+    with caplog.at_level("INFO", logger="tokenization"):
+        again = to_dataset(cells.copy(), **options)  # the same content in another object
+    assert any("Reusing" in r.getMessage() for r in caplog.records)
+    assert rows_of(again) == rows_of(first) and len(list((tmp_path / "mine").iterdir())) == 1
+    # Anything the encoding reads gives another folder: a count, a label, the panel's binning, a reading option.
+    changed = cells.copy()
+    changed.X[0, changed.X[0].indices[0]] += 1
+    relabelled = cells.copy()
+    relabelled.obs["cell_type"] = relabelled.obs["cell_type"].cat.reorder_categories(["NK", "B", "T"])
+    to_dataset(changed, **options)
+    to_dataset(relabelled, **options)
+    to_dataset(cells, **{**options, "tokenizer": ScBertTokenizer(list(cells.var_names), max_bin=4)})
+    to_dataset(cells, **options, input_kind="counts")
+    assert len(list((tmp_path / "mine").iterdir())) == 5
+    # Backed: the file's identity; a view encodes only its rows.
+    cells.write_h5ad(tmp_path / "cells.h5ad")
+    backed = ad.read_h5ad(tmp_path / "cells.h5ad", backed="r")
+    assert rows_of(to_dataset(backed, **options)) == rows_of(first)
+    assert len(to_dataset(backed[:10], **options)) == 10 and len(list((tmp_path / "mine").iterdir())) == 7
+    assert rows_of(to_dataset(backed, **options)) == rows_of(first) and len(list((tmp_path / "mine").iterdir())) == 7

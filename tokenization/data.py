@@ -32,6 +32,7 @@ import torch
 from anndata import AnnData
 
 from .atomic_files import atomic_path, process_tag, remove_stale_working_folders
+from .cell_digest import encoding_digest
 from .encoding import encode_chunks, plan_encoding
 from .reading import ScBertReadingArguments, takes_reading_options
 from .tokenization_scbert import ENCODING_CHUNK_CELLS, ScBertTokenizer
@@ -163,8 +164,12 @@ def to_dataset(
         first written to Arrow files in a hidden folder beside it, removed afterwards; the saved folder is built
         under a temporary name and renamed into place, so a crash never leaves a half-written dataset.
     cache_dir
-        Where the Arrow files go when ``output_dir`` is ``None``, kept there (each call writes a new folder): remove
-        them when done. By default they are working files in the ``datasets`` cache
+        Where the Arrow files go when ``output_dir`` is ``None``, kept there and reused: a folder
+        ``scbert-dataset-<digest>`` named by what the encoding reads (the cells' content, or a backed file's identity
+        and modification time; labels and classes; the tokenizer's panel and binning; the reading options; see
+        :mod:`tokenization.cell_digest`), published whole, so the same encoding asked again (another run, another
+        process) opens it instead of encoding again. Remove the folder when done. By default they are working files in
+        the ``datasets`` cache
         (``$HF_DATASETS_CACHE/scbert/.scbert-dataset-<host>-<pid>-*``), removed at the end of the enclosing
         :func:`working_files` block (``finetune`` and ``pretrain`` are one), else when the process exits; those of a
         killed process are removed by the next call on the same host.
@@ -214,11 +219,12 @@ def to_dataset(
     )
     if output_dir is None:
         # The Arrow files stay in this folder: the dataset returned is memory-mapped from them.
-        if cache_dir is None:
-            work_dir = _new_working_folder(Path(datasets.config.HF_DATASETS_CACHE) / "scbert")
-        else:
-            Path(cache_dir).mkdir(parents=True, exist_ok=True)
-            work_dir = Path(tempfile.mkdtemp(dir=cache_dir, prefix=_WORKING_PREFIX))
+        if cache_dir is not None:
+            digest = encoding_digest(
+                adata, tokenizer=tokenizer, options=reading.tokenizer_kwargs(), label_names=label_names, labels=labels
+            )
+            return _cached_dataset(Path(cache_dir) / f"scbert-dataset-{digest[:32]}", write=write, features=features)
+        work_dir = _new_working_folder(Path(datasets.config.HF_DATASETS_CACHE) / "scbert")
         try:
             return write(work_dir)
         except BaseException:
@@ -278,6 +284,33 @@ def working_files() -> Iterator[None]:
         _remove_working_folders(keep)
 
 
+def _cached_dataset(folder: Path, *, write: Any, features: Any):
+    """The dataset in ``folder`` of a named cache: opened when it is there, else encoded into it and published whole
+    (a run killed while encoding leaves no folder under that name; of two runs encoding it at once, one publishes and
+    both open its)."""
+    if not folder.is_dir():
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with atomic_path(folder, directory=True, replace=False) as staging:
+                dataset = write(staging)
+                del dataset  # memory-mapped from the staging folder, about to be renamed
+        except FileExistsError:
+            if not folder.is_dir():
+                raise
+            logger.info("%s was encoded by another run meanwhile; using it.", folder)
+    else:
+        logger.info("Reusing the cells encoded in %s.", folder)
+    return _open_shards(sorted(folder.glob("shard-*.arrow")), features=features)
+
+
+def _open_shards(paths: Sequence[Path], *, features: Any):
+    """Arrow files written by :func:`_write_shards`, memory-mapped as one dataset."""
+    import datasets
+
+    info = datasets.DatasetInfo(features=features)
+    return datasets.concatenate_datasets([datasets.Dataset.from_file(str(path), info=info) for path in paths])
+
+
 def _write_shards(
     directory: Path,
     *,
@@ -288,7 +321,6 @@ def _write_shards(
     max_shard_bytes: int,
 ):
     """Stream record batches into Arrow files of at most about ``max_shard_bytes`` each; open them as one dataset."""
-    import datasets
 
     schema = features.arrow_schema
     cell_ids = np.asarray(cell_ids)
@@ -313,8 +345,7 @@ def _write_shards(
         if writer is not None:
             writer.close()
             sink.close()
-    info = datasets.DatasetInfo(features=features)
-    return datasets.concatenate_datasets([datasets.Dataset.from_file(str(path), info=info) for path in paths])
+    return _open_shards(paths, features=features)
 
 
 def _generate_cells(
