@@ -321,7 +321,6 @@ def _write_shards(
     max_shard_bytes: int,
 ):
     """Stream record batches into Arrow files of at most about ``max_shard_bytes`` each; open them as one dataset."""
-
     schema = features.arrow_schema
     cell_ids = np.asarray(cell_ids)
     paths: list[Path] = []
