@@ -357,3 +357,21 @@ def test_a_named_cache_dir_reuses_the_same_encoding_and_only_the_same(cells, tmp
     assert rows_of(to_dataset(backed, **options)) == rows_of(first)
     assert len(to_dataset(backed[:10], **options)) == 10 and len(list((tmp_path / "mine").iterdir())) == 7
     assert rows_of(to_dataset(backed, **options)) == rows_of(first) and len(list((tmp_path / "mine").iterdir())) == 7
+
+
+def test_a_run_killed_while_encoding_into_a_named_cache_leaves_nothing_to_reuse(cells, tmp_path):
+    import os
+    import signal
+
+    from test_atomic_files import _run_in_child
+
+    tokenizer = ScBertTokenizer(list(cells.var_names))
+    options = {"tokenizer": tokenizer, "label_key": "cell_type", "cache_dir": tmp_path / "mine"}
+    status = _run_in_child(
+        lambda: to_dataset(cells, **options), kill_at="staged"
+    )  # every shard written, not published
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+    assert list((tmp_path / "mine").glob("scbert-dataset-*")) == []  # nothing under the name a rerun would reuse
+    dataset = to_dataset(cells, **options)  # encodes afresh; the dead run's temporary goes
+    assert [p.name.startswith("scbert-dataset-") for p in (tmp_path / "mine").iterdir()] == [True]
+    assert rows_of(dataset) == rows_of(to_dataset(cells, tokenizer=tokenizer, label_key="cell_type"))
