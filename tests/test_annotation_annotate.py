@@ -173,6 +173,63 @@ def test_annotate_view_batching_and_backed_file_agree(model_dir, tmp_path):
     assert not view.is_view and "scbert_cell_type" in view.obs
 
 
+def test_a_view_of_a_backed_file_is_annotated_from_its_rows_only(tmp_path):
+    """Case 19: `annotate(backed[mask], model)` (and embed, gene attention, predict) annotates the view's cells and
+    writes into the object passed, made actual from the view's rows (scverse: a view is made actual with a warning);
+    the file is not changed."""
+    from modeling_scbert.annotation.annotate import predict_cell_types
+    from modeling_scbert.annotation.attention import gene_attention_scores
+
+    genes = ["CD3E", "CD3D", "CD2", "CD7", "IL7R", "MS4A1", "CD79A", "LYZ", "CD14", "NKG7", "GNLY", "ACTB"] + [
+        f"ZNF{i}" for i in range(101, 189)
+    ]
+    model_dir = save_tiny_annotator(
+        tmp_path / "model", genes, ["B cell", "T cell", "NK cell", "Monocyte"], seed=0, initializer_range=0.5
+    )
+    rng = np.random.default_rng(1)
+    gene_mean = rng.lognormal(-1.0, 1.5, size=len(genes))
+    counts = rng.poisson(gene_mean[None, :] * rng.lognormal(0.0, 0.4, size=(60, 1)) * 3.0).astype(np.float32)
+    cells = ad.AnnData(
+        X=sp.csr_matrix(counts),
+        obs=pd.DataFrame({"sample": ["A"] * 30 + ["B"] * 30}, index=[f"cell_{i}" for i in range(60)]),
+        var=pd.DataFrame(index=genes),
+    )
+    path = tmp_path / "cells.h5ad"
+    cells.write_h5ad(path)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    reference = cells[cells.obs["sample"] == "A"].copy()
+    annotate(reference, str(model_dir), progress=False)
+    embed(reference, str(model_dir), progress=False)
+
+    backed = ad.read_h5ad(path, backed="r")
+    subset = backed[backed.obs["sample"] == "A"]
+    result = predict_cell_types(subset, str(model_dir), progress=False)
+    assert list(result.calls.labels) == reference.obs["scbert_cell_type"].astype(str).tolist()
+    copied = annotate(subset, str(model_dir), copy=True, progress=False)  # the view's rows, in memory
+    assert subset.is_view and not copied.isbacked and copied.n_obs == 30
+    with pytest.warns(UserWarning, match="view of a backed AnnData.*to_memory"):
+        annotate(subset, str(model_dir), progress=False)
+    assert not subset.is_view and subset.n_obs == 30 and list(subset.obs_names) == list(reference.obs_names)
+    assert (
+        subset.obs["scbert_cell_type"].astype(str).tolist() == reference.obs["scbert_cell_type"].astype(str).tolist()
+    )
+    np.testing.assert_allclose(subset.obs["scbert_confidence"], reference.obs["scbert_confidence"], rtol=1e-5)
+    np.testing.assert_allclose(subset.X.toarray(), counts[:30])
+
+    backed = ad.read_h5ad(path, backed="r")
+    subset = backed[backed.obs["sample"] == "A"]
+    with pytest.warns(UserWarning, match="view of a backed"):
+        embed(subset, str(model_dir), progress=False)
+    np.testing.assert_allclose(subset.obsm["X_scbert"], reference.obsm["X_scbert"], rtol=1e-5, atol=1e-6)
+    backed = ad.read_h5ad(path, backed="r")
+    subset = backed[backed.obs["sample"] == "B"]
+    with pytest.warns(UserWarning, match="view of a backed"):
+        gene_attention_scores(subset, str(model_dir), progress=False)
+    assert subset.varm["scbert_attention"].shape[0] == len(genes) and subset.n_obs == 30
+    backed.file.close()
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == digest  # the file is not changed
+
+
 def test_embed_writes_mean_encodings(model_dir):
     adata = make_adata()
     before = _slots(adata)

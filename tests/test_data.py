@@ -101,7 +101,7 @@ def test_saved_dataset_equals_the_in_cache_one_row_for_row_across_shards(cells, 
     saved = to_dataset(cells, output_dir=tmp_path / "ds", **options)
     cached = to_dataset(cells, cache_dir=tmp_path / "cache", **options)
     assert len(list((tmp_path / "ds").glob("*.arrow"))) > 1
-    assert len(list(next((tmp_path / "cache").glob(".scbert-dataset-*")).glob("*.arrow"))) > 1
+    assert len(list(next((tmp_path / "cache").glob("scbert-dataset-*")).glob("*.arrow"))) > 1
     rows = rows_of(saved)
     assert rows == rows_of(cached) == rows_of(datasets.load_from_disk(str(tmp_path / "ds")))
     assert saved.features == cached.features
@@ -234,3 +234,144 @@ def test_classification_collator():
 def test_densify_rejects_rows_from_another_panel():
     with pytest.raises(ValueError, match="different tokenizer"):
         densify([{"gene_indices": [0, 40], "bins": [1, 2]}], num_genes=30)
+
+
+# --- Working files: the cells encoded into the datasets cache (case 26) ----------------------------------------------
+
+_RUN = """
+import os, signal, sys
+import anndata as ad, numpy as np, pandas as pd, scipy.sparse as sp
+from transformers import TrainingArguments
+from tokenization import ScBertTokenizer
+from tokenization.data import to_dataset
+
+rng = np.random.default_rng(2)
+genes = [f"GENE{j}" for j in range(12)]
+cells = ad.AnnData(
+    sp.csr_matrix(rng.poisson(3.0, size=(48, 12)).astype(np.float32)),
+    obs=pd.DataFrame({"cell_type": rng.choice(["B", "T", "NK"], 48)}, index=[f"c{i}" for i in range(48)]),
+    var=pd.DataFrame(index=genes),
+)
+mode = sys.argv[1]
+if mode in ("succeeds", "fails"):
+    from modeling_scbert.training import finetune
+
+    args = TrainingArguments(sys.argv[2], max_steps=1, per_device_train_batch_size=16, report_to=[], use_cpu=True,
+                             save_strategy="no", disable_tqdm=True, eval_strategy="epoch" if mode == "fails" else "no")
+    tiny = {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "head_dim": 8,
+            "intermediate_size": 32, "num_random_features": 8, "classifier_hidden_sizes": [16]}
+    try:
+        finetune(cells, label_key="cell_type", training_args=args, preset="full", config_overrides=tiny)
+        print("run finished")
+    except ValueError as error:
+        print("run failed:", error)
+else:
+    dataset = to_dataset(cells, tokenizer=ScBertTokenizer(genes))
+    print(os.path.dirname(dataset.cache_files[0]["filename"]), flush=True)
+    if mode == "killed":
+        os.kill(os.getpid(), signal.SIGKILL)
+    sys.stdin.readline()  # "holder": another process's runs start and end meanwhile
+    print("read", sum(len(row) for row in dataset["gene_indices"]) > 0, len(dataset), flush=True)
+"""
+
+
+def test_runs_remove_their_encoded_cells_even_when_they_fail_and_never_another_live_processs(tmp_path):
+    """Case 26: each run (a process of its own) removes the cells it encoded into the datasets cache when it ends,
+    success or failure; those of a killed run go with the next run on the host; a live process's stay readable."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "run.py"
+    script.write_text(_RUN)
+    cache = tmp_path / "hf_datasets_cache"
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "HF_DATASETS_CACHE": str(cache), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    env["PYTHONPATH"] = os.pathsep.join([root, env.get("PYTHONPATH", "")])
+
+    def run(*argv):
+        return subprocess.run(
+            [sys.executable, str(script), *argv], env=env, capture_output=True, text=True, timeout=300
+        )
+
+    def left():
+        return sorted(p.name for p in cache.glob("**/.scbert-dataset-*"))
+
+    holder = subprocess.Popen(
+        [sys.executable, str(script), "holder"], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        held = Path(holder.stdout.readline().strip())
+        assert held.is_dir() and held.name.startswith(".scbert-dataset-")
+        killed = run("killed")
+        assert killed.returncode == -9
+        assert len(left()) == 2  # the holder's and the killed run's
+        for number, mode in enumerate(["succeeds", "succeeds", "fails"]):
+            result = run(mode, str(tmp_path / f"run{number}"))
+            assert f"run {mode.replace('succeeds', 'finished').replace('fails', 'failed')}" in result.stdout, (
+                result.stderr[-2000:]
+            )
+            assert left() == [held.name]  # the killed run's went with the first run; the live holder's stays
+        out, _ = holder.communicate("go\n", timeout=120)
+        assert out.split() == ["read", "True", "48"] and holder.returncode == 0
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+    assert left() == []  # the holder removed its own at exit
+
+
+def test_working_files_block_removes_default_cache_datasets_and_keeps_a_named_cache_dir(cells, tmp_path, monkeypatch):
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "default"))
+    tokenizer = ScBertTokenizer(list(cells.var_names))
+    with tokenization.data.working_files():
+        working = to_dataset(cells, tokenizer=tokenizer, label_key="cell_type")
+        kept = to_dataset(cells, tokenizer=tokenizer, cache_dir=tmp_path / "mine")
+        splits = working.train_test_split(test_size=0.25, seed=0)  # its files go in the same folder
+        assert len(splits["test"]) == 15 and len(list((tmp_path / "default").glob("scbert/.scbert-dataset-*"))) == 1
+    assert list((tmp_path / "default").glob("scbert/.scbert-dataset-*")) == []
+    assert len(working) == 60 and working[59]["cell_id"] == "cell59"  # still readable in this process
+    assert len(list((tmp_path / "mine").glob("scbert-dataset-*"))) == 1 and len(kept) == 60
+
+
+def test_a_named_cache_dir_reuses_the_same_encoding_and_only_the_same(cells, tmp_path, caplog):
+    tokenizer = ScBertTokenizer(list(cells.var_names))
+    options = {"tokenizer": tokenizer, "label_key": "cell_type", "cache_dir": tmp_path / "mine"}
+    first = to_dataset(cells, **options)
+    with caplog.at_level("INFO", logger="tokenization"):
+        again = to_dataset(cells.copy(), **options)  # the same content in another object
+    assert any("Reusing" in r.getMessage() for r in caplog.records)
+    assert rows_of(again) == rows_of(first) and len(list((tmp_path / "mine").iterdir())) == 1
+    # Anything the encoding reads gives another folder: a count, a label, the panel's binning, a reading option.
+    changed = cells.copy()
+    changed.X[0, changed.X[0].indices[0]] += 1
+    relabelled = cells.copy()
+    relabelled.obs["cell_type"] = relabelled.obs["cell_type"].cat.reorder_categories(["NK", "B", "T"])
+    to_dataset(changed, **options)
+    to_dataset(relabelled, **options)
+    to_dataset(cells, **{**options, "tokenizer": ScBertTokenizer(list(cells.var_names), max_bin=4)})
+    to_dataset(cells, **options, input_kind="counts")
+    assert len(list((tmp_path / "mine").iterdir())) == 5
+    # Backed: the file's identity; a view encodes only its rows.
+    cells.write_h5ad(tmp_path / "cells.h5ad")
+    backed = ad.read_h5ad(tmp_path / "cells.h5ad", backed="r")
+    assert rows_of(to_dataset(backed, **options)) == rows_of(first)
+    assert len(to_dataset(backed[:10], **options)) == 10 and len(list((tmp_path / "mine").iterdir())) == 7
+    assert rows_of(to_dataset(backed, **options)) == rows_of(first) and len(list((tmp_path / "mine").iterdir())) == 7
+
+
+def test_a_run_killed_while_encoding_into_a_named_cache_leaves_nothing_to_reuse(cells, tmp_path):
+    import os
+    import signal
+
+    from test_atomic_files import _run_in_child
+
+    tokenizer = ScBertTokenizer(list(cells.var_names))
+    options = {"tokenizer": tokenizer, "label_key": "cell_type", "cache_dir": tmp_path / "mine"}
+    status = _run_in_child(
+        lambda: to_dataset(cells, **options), kill_at="staged"
+    )  # every shard written, not published
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+    assert list((tmp_path / "mine").glob("scbert-dataset-*")) == []  # nothing under the name a rerun would reuse
+    dataset = to_dataset(cells, **options)  # encodes afresh; the dead run's temporary goes
+    assert [p.name.startswith("scbert-dataset-") for p in (tmp_path / "mine").iterdir()] == [True]
+    assert rows_of(dataset) == rows_of(to_dataset(cells, tokenizer=tokenizer, label_key="cell_type"))

@@ -86,6 +86,27 @@ def test_an_option_on_the_command_line_wins_over_the_finetune_defaults(cells_fil
     assert training_args.load_best_model_at_end is False and training_args.eval_strategy == "epoch"
 
 
+def test_save_steps_alone_means_saving_every_that_many_steps(cells_file, tmp_path, caplog):
+    # Fine-tuning saves every epoch by default, which would silently ignore --save_steps: given alone, it means steps.
+    with caplog.at_level("INFO", logger="modeling_scbert"):
+        training_args = finetune_args(cells_file, tmp_path, "--save_steps", "5")
+    assert training_args.save_strategy == "steps" and training_args.save_steps == 5
+    assert training_args.eval_strategy == "no"
+    assert any("--save_steps 5" in r.getMessage() and "save_strategy=steps" in r.getMessage() for r in caplog.records)
+    # With evaluation data, evaluation follows the saves, as keeping the best model needs.
+    training_args = finetune_args(cells_file, tmp_path, "--validation_fraction", "0.25", "--save-steps=4")
+    assert training_args.save_strategy == "steps" and training_args.eval_strategy == "steps"
+    assert training_args.save_steps == 4 and training_args.eval_steps == 4 and training_args.load_best_model_at_end
+    # What the command line names wins.
+    training_args = finetune_args(cells_file, tmp_path, "--save_steps", "5", "--save_strategy", "epoch")
+    assert training_args.save_strategy == "epoch"
+    training_args = finetune_args(
+        cells_file, tmp_path, "--validation_fraction", "0.25", "--save_steps", "6", "--eval_steps", "3"
+    )
+    assert training_args.save_strategy == "steps" and training_args.eval_steps == 3
+    assert finetune_args(cells_file, tmp_path).save_strategy == "epoch"
+
+
 def test_pretrain_keeps_the_training_arguments_defaults(cells_file, tmp_path):
     argv = ["--train_file", str(cells_file), "--output_dir", str(tmp_path / "run"), "--use_cpu", "--report_to", "none"]
     options = parse_pretrain_command([*argv, "--validation_fraction", "0.5", "--dataset_cache_dir", str(tmp_path)])

@@ -161,6 +161,39 @@ def test_stock_push_to_hub_of_an_scbert_trainer_carries_the_scbert_card(tmp_path
     assert not hub.unhandled, hub.unhandled
 
 
+def test_push_to_hub_of_an_scbert_trainer_uploads_only_the_allow_listed_model_files(tmp_path, hub):
+    # An output folder that also holds what a model repository must never get.
+    run = tmp_path / "run"
+    secrets = ("token", "hf_token.txt", "secrets.json", "id_rsa", "credentials", "notes.md", "wandb-metadata.json")
+    for name in (*secrets, "logs/events.out", ".hidden"):
+        (run / name).parent.mkdir(parents=True, exist_ok=True)
+        (run / name).write_text("local only")
+    script = f"""
+        import sys
+        from pathlib import Path
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from test_training_trainer import tiny_trainer
+        trainer = tiny_trainer(Path({str(tmp_path)!r}), hub_model_id="my-lab/allow-listed", save_strategy="epoch",
+                               push_to_hub=True)  # also a push at each save
+        trainer.train()
+        trainer.push_to_hub()
+    """
+    result = run_client(script, hub, tmp_path)
+    assert result.returncode == 0, result.stderr[-4000:]
+    from modeling_scbert.hub.model_files import plan_upload
+
+    files = set(hub.repos["my-lab/allow-listed"].resolve("main").files) - {".gitattributes"}  # made with the repo
+    assert files == set(plan_upload(run).files)  # the one allow-list, the same as scbert push's
+    assert {"config.json", "model.safetensors", "genes.txt", "tokenizer_config.json", "README.md"} <= files
+    assert "pipeline_scbert.py" in files and (run / "training_args.bin").is_file()
+    assert not files & {*secrets, "training_args.bin", ".hidden"} and not any("/" in name for name in files)
+    messages = hub.commit_messages("my-lab/allow-listed")
+    assert messages[0] == "End of training" and any(m.startswith("Training in progress") for m in messages)
+    for commit in hub.repos["my-lab/allow-listed"].commits.values():
+        assert not set(commit.files) & {*secrets, "training_args.bin"}, commit.message
+    assert not hub.unhandled, hub.unhandled
+
+
 def test_push_model_folder_leaves_pickles_hidden_files_and_subfolders_local(tmp_path, hub):
     folder = make_annotator(tmp_path / "model")
     for name in ("training_args.bin", "optimizer.pt", ".secret", "_private.txt", "checkpoint-1/model.safetensors"):

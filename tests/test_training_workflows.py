@@ -215,6 +215,38 @@ def test_interrupted_finetuning_resumes_from_its_last_checkpoint_and_finishes(tm
         torch.testing.assert_close(a, b, msg=f"{name} differs between the resumed and the uninterrupted run")
 
 
+def test_resume_skips_an_incomplete_checkpoint_and_resumes_from_the_last_complete_one(tmp_path, cells, caplog):
+    from modeling_scbert.training.checkpoints import checkpoint_problems
+
+    common = {"max_steps": 6, "save_strategy": "steps", "save_steps": 2, "per_device_train_batch_size": 8}
+    run = {"label_key": "cell_type", "preset": "full", "config_overrides": TINY, "encode_kwargs": _encode(tmp_path)}
+    finetune(cells, training_args=args(tmp_path, "run", **common), callbacks=[StopAt(4)], **run)
+    assert checkpoint_problems(str(tmp_path / "run" / "checkpoint-4")) == []
+    # A run killed while it wrote checkpoint-4: its weights cut short.
+    weights = tmp_path / "run" / "checkpoint-4" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    assert checkpoint_problems(str(weights.parent)) == ["model.safetensors is truncated or damaged"]
+
+    with caplog.at_level("INFO", logger="modeling_scbert"):
+        resumed = finetune(cells, training_args=args(tmp_path, "run", **common), resume_from_checkpoint=True, **run)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "incomplete" in r.getMessage()]
+    assert len(warnings) == 1 and "checkpoint-4" in warnings[0] and "model.safetensors" in warnings[0]
+    assert any(r.getMessage().endswith("checkpoint-2") for r in caplog.records if "Resuming from" in r.getMessage())
+    assert resumed.state.global_step == 6
+    straight = finetune(cells, training_args=args(tmp_path, "straight", **common), **run)
+    for (name, a), b in zip(resumed.model.state_dict().items(), straight.model.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=f"{name} differs between the resumed and the uninterrupted run")
+
+    # Killed before trainer_state.json (written last): incomplete too; with none complete, the error names them all.
+    for step in (2, 4, 6):
+        (tmp_path / "run" / f"checkpoint-{step}" / "trainer_state.json").unlink()
+    assert checkpoint_problems(str(tmp_path / "run" / "checkpoint-2")) == ["no trainer_state.json"]
+    with pytest.raises(
+        FileNotFoundError, match=r"no checkpoint .* is complete: checkpoint-6 .*checkpoint-4.*checkpoint-2"
+    ):
+        finetune(cells, training_args=args(tmp_path, "run", **common), resume_from_checkpoint=True, **run)
+
+
 def test_resume_without_checkpoint_is_a_clear_error(tmp_path, cells):
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         finetune(

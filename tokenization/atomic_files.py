@@ -41,7 +41,9 @@ __all__ = [
     "atomic_paths",
     "current_umask",
     "exchange_paths",
+    "process_tag",
     "remove_stale_temporaries",
+    "remove_stale_working_folders",
     "write_text_atomically",
 ]
 
@@ -95,9 +97,31 @@ def remove_stale_temporaries(destination: str | PathLike) -> list[Path]:
     """
     destination = Path(destination)
     pattern = re.compile(rf"\.{re.escape(destination.name)}\.{_HOST_TAG}-(\d+)-[0-9a-f]+\.tmp")
+    return _remove_stale(destination.parent, pattern)
+
+
+def process_tag() -> str:
+    """This process's tag, ``<host>-<pid>``, in the names of what it writes for itself alone (temporaries, working
+    folders), so that :func:`remove_stale_working_folders` recognises them once it is gone."""
+    return f"{_HOST_TAG}-{os.getpid()}"
+
+
+def remove_stale_working_folders(parent: str | PathLike, prefix: str) -> list[Path]:
+    """Remove the working folders ``<prefix><process_tag()>-...`` in ``parent`` of processes of this host that no
+    longer exist (a run killed before it could remove them); those of live processes and other hosts are kept.
+
+    Returns
+    -------
+    The paths removed.
+    """
+    return _remove_stale(Path(parent), re.compile(rf"{re.escape(prefix)}{_HOST_TAG}-(\d+)-.+"))
+
+
+def _remove_stale(parent: Path, pattern: re.Pattern[str]) -> list[Path]:
+    """Remove the entries of ``parent`` whose names match ``pattern`` with the id of a dead process as group 1."""
     removed = []
     try:
-        entries = list(os.scandir(destination.parent))
+        entries = list(os.scandir(parent))
     except OSError:
         return removed
     for entry in entries:

@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import functools
 import logging
 import math
@@ -28,7 +30,8 @@ import pyarrow as pa
 import torch
 from anndata import AnnData
 
-from .atomic_files import atomic_path
+from .atomic_files import atomic_path, process_tag, remove_stale_working_folders
+from .cell_digest import encoding_digest
 from .encoding import encode_chunks, plan_encoding
 from .label_rules import read_cell_labels, variant_key
 from .reading import ScBertReadingArguments, takes_reading_options
@@ -178,7 +181,15 @@ def to_dataset(
         first written to Arrow files in a hidden folder beside it, removed afterwards; the saved folder is built
         under a temporary name and renamed into place, so a crash never leaves a half-written dataset.
     cache_dir
-        Where the Arrow files go when ``output_dir`` is ``None``; the ``datasets`` cache by default.
+        Where the Arrow files go when ``output_dir`` is ``None``, kept there and reused: a folder
+        ``scbert-dataset-<digest>`` named by what the encoding reads (the cells' content, or a backed file's identity
+        and modification time; labels and classes; the tokenizer's panel and binning; the reading options; see
+        :mod:`tokenization.cell_digest`), published whole, so the same encoding asked again (another run, another
+        process) opens it instead of encoding again. Remove the folder when done. By default they are working files in
+        the ``datasets`` cache
+        (``$HF_DATASETS_CACHE/scbert/.scbert-dataset-<host>-<pid>-*``), removed at the end of the enclosing
+        :func:`working_files` block (``finetune`` and ``pretrain`` are one), else when the process exits; those of a
+        killed process are removed by the next call on the same host.
     batch_size
         Cells read, encoded and written at a time, as one Arrow record batch (:data:`ENCODING_CHUNK_CELLS` by
         default); it bounds the memory used and never changes the rows. Not a training batch.
@@ -230,10 +241,13 @@ def to_dataset(
         max_shard_bytes=MAX_SHARD_BYTES,
     )
     if output_dir is None:
-        parent = Path(cache_dir) if cache_dir is not None else Path(datasets.config.HF_DATASETS_CACHE) / "scbert"
-        parent.mkdir(parents=True, exist_ok=True)
         # The Arrow files stay in this folder: the dataset returned is memory-mapped from them.
-        work_dir = Path(tempfile.mkdtemp(dir=parent, prefix=".scbert-dataset-"))
+        if cache_dir is not None:
+            digest = encoding_digest(
+                adata, tokenizer=tokenizer, options=reading.tokenizer_kwargs(), label_names=label_names, labels=labels
+            )
+            return _cached_dataset(Path(cache_dir) / f"scbert-dataset-{digest[:32]}", write=write, features=features)
+        work_dir = _new_working_folder(Path(datasets.config.HF_DATASETS_CACHE) / "scbert")
         try:
             return write(work_dir)
         except BaseException:
@@ -255,6 +269,71 @@ def to_dataset(
     return datasets.load_from_disk(str(output_dir))
 
 
+_WORKING_PREFIX = ".scbert-dataset-"
+# This process's working folders in the datasets cache, oldest first (removed by working_files and at exit).
+_working_folders: list[Path] = []
+
+
+def _new_working_folder(parent: Path) -> Path:
+    """A new working folder of this process under ``parent``, named with :func:`process_tag`; the folders that
+    killed processes of this host left there are removed first."""
+    parent.mkdir(parents=True, exist_ok=True)
+    for stale in remove_stale_working_folders(parent, _WORKING_PREFIX):
+        logger.info("Removed %s, encoded cells left by a process that no longer runs.", stale)
+    folder = Path(tempfile.mkdtemp(dir=parent, prefix=f"{_WORKING_PREFIX}{process_tag()}-"))
+    if not _working_folders:
+        atexit.register(_remove_working_folders, 0)
+    _working_folders.append(folder)
+    return folder
+
+
+def _remove_working_folders(keep: int) -> None:
+    """Remove this process's working folders but the first ``keep``. Only this process's: another process (torchrun)
+    encodes into folders of its own."""
+    while len(_working_folders) > keep:
+        shutil.rmtree(_working_folders.pop(), ignore_errors=True)
+
+
+@contextlib.contextmanager
+def working_files() -> Iterator[None]:
+    """Remove the datasets that :func:`to_dataset` encodes into the ``datasets`` cache inside this block (no
+    ``output_dir``, no ``cache_dir``) when it ends, by success or failure; usable as a decorator (``finetune``,
+    ``pretrain``). Datasets made in the block that are still in use stay readable in this process (their files are
+    memory-mapped; Linux keeps removed files for the maps that hold them), but cannot be mapped or reopened anew."""
+    keep = len(_working_folders)
+    try:
+        yield
+    finally:
+        _remove_working_folders(keep)
+
+
+def _cached_dataset(folder: Path, *, write: Any, features: Any):
+    """The dataset in ``folder`` of a named cache: opened when it is there, else encoded into it and published whole
+    (a run killed while encoding leaves no folder under that name; of two runs encoding it at once, one publishes and
+    both open its)."""
+    if not folder.is_dir():
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with atomic_path(folder, directory=True, replace=False) as staging:
+                dataset = write(staging)
+                del dataset  # memory-mapped from the staging folder, about to be renamed
+        except FileExistsError:
+            if not folder.is_dir():
+                raise
+            logger.info("%s was encoded by another run meanwhile; using it.", folder)
+    else:
+        logger.info("Reusing the cells encoded in %s.", folder)
+    return _open_shards(sorted(folder.glob("shard-*.arrow")), features=features)
+
+
+def _open_shards(paths: Sequence[Path], *, features: Any):
+    """Arrow files written by :func:`_write_shards`, memory-mapped as one dataset."""
+    import datasets
+
+    info = datasets.DatasetInfo(features=features)
+    return datasets.concatenate_datasets([datasets.Dataset.from_file(str(path), info=info) for path in paths])
+
+
 def _write_shards(
     directory: Path,
     *,
@@ -265,8 +344,6 @@ def _write_shards(
     max_shard_bytes: int,
 ):
     """Stream record batches into Arrow files of at most about ``max_shard_bytes`` each; open them as one dataset."""
-    import datasets
-
     schema = features.arrow_schema
     cell_ids = np.asarray(cell_ids)
     paths: list[Path] = []
@@ -293,8 +370,7 @@ def _write_shards(
         if writer is not None:
             writer.close()
             sink.close()
-    info = datasets.DatasetInfo(features=features)
-    return datasets.concatenate_datasets([datasets.Dataset.from_file(str(path), info=info) for path in paths])
+    return _open_shards(paths, features=features)
 
 
 def _generate_cells(
@@ -671,4 +747,5 @@ __all__ = [
     "stratified_split",
     "to_dataset",
     "to_iterable_dataset",
+    "working_files",
 ]

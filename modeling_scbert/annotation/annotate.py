@@ -143,7 +143,8 @@ def annotate(
     ----------
     adata
         The cells: counts or log1p-normalised values, in memory or backed (``read_h5ad(path, backed="r")``; only
-        ``.obs``, ``.obsm`` and ``.uns`` are written, in memory, never the file).
+        ``.obs``, ``.obsm`` and ``.uns`` are written, in memory, never the file). A view is made an actual AnnData
+        with a warning; a view of a backed file (``backed[mask]``) becomes its rows, read into memory.
     model
         A fine-tuned :class:`ScBertForSequenceClassification`, or its folder or Hub id (the tokenizer saved with it
         is loaded too). A list of them is an ensemble: their class probabilities are averaged, which gives steadier
@@ -219,7 +220,7 @@ def annotate(
         For a keyword that is not an option, or a model that is not a classifier.
     ValueError
         For a threshold outside [0, 1], members that disagree, a model object without ``tokenizer=``, ``copy=True``
-        with a backed AnnData, and cells that cannot be read (too few panel genes, an input kind that does not fit
+        with a backed AnnData (not a view of one), and cells that cannot be read (too few panel genes, an input kind that does not fit
         the values, ...); all before the model runs.
     ScBertProcessError
         With several processes, on every process but the one that failed (which raises its own error).
@@ -384,7 +385,8 @@ def embed(
     Parameters
     ----------
     adata
-        The cells, in memory or backed (only ``.obsm`` and ``.uns`` are written, in memory).
+        The cells, in memory or backed (only ``.obsm`` and ``.uns`` are written, in memory); views as for
+        :func:`annotate`.
     model
         A model, or its folder or Hub id (the tokenizer saved with it is loaded too).
     tokenizer

@@ -152,12 +152,14 @@ def autocast(device: torch.device, dtype: str) -> torch.autocast:
 def check_writable(adata: AnnData, *, copy: bool) -> None:
     """Refuse what :func:`adata_to_write` would refuse, before any work.
 
+    A view of a backed AnnData (``backed[mask]``) is accepted: :func:`adata_to_write` loads only its rows.
+
     Raises
     ------
     ValueError
-        For ``copy=True`` on a backed AnnData (the copy would load it whole into memory).
+        For ``copy=True`` on a backed AnnData that is not a view (the copy would load it whole into memory).
     """
-    if copy and adata.isbacked:
+    if copy and adata.isbacked and not adata.is_view:
         raise ValueError(
             "copy=True would load the whole backed AnnData into memory; annotate it in place (copy=False; the "
             "file itself is not changed) or load it first with adata.to_memory()."
@@ -167,15 +169,28 @@ def check_writable(adata: AnnData, *, copy: bool) -> None:
 def adata_to_write(adata: AnnData, *, copy: bool) -> AnnData:
     """The AnnData to write results into: a copy with ``copy=True``, else ``adata`` itself (a view made actual).
 
+    A view of a backed AnnData cannot be copied by anndata; its rows are read from the file into memory instead
+    (``adata.to_memory()``, the view's rows only), as the copy or as the actual AnnData the view becomes. The file is
+    never changed.
+
     Raises
     ------
     ValueError
-        For ``copy=True`` on a backed AnnData (the copy would load it whole into memory).
+        For ``copy=True`` on a backed AnnData that is not a view (the copy would load it whole into memory).
     """
     check_writable(adata, copy=copy)
+    backed_view = adata.is_view and adata.isbacked
     if copy:
-        return adata.copy()
-    if adata.is_view:
+        return adata.to_memory() if backed_view else adata.copy()
+    if backed_view:
+        warnings.warn(
+            f"Received a view of a backed AnnData; loading its {adata.n_obs} rows into memory (adata.to_memory()) to "
+            "make it an actual AnnData to write into. The file is not changed.",
+            UserWarning,
+            2,
+        )
+        adata._init_as_actual(adata.to_memory())
+    elif adata.is_view:
         warnings.warn("Received a view of an AnnData; making it an actual AnnData to write into.", UserWarning, 2)
         adata._init_as_actual(adata.copy())
     return adata

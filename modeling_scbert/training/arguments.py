@@ -13,6 +13,8 @@ module sits below ``training`` and never imports it.
 
 from __future__ import annotations
 
+import argparse
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -28,6 +30,8 @@ from tokenization.reading import ScBertReadingArguments
 from .labels import CLASS_CHANGES
 from .model_setup import FINETUNING_PRESET_CHOICES, resolve_tokenizer
 from .trainer import CLASS_WEIGHTINGS
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -181,7 +185,35 @@ def _parse(command: Literal["pretrain", "finetune"], argv: Sequence[str] | None,
         given, _ = parser.parse_known_args(args)
         if given.validation_file is not None or given.validation_fraction is not None:
             parser.set_defaults(**FINETUNE_DEFAULTS)
+        _save_steps_mean_steps(parser, args)
     return parser.parse_args_into_dataclasses(args=args)
+
+
+def _save_steps_mean_steps(parser: HfArgumentParser, args: list[str]) -> None:
+    """``--save_steps N`` without ``--save_strategy`` saves every N steps (``save_strategy=steps``), where fine-tuning's
+    default (``epoch``) would silently ignore it; evaluation then follows the saves (``eval_strategy=steps``,
+    ``eval_steps=N``) when it would otherwise run every epoch, as keeping the best model needs both on one schedule.
+    An option given on the command line wins."""
+    unset = object()
+    names = ("save_steps", "save_strategy", "eval_strategy", "eval_steps")
+    # argparse leaves an attribute that is already in the namespace alone unless the option is given: what is still
+    # `unset` afterwards was not on the command line (in any spelling or abbreviation argparse takes).
+    given, _ = parser.parse_known_args(args, namespace=argparse.Namespace(**dict.fromkeys(names, unset)))
+    given = {name: getattr(given, name) for name in names if getattr(given, name) is not unset}
+    if "save_steps" not in given or "save_strategy" in given or parser.get_default("save_strategy") == "steps":
+        return
+    steps: dict[str, Any] = {"save_strategy": "steps"}
+    if parser.get_default("eval_strategy") == "epoch" and "eval_strategy" not in given:
+        steps["eval_strategy"] = "steps"
+        if "eval_steps" not in given:
+            steps["eval_steps"] = given["save_steps"]
+    parser.set_defaults(**steps)
+    logger.info(
+        "--save_steps %s without --save_strategy: saving every %s steps (%s).",
+        given["save_steps"],
+        given["save_steps"],
+        ", ".join(f"{name}={value}" for name, value in steps.items()),
+    )
 
 
 def _read_data(path: str | None, *, split: str):
@@ -262,8 +294,9 @@ def parse_finetune_command(argv: Sequence[str] | None = None, *, prog: str = "sc
     first 10% of the steps, evaluate and save every epoch, keep the best model by macro-F1
     (``load_best_model_at_end``), keep two checkpoints, log every epoch. Without
     evaluation data (neither ``--validation_file`` nor ``--validation_fraction``) evaluation and keeping the best
-    model are off. An option on the command line always wins; a ``.json`` / ``.yaml`` file of options starts from
-    ``TrainingArguments``' own defaults.
+    model are off. ``--save_steps N`` without ``--save_strategy`` saves every N steps (and, with evaluation data and
+    no ``--eval_strategy``, evaluates every N steps too). An option on the command line always wins; a ``.json`` /
+    ``.yaml`` file of options starts from ``TrainingArguments``' own defaults.
 
     Parameters
     ----------

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from tokenization.pipeline_scbert import save_pipeline_code
 
 from ..hub.card import README_NAME, render_model_card, validate_model_card
 from ..hub.card_data import ScBertCardData
+from ..hub.model_files import plan_upload
 from ..modeling_scbert import ScBertForSequenceClassification
 from .run_card import ScBertModelCardCallback
 
@@ -124,8 +126,9 @@ class ScBertWeightedLoss:
 class ScBertTrainer(Trainer):
     """The stock ``Trainer``, whose model card is the scBERT card and whose saved classifiers carry their pipeline.
 
-    ``trainer.push_to_hub()`` (stock) then saves model and tokenizer, renders the card from the facts captured while
-    training (see :class:`ScBertModelCardCallback`) and pushes them in one commit.
+    ``trainer.push_to_hub()`` then saves model and tokenizer, renders the card from the facts captured while
+    training (see :class:`ScBertModelCardCallback`) and pushes them in one commit: only the model's files, by the
+    allow-list of ``scbert push`` (:func:`modeling_scbert.hub.model_files.plan_upload`).
 
     Parameters
     ----------
@@ -173,6 +176,107 @@ class ScBertTrainer(Trainer):
         is_classifier = isinstance(model, ScBertForSequenceClassification)
         if self.args.should_save and is_classifier and (folder / "config.json").is_file():
             save_pipeline_code(folder)  # pipeline("cell-type-annotation", ...) as remote code
+
+    def push_to_hub(
+        self,
+        commit_message: str | None = "End of training",
+        blocking: bool = True,
+        token: str | None = None,
+        revision: str | None = None,
+        private: bool | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Save the model, tokenizer and card in ``output_dir`` and upload the model's files, nothing else.
+
+        As the stock ``Trainer.push_to_hub`` (same arguments; ``kwargs`` go to :meth:`create_model_card`), except
+        that the upload is the allow-list of ``scbert push`` (:func:`~modeling_scbert.hub.model_files.plan_upload`):
+        weights, config, remote code, tokenizer, card and the evaluation it reports. Tokens, notes, trackers' files,
+        ``training_args.bin``, ``trainer_state.json`` and sub-folders an output folder may also hold stay local.
+
+        Returns
+        -------
+        huggingface_hub.CommitInfo | Future | None
+            The commit (a future with ``blocking=False``); ``None`` on every process but the main one.
+
+        Raises
+        ------
+        ValueError
+            When a file to upload is a symbolic link leaving the folder (before anything is uploaded).
+        ModelCardError
+            When the card cannot be rendered or does not match the saved folder.
+        """
+        from transformers.utils.hub import hf_api  # the Trainer's own client (its endpoint, its user agent)
+
+        self.callback_handler.on_push_begin(self.args, self.state, self.control)
+        token = token if token is not None else self.args.hub_token
+        if self.hub_model_id is None:  # push_to_hub called with args.push_to_hub False
+            self.init_hf_repo(token=token, private=private)
+        self.save_model(_internal_call=True)  # every process: saving may gather sharded weights
+        if not self.is_world_process_zero():
+            return None
+        self.create_model_card(**kwargs)
+        plan = plan_upload(self.args.output_dir)
+        if plan.left_out:
+            logger.info("Not uploading %s (not part of a model): %s", self.args.output_dir, ", ".join(plan.left_out))
+        self._finish_current_push()
+        return hf_api().upload_folder(
+            repo_id=self.hub_model_id,
+            folder_path=self.args.output_dir,
+            commit_message=commit_message,
+            token=token,
+            run_as_future=not blocking,
+            allow_patterns=list(plan.files),
+            revision=revision if revision is not None else self.args.hub_revision,
+        )
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        """The stock push at each save (``hub_strategy``), with the upload of ``output_dir`` limited to the model's
+        files, as in :meth:`push_to_hub`. With ``hub_strategy="checkpoint"`` / ``"all_checkpoints"`` the checkpoint
+        folder itself is uploaded whole, as that option asks (resuming needs its optimizer state)."""
+        from transformers.trainer_utils import HubStrategy, SaveStrategy
+        from transformers.utils import PushInProgress
+        from transformers.utils.hub import hf_api
+
+        if not self.is_world_process_zero() or self.args.hub_strategy == HubStrategy.END:
+            return
+        if not self.args.hub_always_push and self.push_in_progress is not None and not self.push_in_progress.is_done():
+            return  # the last push is still running
+        self.callback_handler.on_push_begin(self.args, self.state, self.control)
+        output_dir, checkpoint = Path(self.args.output_dir), Path(checkpoint_folder)
+        # The checkpoint's model files (no new gathering of the weights) and the tokenizer, then the model's files.
+        for name in plan_upload(checkpoint).files:
+            shutil.copy(checkpoint / name, output_dir / name)
+        if self.processing_class is not None:
+            self.processing_class.save_pretrained(output_dir)
+        if self.args.save_strategy == SaveStrategy.STEPS:
+            commit_message = f"Training in progress, step {self.state.global_step}"
+        else:
+            commit_message = f"Training in progress, epoch {int(self.state.epoch)}"
+        upload = {"repo_id": self.hub_model_id, "token": self.args.hub_token, "revision": self.args.hub_revision}
+        jobs = [
+            hf_api().upload_folder(
+                folder_path=output_dir,
+                commit_message=commit_message,
+                run_as_future=True,
+                allow_patterns=list(plan_upload(output_dir).files),
+                **upload,
+            )
+        ]
+        if self.args.hub_strategy in (HubStrategy.CHECKPOINT, HubStrategy.ALL_CHECKPOINTS):
+            in_repo = "last-checkpoint" if self.args.hub_strategy == HubStrategy.CHECKPOINT else checkpoint.name
+            jobs.append(
+                hf_api().upload_folder(
+                    folder_path=checkpoint,
+                    path_in_repo=in_repo,
+                    commit_message=commit_message + ", checkpoint",
+                    run_as_future=True,
+                    **upload,
+                )
+            )
+        if self.push_in_progress is None or self.push_in_progress.is_done():
+            self.push_in_progress = PushInProgress(jobs)
+        else:
+            self.push_in_progress.jobs.extend(jobs)
 
     def create_model_card(
         self,

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import textwrap
 from collections.abc import Callable, Sequence
 from os import PathLike
@@ -23,15 +22,20 @@ from typing import Any, Literal, TypeVar
 import numpy as np
 from anndata import AnnData
 from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
-from transformers.trainer_utils import get_last_checkpoint
 
 from tokenization import ScBertTokenizer
-from tokenization.data import LABEL, DataCollatorForCellClassification, DataCollatorForMaskedExpression
+from tokenization.data import (
+    LABEL,
+    DataCollatorForCellClassification,
+    DataCollatorForMaskedExpression,
+    working_files,
+)
 from tokenization.reading import takes_reading_options
 
 from ..configuration_scbert import ScBertConfig
 from ..modeling_scbert import ScBertForMaskedLM, ScBertForSequenceClassification
 from .arguments import parse_finetune_command, parse_pretrain_command
+from .checkpoints import last_complete_checkpoint
 from .data import check_labels, encode, encode_options, finetuning_datasets
 from .labels import CLASS_CHANGES, reconcile_classes
 from .metrics import compute_classification_metrics, evaluate_classifier
@@ -77,15 +81,11 @@ def _trainer_arguments(training_args: TrainingArguments, **changes: Any) -> Trai
 
 def _resume_point(training_args: TrainingArguments, resume_from_checkpoint: str | bool | None) -> str | bool | None:
     """The checkpoint to resume from: ``resume_from_checkpoint``, else ``training_args``'; ``True`` is the last
-    ``checkpoint-*`` folder in ``output_dir``, which must exist."""
+    complete ``checkpoint-*`` folder in ``output_dir`` (:func:`.checkpoints.last_complete_checkpoint`: incomplete
+    newer ones are named in a WARNING and skipped), which must exist."""
     resume = resume_from_checkpoint if resume_from_checkpoint is not None else training_args.resume_from_checkpoint
     if resume in (True, "True", "true"):
-        last = get_last_checkpoint(training_args.output_dir) if os.path.isdir(training_args.output_dir) else None
-        if last is None:
-            raise FileNotFoundError(
-                f"resume_from_checkpoint=True but {training_args.output_dir!r} holds no checkpoint-* folder; "
-                "drop the option to start afresh, or pass the checkpoint folder."
-            )
+        last = last_complete_checkpoint(training_args)
         logger.info("Resuming from %s", last)
         return last
     return resume or None
@@ -406,6 +406,7 @@ def _shared_parameters(function: F) -> F:
 # --- The two workflows ----------------------------------------------------------------------------------------------
 
 
+@working_files()  # the cells encoded into the datasets cache are removed when the run ends, success or failure
 @takes_reading_options
 @_shared_parameters
 def pretrain(
@@ -483,6 +484,7 @@ def pretrain(
     return trainer
 
 
+@working_files()  # the cells encoded into the datasets cache are removed when the run ends, success or failure
 @takes_reading_options
 @_shared_parameters
 def finetune(
@@ -711,6 +713,7 @@ def finetune(
 # --- From the command line (parsed by .arguments) ------------------------------------------------------------------
 
 
+@working_files()  # also the cells the command line encodes to split them
 def pretrain_main(argv: Sequence[str] | None = None, *, prog: str = "scbert pretrain") -> Trainer:
     """Masked-expression pretraining from the command line (also takes one ``.json`` / ``.yaml`` file of options).
 
@@ -727,6 +730,7 @@ def pretrain_main(argv: Sequence[str] | None = None, *, prog: str = "scbert pret
     return pretrain(**parse_pretrain_command(argv, prog=prog))
 
 
+@working_files()  # also the cells the command line encodes to split them
 def finetune_main(argv: Sequence[str] | None = None, *, prog: str = "scbert finetune") -> Trainer:
     """Fine-tuning from the command line (also takes one ``.json`` / ``.yaml`` file of options).
 
