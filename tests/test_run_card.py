@@ -34,3 +34,30 @@ def test_evaluation_facts_add_the_per_class_rows_and_the_majority_floor_to_the_r
         key: value for key, value in facts.items() if key != "evaluation"
     }
     assert ScBertCardData().merged(found).evaluation == evaluation  # facts the card knows, by the card's names
+
+
+def test_a_card_that_cannot_be_rendered_stops_finetune_before_the_first_step(tmp_path, monkeypatch):
+    import pytest
+    from test_training_workflows import TINY, args, make_cells
+    from transformers import Trainer
+
+    from modeling_scbert import finetune
+    from modeling_scbert.hub import card
+
+    trained = []
+    monkeypatch.setattr(Trainer, "train", lambda self, *a, **k: trained.append(True))
+
+    def broken(*arguments, **keywords):
+        raise card.ModelCardError("the card cannot be rendered")
+
+    monkeypatch.setattr("modeling_scbert.training.run_card.render_model_card", broken)
+    with pytest.raises(card.ModelCardError, match="cannot be rendered"):
+        finetune(
+            make_cells(),
+            label_key="cell_type",
+            training_args=args(tmp_path),
+            config_overrides=TINY,
+            card_facts={"license": "mit"},
+            encode_kwargs={"cache_dir": str(tmp_path / "cache")},
+        )
+    assert trained == []

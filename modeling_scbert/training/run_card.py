@@ -87,6 +87,28 @@ def run_card_facts(
     return facts
 
 
+def check_card_renders(
+    model: ScBertForSequenceClassification, tokenizer: ScBertTokenizer, facts: dict[str, Any]
+) -> None:
+    """Render the run's card once before training, so that what would stop it after training stops it now.
+
+    The card is rendered from the model's config, the tokenizer and ``facts`` (the labels, the caller's facts) in a
+    temporary folder, exactly as it will be at the end; a fact, a label or a template that cannot be rendered raises
+    here, before any step is trained. Nothing is kept.
+
+    Raises
+    ------
+    modeling_scbert.hub.card_data.ModelCardError
+        When the card cannot be rendered (see :func:`~modeling_scbert.hub.card.render_model_card`).
+    """
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="scbert-card-") as folder:
+        model.config.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        render_model_card(ScBertCardData.from_model_folder(folder, facts), local_name=Path(folder).name)
+
+
 def add_evaluation_facts(
     facts: dict[str, Any],
     report: dict[str, Any],

@@ -53,7 +53,7 @@ from .model_setup import (
     resolve_tokenizer,
     starting_classes,
 )
-from .run_card import ScBertModelCardCallback, add_evaluation_facts, run_card_facts
+from .run_card import ScBertModelCardCallback, add_evaluation_facts, check_card_renders, run_card_facts
 from .trainer import (
     CLASS_WEIGHTINGS,
     ScBertFeatureRedrawCallback,
@@ -687,6 +687,8 @@ def finetune(
         preset=applied_preset,
         class_change=_class_change_fact(head, start, label_names),
     )
+    if facts.get("license"):
+        check_card_renders(classifier, tokenizer, facts)  # a card that cannot be written stops the run now
     trainer = _classification_trainer(
         classifier,
         trainer_args,
