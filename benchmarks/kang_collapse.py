@@ -81,12 +81,32 @@ def run(data, *, seed: int, args) -> dict:
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, schedule)
     generator = torch.Generator().manual_seed(seed)
+    probe = inputs[held_out[:256]].long()
+
+    def alive_units() -> list[int]:
+        # Units of each hidden layer of the head that are positive for at least one of 256 held-out cells.
+        counts = []
+        hooks = [
+            layer.register_forward_hook(lambda module, given, out: counts.append(int((out > 0).any(0).sum())))
+            for layer in model.classifier.hidden_layers
+        ]
+        model.eval()
+        with torch.no_grad():
+            model(input_ids=probe)
+        model.train()
+        for hook in hooks:
+            hook.remove()
+        return counts
+
+    trace = {}
     model.train()
     step = 0
     while step < total:
         for batch in torch.randperm(len(train), generator=generator).split(8):
             if step == total:
                 break
+            if step in args.trace_steps:
+                trace[step] = alive_units()
             index = train[batch.numpy()]
             model(input_ids=inputs[index].long(), labels=labels[index]).loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -95,16 +115,8 @@ def run(data, *, seed: int, args) -> dict:
             optimiser.zero_grad()
             step += 1
 
+    alive = alive_units()
     model.eval()
-    alive = []
-    hooks = [
-        layer.register_forward_hook(lambda module, given, out: alive.append(int((out > 0).any(0).sum())))
-        for layer in model.classifier.hidden_layers
-    ]
-    with torch.no_grad():
-        model(input_ids=inputs[held_out[:256]].long())
-    for hook in hooks:
-        hook.remove()
 
     def scores(x, y) -> tuple[float, float, float]:
         with torch.no_grad():
@@ -121,6 +133,7 @@ def run(data, *, seed: int, args) -> dict:
         "held_out": scores(inputs[held_out], labels[held_out].numpy()),
         "query": scores(*data["query"]),
         "alive": alive,
+        "trace": trace,
         "sizes": [layer.out_features for layer in model.classifier.hidden_layers],
     }
 
@@ -133,6 +146,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=float, default=0.0, help="fraction of the steps (0.1: the CLI default)")
     parser.add_argument("--config", default="{}", help="JSON of config fields to change")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--trace-steps", type=int, nargs="*", default=[], help="steps at which to count the head's live units too"
+    )
     parser.add_argument("--cache", default="kang_tokens.pt", help="tokenized cells, made once")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -144,7 +160,8 @@ def main(argv: list[str] | None = None) -> None:
         print(
             f"seed {seed}: held-out accuracy {held_out[0]:.3f} macro-F1 {held_out[1]:.3f} | stimulated accuracy "
             f"{query[0]:.3f} macro-F1 {query[1]:.3f} megakaryocyte F1 {query[2]:.2f} | alive head units "
-            f"{result['alive']} of {result['sizes']} | {time.perf_counter() - started:.0f} s",
+            f"{result['alive']} of {result['sizes']} | {time.perf_counter() - started:.0f} s"
+            + (f" | live units by step {result['trace']}" if result["trace"] else ""),
             flush=True,
         )
 

@@ -250,6 +250,92 @@ def test_hidden_units_pushed_below_zero_keep_learning_only_without_a_relu(activa
         assert first_layer_grad > 0 and encoder_grad > 0
 
 
+def test_score_centering_removes_the_per_gene_pattern_that_swamps_the_cells_differences():
+    # The per-gene scores of the conv head are mostly a fixed pattern over the genes (the gene embedding seen through
+    # the shared projection), the same for every cell. Through the head's first layer that pattern is a random,
+    # cell-independent offset of each unit, and its dropout noise, many times what differs between cells
+    # (docs/training.md, "Seeds"). Centring each gene's score by its mean over the training cells removes both.
+    cells = tester.input_ids(batch_size=64, seed=3)
+    with torch.no_grad():
+        plain = build(ScBertForSequenceClassification)
+        centred = build(ScBertForSequenceClassification, classifier_score_centering=True)
+        # A gene-specific offset much larger than the cell-to-cell differences, as the real per-gene scores have.
+        for model in (plain, centred):
+            model.scbert.embeddings.gene_embeddings.weight.mul_(10.0)
+
+    def first_layer_inputs(model):
+        seen = []
+        handle = model.classifier.hidden_layers[0].register_forward_pre_hook(lambda m, a: seen.append(a[0].detach()))
+        model(cells)
+        handle.remove()
+        return seen[0]
+
+    def offset_to_signal(inputs, model):
+        pre_activations = model.classifier.hidden_layers[0](inputs)
+        return float(pre_activations.mean(0).std() / pre_activations.std(0).mean())
+
+    with torch.no_grad():
+        centred.train()  # the first training batch sets the running mean
+        first_layer_inputs(centred)
+        centred.eval()
+        assert centred.classifier.score_centering.num_batches_tracked == 1
+        raw, centred_inputs = first_layer_inputs(plain), first_layer_inputs(centred)
+        torch.testing.assert_close(centred_inputs.mean(0), torch.zeros(tester.num_genes + 1), atol=1e-5, rtol=0)
+        torch.testing.assert_close(centred_inputs, raw - raw.mean(0))  # the same weights, the same scores
+        assert offset_to_signal(raw, plain) > 3 and offset_to_signal(centred_inputs, centred) < 0.5
+
+
+def test_score_centering_is_the_same_in_training_and_inference_and_is_saved(tmp_path):
+    model = build(ScBertForSequenceClassification, classifier_score_centering=True)
+    centering = model.classifier.score_centering
+    model.train()
+    with torch.no_grad():
+        for seed in range(3):  # the running mean moves in training only
+            model(tester.input_ids(seed=seed, batch_size=8))
+        model.eval()
+        mean = centering.running_mean.clone()
+        assert centering.num_batches_tracked == 3 and mean.abs().sum() > 0
+        one = tester.input_ids(seed=7, batch_size=4)
+        alone = model(one[:1]).logits
+        assert torch.equal(centering.running_mean, mean)
+        # A cell's output never depends on its batch, and a batch of one cell trains (unlike a batch norm).
+        torch.testing.assert_close(model(one).logits[:1], alone)
+        model.train()
+        model(one[:1])
+        model.eval()
+        model.save_pretrained(tmp_path)
+        loaded = ScBertForSequenceClassification.from_pretrained(tmp_path).eval()
+        assert torch.equal(loaded.classifier.score_centering.running_mean, centering.running_mean)
+        torch.testing.assert_close(loaded(one).logits, model(one).logits)
+
+
+def test_score_centering_ignores_masked_positions():
+    model = build(ScBertForSequenceClassification, classifier_score_centering=True).train()
+    ids = tester.input_ids(batch_size=4)
+    mask = torch.ones_like(ids)
+    mask[:2, 3] = 0  # gene 3 missing in two cells
+    mask[:, 5] = 0  # gene 5 missing in every cell: its mean is not updated
+    with torch.no_grad():
+        model(ids)  # sets the mean from all cells
+        before = model.classifier.score_centering.running_mean.clone()
+        seen = []
+        handle = model.classifier.hidden_layers[0].register_forward_pre_hook(lambda m, a: seen.append(a[0]))
+        model(ids, attention_mask=mask)
+        handle.remove()
+    after = model.classifier.score_centering.running_mean
+    assert after[5] == before[5] and after[3] != before[3]
+    assert torch.all(seen[0][:2, 3] == 0) and torch.all(seen[0][:, 5] == 0)  # a missing gene contributes nothing
+
+
+def test_published_models_have_no_score_centering_and_new_models_do():
+    from modeling_scbert.training.model_setup import NEW_MODEL_DEFAULTS
+
+    published = build(ScBertForSequenceClassification)
+    assert ScBertConfig().classifier_score_centering is False and published.classifier.score_centering is None
+    assert not any("centering" in name for name in published.state_dict())
+    assert NEW_MODEL_DEFAULTS["classifier_score_centering"] is True
+
+
 def test_the_published_head_keeps_its_relus_and_a_bad_activation_is_refused():
     assert ScBertConfig().classifier_score_activation == "relu"
     assert ScBertConfig().classifier_hidden_act == "relu"
