@@ -9,7 +9,9 @@ hidden layer of the head's MLP are still alive (positive for at least one of 256
 have lost most of them.
 
 Run: ``python benchmarks/kang_collapse.py --seeds 0 1 2 --warmup 0.1 [--epochs 1] [--config '{"initializer_range":
-0.02}'] [--learning-rate 1e-3]``. One epoch takes about 1-2 minutes per seed on one core. Results: docs/training.md.
+0.02}'] [--learning-rate 1e-3] [--trace-steps 0 10 30 74 200]``; ``--trace-steps`` also counts the live units at those
+steps. One epoch takes about 1-2 minutes per seed on one core (3-6 on a loaded machine). Results: docs/training.md
+("Seeds"); the real command over many seeds is ``benchmarks/kang_seeds.py``.
 """
 
 from __future__ import annotations

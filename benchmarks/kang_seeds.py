@@ -62,14 +62,16 @@ def write_data(data_dir: Path, shuffles: list[int]) -> None:
             cells[np.random.default_rng(shuffle).permutation(cells.n_obs)].copy().write_h5ad(path)
 
 
-def run_seed(python: str, train_file: Path, query_file: Path, output: Path, seed: int) -> tuple[float, float]:
+def run_seed(
+    python: str, train_file: Path, query_file: Path, output: Path, seed: int, config: str = CONFIG
+) -> tuple[float, float]:
     output.mkdir(parents=True, exist_ok=True)
     model_dir = output / "model"
     started = time.perf_counter()
     finetune = [
         python, "-m", "modeling_scbert.cli", "finetune",
         "--train_file", str(train_file), "--label_key", LABEL_KEY, "--validation_fraction", "0.1",
-        "--config_overrides", CONFIG, "--num_train_epochs", "2", "--learning_rate", "1e-3",
+        "--config_overrides", config, "--num_train_epochs", "2", "--learning_rate", "1e-3",
         "--seed", str(seed), "--output_dir", str(model_dir),
     ]  # fmt: skip
     with open(output / "finetune.log", "w") as log:
@@ -94,6 +96,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--train-file", default="ctrl_hvg.h5ad", help="in --data-dir")
     parser.add_argument("--query-file", default="stim_hvg.h5ad", help="in --data-dir")
+    parser.add_argument(
+        "--extra-overrides", default="", help="more --config_overrides, e.g. classifier_score_centering=false"
+    )
     args = parser.parse_args(argv)
     import anndata
 
@@ -111,7 +116,10 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for train_file, seed in runs:
         output = args.output_dir / f"{Path(train_file).stem}_seed{seed}"
-        seconds = run_seed(sys.executable, args.data_dir / train_file, args.data_dir / args.query_file, output, seed)
+        config = ",".join(filter(None, [CONFIG, args.extra_overrides]))
+        seconds = run_seed(
+            sys.executable, args.data_dir / train_file, args.data_dir / args.query_file, output, seed, config
+        )
         predicted = anndata.read_h5ad(output / "annotated.h5ad").obs["scbert_cell_type"].astype(str).to_numpy()
         result = scores(truth, predicted, classes)
         row = {

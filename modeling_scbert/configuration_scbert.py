@@ -82,12 +82,6 @@ class ScBertConfig(PreTrainedConfig):
             passes no gradient and stays dead (on the Kang 2018 PBMCs, the runs that failed had lost most of
             them: docs/training.md). ``"gelu"`` keeps a small gradient there; it did not rescue those runs, learning-
             rate warmup did, so new models keep the ReLU.
-        classifier_score_centering: Whether the ``"conv"`` head subtracts from each gene's score a running mean of
-            that score over the training cells (kept with the weights; training and inference subtract the same
-            mean) before its MLP. ``False`` as published. The per-gene scores are mostly a pattern over the genes that
-            is the same for every cell; through the MLP's first layer it gives each unit a fixed offset, and with
-            ``classifier_input_dropout`` a noise, several times what differs between cells. ``finetune`` gives a new
-            model ``True`` (docs/training.md, "Seeds").
         attention_chunk_size: Tokens processed at a time in the FAVOR+ feature map and the feed-forward (per cell
             with the ``"per_cell"`` schedule, for the whole batch with ``"batched"``). ``None`` picks a size: 512
             tokens per cell (the temporaries stay in a CPU's cache) or, batched, as many tokens as keep one chunk's
@@ -135,7 +129,6 @@ class ScBertConfig(PreTrainedConfig):
     classifier_input_dropout: float = 0.0
     classifier_score_activation: str = "relu"
     classifier_hidden_act: str = "relu"
-    classifier_score_centering: bool = False
     attention_chunk_size: int | None = None
     attention_schedule: str | None = None
     initializer_range: float = 0.02

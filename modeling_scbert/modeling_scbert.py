@@ -826,9 +826,6 @@ class ScBertPreTrainedModel(PreTrainedModel):
             table = torch.randn_like(module.weight) * self.config.initializer_range
             table[-1] = 0.0  # the appended token has no gene
             init.copy_(module.weight, table)
-        elif isinstance(module, ScBertScoreCentering):
-            init.zeros_(module.running_mean)
-            init.zeros_(module.num_batches_tracked)
 
     @torch.no_grad()
     def redraw_random_features(self, generator: torch.Generator | None = None) -> None:
@@ -940,41 +937,6 @@ class ScBertForMaskedLM(ScBertPreTrainedModel):
         return MaskedLMOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
 
 
-class ScBertScoreCentering(nn.Module):
-    """Subtracts from each position's score a running mean of that position's score over the training cells.
-
-    The per-gene scores of the ``"conv"`` head are mostly a fixed pattern over the genes (what the gene embedding
-    contributes), not what differs between cells; centring removes that pattern before the head's MLP
-    (docs/training.md, "Seeds"). The mean is an exponential moving average (``momentum``) of the batch means, taken
-    over the cells where ``attention_mask`` is 1 and updated in training only; the first training batch sets it.
-    Training and inference subtract the same saved ``running_mean``, so a cell's output never depends on its batch.
-    """
-
-    def __init__(self, size: int, momentum: float = 0.1):
-        super().__init__()
-        self.momentum = momentum
-        self.register_buffer("running_mean", torch.zeros(size))
-        self.register_buffer("num_batches_tracked", torch.zeros((), dtype=torch.long))
-
-    def forward(self, scores: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        if self.training:
-            with torch.no_grad():
-                values = scores.detach().float()
-                if attention_mask is None:
-                    batch_mean, seen = values.mean(0), torch.ones_like(values[0], dtype=torch.bool)
-                else:
-                    weights = attention_mask.to(values.dtype)
-                    counts = weights.sum(0)
-                    batch_mean, seen = (values * weights).sum(0) / counts.clamp_min(1.0), counts > 0
-                first = self.num_batches_tracked == 0
-                weight = torch.where(first, torch.ones_like(batch_mean), torch.full_like(batch_mean, self.momentum))
-                self.running_mean.copy_(
-                    torch.where(seen, torch.lerp(self.running_mean, batch_mean, weight), self.running_mean)
-                )
-                self.num_batches_tracked += 1
-        return scores - self.running_mean.to(scores.dtype)
-
-
 class ScBertConvClassificationHead(nn.Module):
     """The published fine-tuning head.
 
@@ -995,9 +957,6 @@ class ScBertConvClassificationHead(nn.Module):
         self.hidden_activation = ACT2FN[config.classifier_hidden_act]
         self.dropout = nn.Dropout(config.classifier_dropout)
         self.out_proj = nn.Linear(sizes[-1], config.num_labels)
-        self.score_centering = (
-            ScBertScoreCentering(config.sequence_length) if config.classifier_score_centering else None
-        )
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         if hidden_states.shape[1] != self.sequence_length:
@@ -1006,8 +965,6 @@ class ScBertConvClassificationHead(nn.Module):
                 f"got {hidden_states.shape[1]}. Use full-length inputs, or `classifier_type='pooled'`."
             )
         scores = self.score_activation(self.token_projection(hidden_states).squeeze(-1))
-        if self.score_centering is not None:
-            scores = self.score_centering(scores, attention_mask)
         if attention_mask is not None:
             scores = scores * attention_mask.to(scores.dtype)
         scores = self.input_dropout(scores)

@@ -39,7 +39,6 @@ NEW_MODEL_DEFAULTS = {
     "classifier_input_dropout": 0.3,
     "classifier_score_activation": "leaky_relu",
     "initializer_range": 0.1,
-    "classifier_score_centering": True,
 }
 
 
