@@ -261,6 +261,13 @@ def test_the_per_gene_scores_carry_the_cells_differences_whichever_sign_the_proj
         assert negative == pytest.approx(0.01 * positive, rel=1e-3)
 
 
+def test_new_models_score_genes_without_an_activation_and_published_ones_keep_the_relu():
+    from modeling_scbert.training.model_setup import NEW_MODEL_DEFAULTS
+
+    assert NEW_MODEL_DEFAULTS["classifier_score_activation"] == "linear"
+    assert ScBertConfig().classifier_score_activation == "relu"
+
+
 @pytest.mark.parametrize("classifier_type", ["conv", "pooled"])
 @pytest.mark.parametrize("activation", ["relu", "gelu"])
 def test_hidden_units_pushed_below_zero_keep_learning_only_without_a_relu(activation, classifier_type):
