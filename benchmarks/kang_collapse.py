@@ -9,7 +9,9 @@ hidden layer of the head's MLP are still alive (positive for at least one of 256
 have lost most of them.
 
 Run: ``python benchmarks/kang_collapse.py --seeds 0 1 2 --warmup 0.1 [--epochs 1] [--config '{"initializer_range":
-0.02}'] [--learning-rate 1e-3]``. One epoch takes about 1-2 minutes per seed on one core. Results: docs/training.md.
+0.02}'] [--learning-rate 1e-3] [--trace-steps 0 10 30 74 200]``; ``--trace-steps`` also counts the live units at those
+steps. One epoch takes about 1-2 minutes per seed on one core (3-6 on a loaded machine). Results: docs/training.md
+("Seeds"); the real command over many seeds is ``benchmarks/kang_seeds.py``.
 """
 
 from __future__ import annotations
@@ -81,12 +83,32 @@ def run(data, *, seed: int, args) -> dict:
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, schedule)
     generator = torch.Generator().manual_seed(seed)
+    probe = inputs[held_out[:256]].long()
+
+    def alive_units() -> list[int]:
+        # Units of each hidden layer of the head that are positive for at least one of 256 held-out cells.
+        counts = []
+        hooks = [
+            layer.register_forward_hook(lambda module, given, out: counts.append(int((out > 0).any(0).sum())))
+            for layer in model.classifier.hidden_layers
+        ]
+        model.eval()
+        with torch.no_grad():
+            model(input_ids=probe)
+        model.train()
+        for hook in hooks:
+            hook.remove()
+        return counts
+
+    trace = {}
     model.train()
     step = 0
     while step < total:
         for batch in torch.randperm(len(train), generator=generator).split(8):
             if step == total:
                 break
+            if step in args.trace_steps:
+                trace[step] = alive_units()
             index = train[batch.numpy()]
             model(input_ids=inputs[index].long(), labels=labels[index]).loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -95,16 +117,8 @@ def run(data, *, seed: int, args) -> dict:
             optimiser.zero_grad()
             step += 1
 
+    alive = alive_units()
     model.eval()
-    alive = []
-    hooks = [
-        layer.register_forward_hook(lambda module, given, out: alive.append(int((out > 0).any(0).sum())))
-        for layer in model.classifier.hidden_layers
-    ]
-    with torch.no_grad():
-        model(input_ids=inputs[held_out[:256]].long())
-    for hook in hooks:
-        hook.remove()
 
     def scores(x, y) -> tuple[float, float, float]:
         with torch.no_grad():
@@ -121,6 +135,7 @@ def run(data, *, seed: int, args) -> dict:
         "held_out": scores(inputs[held_out], labels[held_out].numpy()),
         "query": scores(*data["query"]),
         "alive": alive,
+        "trace": trace,
         "sizes": [layer.out_features for layer in model.classifier.hidden_layers],
     }
 
@@ -133,6 +148,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=float, default=0.0, help="fraction of the steps (0.1: the CLI default)")
     parser.add_argument("--config", default="{}", help="JSON of config fields to change")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--trace-steps", type=int, nargs="*", default=[], help="steps at which to count the head's live units too"
+    )
     parser.add_argument("--cache", default="kang_tokens.pt", help="tokenized cells, made once")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -144,7 +162,8 @@ def main(argv: list[str] | None = None) -> None:
         print(
             f"seed {seed}: held-out accuracy {held_out[0]:.3f} macro-F1 {held_out[1]:.3f} | stimulated accuracy "
             f"{query[0]:.3f} macro-F1 {query[1]:.3f} megakaryocyte F1 {query[2]:.2f} | alive head units "
-            f"{result['alive']} of {result['sizes']} | {time.perf_counter() - started:.0f} s",
+            f"{result['alive']} of {result['sizes']} | {time.perf_counter() - started:.0f} s"
+            + (f" | live units by step {result['trace']}" if result["trace"] else ""),
             flush=True,
         )
 

@@ -74,9 +74,11 @@ class ScBertConfig(PreTrainedConfig):
         classifier_score_activation: Activation of the ``"conv"`` head's per-position scores, any name of
             transformers' ``ACT2FN``. ``"relu"`` as published. Its one projection is shared by every position, so
             once that projection is negative at every position the ReLU passes no gradient, the head sees only zeros
-            and the model predicts one class for good. ``"leaky_relu"`` (slope 0.01 below zero) keeps a gradient;
-            ``finetune`` gives a new model that, with ``initializer_range=0.1`` (docs/training.md: on the Kang 2018
-            PBMCs it made two of three seeds learn instead of one).
+            and the model predicts one class for good. ``"leaky_relu"`` (slope 0.01 below zero) keeps a gradient but
+            passes 1% of the cells' differences when training settles the projection's sign with expressed genes
+            below zero (a collapsed seed on the Kang 2018 PBMCs). ``"linear"`` (no activation; the MLP after the
+            scores has its own) passes them whichever the sign: ``finetune`` gives a new model ``"linear"``
+            (docs/training.md, "Seeds").
         classifier_hidden_act: Activation after each hidden layer of the classification MLP, any name of
             transformers' ``ACT2FN``. ``"relu"`` as published. A ReLU unit whose input is negative for every cell
             passes no gradient and stays dead (on the Kang 2018 PBMCs, the runs that failed had lost most of

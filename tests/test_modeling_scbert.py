@@ -230,6 +230,44 @@ def test_a_conv_head_whose_scores_are_all_negative_learns_only_with_a_leaky_acti
         assert projection_grad > 0 and encoder_grad > 0
 
 
+@pytest.mark.parametrize("activation", ["leaky_relu", "linear"])
+def test_the_per_gene_scores_carry_the_cells_differences_whichever_sign_the_projection_takes(activation):
+    # The conv head projects every gene's encoding to one score with one shared projection, whose sign is set by chance
+    # early in training. On the Kang 2018 PBMCs a seed that collapsed (README recipe, seed 3) had learned it the other
+    # way round from a good seed: expressed genes projected below zero, where a leaky ReLU passes 1% of the
+    # difference, so the head saw almost nothing of the cells (docs/training.md, "Seeds"). Without an activation on
+    # the scores (new models), either sign passes it whole; the MLP after it has its own non-linearity.
+    model = build(ScBertForSequenceClassification, classifier_score_activation=activation)
+    cells = tester.input_ids(batch_size=16, seed=5)
+
+    def cell_to_cell_spread():
+        seen = []
+        handle = model.classifier.hidden_layers[0].register_forward_pre_hook(lambda m, a: seen.append(a[0]))
+        with torch.no_grad():
+            model(cells)
+        handle.remove()
+        return float(seen[0].std(0).mean())
+
+    projection = model.classifier.token_projection
+    with torch.no_grad():
+        projection.bias.fill_(3.0 * projection(model.scbert(cells).last_hidden_state).abs().max())  # all positive
+        positive = cell_to_cell_spread()
+        projection.weight.neg_()
+        projection.bias.neg_()  # the same projection, the other sign: all negative
+        negative = cell_to_cell_spread()
+    if activation == "linear":
+        assert negative == pytest.approx(positive, rel=1e-5)
+    else:
+        assert negative == pytest.approx(0.01 * positive, rel=1e-3)
+
+
+def test_new_models_score_genes_without_an_activation_and_published_ones_keep_the_relu():
+    from modeling_scbert.training.model_setup import NEW_MODEL_DEFAULTS
+
+    assert NEW_MODEL_DEFAULTS["classifier_score_activation"] == "linear"
+    assert ScBertConfig().classifier_score_activation == "relu"
+
+
 @pytest.mark.parametrize("classifier_type", ["conv", "pooled"])
 @pytest.mark.parametrize("activation", ["relu", "gelu"])
 def test_hidden_units_pushed_below_zero_keep_learning_only_without_a_relu(activation, classifier_type):
