@@ -113,3 +113,21 @@ def test_a_model_object_with_non_finite_weights_is_refused_by_annotate(annotator
     cells = ad.AnnData(np.ones((3, 12), dtype=np.float32), var=pd.DataFrame(index=[f"GENE{i}" for i in range(12)]))
     with pytest.raises(DamagedWeightsError, match="NaN or infinite"):
         annotate(cells, model, tokenizer=ScBertTokenizer.from_pretrained(annotator))
+
+
+def test_an_extra_tensor_in_a_part_the_model_has_is_refused_by_name(annotator):
+    def add(tensors):
+        tensors["classifier.stray_layer.weight"] = torch.zeros(3, 3)
+        tensors["scbert.encoder.layers.7.attention.query.weight"] = torch.zeros(2, 2)
+
+    _rewrite(annotator, add)
+    with pytest.raises(DamagedWeightsError, match="2 tensors are not the model's") as error:
+        load_checked_model(ScBertForSequenceClassification, annotator)
+    assert "classifier.stray_layer.weight" in str(error.value) and "layers.7" in str(error.value)
+
+
+def test_tensors_of_a_part_the_model_lacks_are_not_extra(tmp_path, annotator):
+    encoder = load_checked_model(ScBertModel, annotator)  # the classifier's head is not the encoder's: dropped
+    backbone = tmp_path / "backbone"
+    ScBertForMaskedLM(encoder.config).save_pretrained(backbone)
+    load_checked_model(ScBertForSequenceClassification, backbone, may_lack=("classifier.",))  # the LM head: dropped

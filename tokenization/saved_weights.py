@@ -94,7 +94,13 @@ def _kind(dtype: torch.dtype) -> str:
 def check_saved_weights(
     model: torch.nn.Module, files: Sequence[str | os.PathLike], *, may_lack: Iterable[str] = (), source: str = ""
 ) -> None:
-    """Check that the saved tensors in ``files`` are the ones ``model`` needs: none missing, none of another kind.
+    """Check that the saved tensors in ``files`` are the ones ``model`` needs: none missing, none extra, none of
+    another kind.
+
+    An "extra" tensor is one the file holds in a part the model has (its encoder, its head) but the model does not
+    know: the file was written by another architecture or version. Tensors of parts the model lacks (a classifier's
+    head read by the bare encoder, a masked-LM head read by a classifier) are not extra; transformers drops them by
+    design.
 
     A tensor "of another kind" is stored as integers where the model holds floating point (or the other way round):
     ``from_pretrained`` would cast it, truncating or inventing values. Precision alone (float16 or bfloat16 files for
@@ -114,7 +120,7 @@ def check_saved_weights(
     Raises
     ------
     DamagedWeightsError
-        Naming every missing tensor and every tensor of another kind.
+        Naming every missing or extra tensor and every tensor of another kind.
     """
     from safetensors import safe_open
 
@@ -133,6 +139,8 @@ def check_saved_weights(
     may_lack = tuple(name.removeprefix(prefix) for name in (*tuple(may_lack), *tied))
     expected = {key.removeprefix(prefix): tensor for key, tensor in model.state_dict().items()}
     missing = sorted(key for key in expected if key not in stored and not key.startswith(tuple(may_lack)))
+    parts = {key.split(".", 1)[0] for key in expected}
+    extra = sorted(key for key in stored if key not in expected and key.split(".", 1)[0] in parts)
     mistyped = sorted(
         f"{key} (stored as {_dtype(stored[key])}, needed {expected[key].dtype})"
         for key in expected
@@ -142,6 +150,10 @@ def check_saved_weights(
     if missing:
         problems.append(
             f"{len(missing)} tensors are missing ({', '.join(missing[:10])}{', ...' if len(missing) > 10 else ''})"
+        )
+    if extra:
+        problems.append(
+            f"{len(extra)} tensors are not the model's ({', '.join(extra[:10])}{', ...' if len(extra) > 10 else ''})"
         )
     if mistyped:
         problems.append(f"{len(mistyped)} are of another kind: {', '.join(mistyped[:10])}")
