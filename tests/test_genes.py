@@ -123,3 +123,40 @@ def test_read_gene_list(tmp_path):
     path = tmp_path / "genes.txt"
     path.write_text("# panel\nA\n\nB \nC\n")
     assert read_gene_list(path) == ["A", "B", "C"]
+
+
+@pytest.mark.parametrize("missing", [np.nan, None, "nan", "", "None", "<NA>"])
+def test_genes_without_an_identifier_are_dropped_with_their_count_never_merged(missing, caplog):
+    import logging
+
+    import anndata as ad
+    import pandas as pd
+
+    from tokenization import ScBertTokenizer
+
+    tokenizer = ScBertTokenizer(["A", "B", "C", "nan", "None"])
+    var = pd.DataFrame(
+        {"symbol": ["A", missing, "B", missing, missing]}, index=[f"g{i}" for i in range(5)], dtype=object
+    )
+    cells = ad.AnnData(np.arange(15, dtype=np.float32).reshape(3, 5) + 1, var=var)
+    with caplog.at_level(logging.WARNING, logger="tokenization.encoding"):
+        ids = tokenizer(cells, gene_key="symbol", min_gene_overlap=0.1)["input_ids"]
+    report = tokenizer.align(cells, gene_key="symbol")
+    assert report.unnamed == 3 and report.matched == 2 and report.duplicates == []
+    assert (ids[:, 3:5] == 0).all()  # the panel's 'nan' and 'None' genes get nothing from the unnamed columns
+    assert "3 of 5 data genes have no identifier" in caplog.text
+
+
+def test_the_warning_counts_the_columns_of_duplicated_names(caplog):
+    import logging
+
+    import anndata as ad
+    import pandas as pd
+
+    from tokenization import ScBertTokenizer
+
+    var = pd.DataFrame(index=["A", "B", "B", "B", "C", "C"])
+    cells = ad.AnnData(np.ones((2, 6), dtype=np.float32), var=var)
+    with caplog.at_level(logging.WARNING, logger="tokenization.encoding"):
+        ScBertTokenizer(["A", "B", "C"])(cells)
+    assert "2 gene names occur more than once and their 5 columns are summed" in caplog.text

@@ -114,7 +114,7 @@ def test_duplicated_gene_names_are_summed_so_an_expressed_copy_is_never_hidden(c
     with caplog.at_level(logging.WARNING, logger="tokenization"):
         ids = tokenizer(adata)["input_ids"]
     np.testing.assert_array_equal(ids, tokenizer(summed, gene_names=GENES)["input_ids"])
-    assert "2 gene names occur more than once and their columns are summed (e.g. GENE5, GENE7)" in caplog.text
+    assert "2 gene names occur more than once and their 4 columns are summed (e.g. GENE5, GENE7)" in caplog.text
     # the same through the log1p route: summed on the linear scale, not as logs
     total = data.sum(1, keepdims=True)
     log_adata = ad.AnnData(sp.csr_matrix(np.log1p(data / total * 1e4).astype(np.float32)), var=adata.var.copy())

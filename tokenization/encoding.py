@@ -188,7 +188,7 @@ def plan_encoding(
                 panel,
                 report,
                 adata=data if isinstance(data, AnnData) else None,
-                data_names=names,
+                data_names=[name for name in names if name is not None],
                 where=where,
                 gene_key=gene_key,
                 use_raw=use_raw,
@@ -196,7 +196,8 @@ def plan_encoding(
                 minimum=min_gene_overlap,
             )
         )
-    case = case_insensitive_match(panel, names) if report.matched < report.num_panel_genes else None
+    named = [name for name in names if name is not None]
+    case = case_insensitive_match(panel, named) if report.matched < report.num_panel_genes else None
     if case is not None and species_mismatch(report, case):
         # Whatever min_gene_overlap says: the cells would be read as nearly empty and still get labels.
         raise ValueError(
@@ -233,8 +234,13 @@ def _warn_lost_genes(report: GeneOverlapReport) -> None:
         )
     if report.duplicates:
         parts.append(
-            f"{len(report.duplicates):,} gene names occur more than once and their columns are summed "
-            f"(e.g. {', '.join(report.duplicates[:5])})"
+            f"{len(report.duplicates):,} gene names occur more than once and their {report.duplicated_columns:,} "
+            f"columns are summed (e.g. {', '.join(report.duplicates[:5])})"
+        )
+    if report.unnamed:
+        parts.append(
+            f"{report.unnamed:,} of {report.num_data_genes:,} data genes have no identifier (NaN or empty in the "
+            "gene_key column) and are dropped"
         )
     if parts:
         logger.warning("Gene alignment: %s.", "; ".join(parts))

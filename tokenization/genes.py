@@ -67,10 +67,25 @@ def strip_ensembl_version(names: Iterable[str]) -> list[str]:
     """
     out = []
     for name in names:
+        if name is None:  # a gene without an identifier stays without one
+            out.append(None)
+            continue
         name = str(name).strip()
         match = _ENSEMBL_RE.match(name)
         out.append(match.group(1) if match else name)
     return out
+
+
+# What a missing gene identifier looks like once a column has been through ``.astype(str)`` or a spreadsheet.
+MISSING_IDENTIFIER_TEXTS = frozenset({"", "nan", "none", "<na>", "null", "nat", "n/a"})
+
+
+def identifier_or_none(value: object) -> str | None:
+    """A gene identifier as text, or ``None`` for a missing one (NaN, None, or a text in MISSING_IDENTIFIER_TEXTS)."""
+    if value is None or (isinstance(value, float) and value != value):
+        return None
+    text = str(value)
+    return None if text.strip().casefold() in MISSING_IDENTIFIER_TEXTS or text == "<NA>" else text
 
 
 def ensembl_species_prefix(name: str) -> str | None:
@@ -417,6 +432,8 @@ class GeneOverlapReport:
     duplicates: list[str]
     identifier_type: IdentifierType
     panel_identifier_type: IdentifierType
+    unnamed: int = 0
+    duplicated_columns: int = 0
 
     @property
     def overlap(self) -> float:
@@ -434,7 +451,8 @@ class GeneOverlapReport:
             f"{self.matched:,} of {self.num_panel_genes:,} panel genes found ({self.overlap:.1%}; "
             f"{self.matched_by_synonym:,} through synonyms); {len(self.missing):,} missing (set to 0); "
             f"{len(self.extra):,} of {self.num_data_genes:,} data genes not in the panel (dropped); "
-            f"{len(self.duplicates):,} duplicated data names (summed); data identifiers look like "
+            f"{len(self.duplicates):,} duplicated data names ({self.duplicated_columns:,} columns, summed); "
+            f"{self.unnamed:,} data genes without an identifier (dropped); data identifiers look like "
             f"{self.identifier_type}, panel identifiers like {self.panel_identifier_type}."
         )
         if self.missing:
@@ -494,7 +512,8 @@ def align_genes(
 
     columns: dict[str, list[int]] = {}
     for j, name in enumerate(names):
-        columns.setdefault(name, []).append(j)
+        if name is not None:  # a gene without an identifier is dropped, never merged with another
+            columns.setdefault(name, []).append(j)
     duplicates = [name for name, where in columns.items() if len(where) > 1]
 
     data_to_panel = np.full(len(names), -1, dtype=np.int64)
@@ -531,8 +550,10 @@ def align_genes(
         missing=[panel[i] for i in np.flatnonzero(~panel_found)],
         extra=[name for name, where in columns.items() if data_to_panel[where[0]] < 0],
         duplicates=duplicates,
-        identifier_type=detect_identifier_type(names),
+        identifier_type=detect_identifier_type([name for name in names if name is not None]),
         panel_identifier_type=detect_identifier_type(panel),
+        unnamed=sum(name is None for name in names),
+        duplicated_columns=sum(len(columns[name]) for name in duplicates),
     )
     return GeneAlignment(data_to_panel=data_to_panel, report=report)
 

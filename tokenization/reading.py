@@ -35,6 +35,8 @@ import numpy as np
 import scipy.sparse as sp
 from anndata import AnnData
 
+from .genes import identifier_or_none
+
 # ---------------------------------------------------------------------------------------------------------------------
 # The reading options
 # ---------------------------------------------------------------------------------------------------------------------
@@ -288,8 +290,11 @@ def raw_of(adata: AnnData) -> Any:
     return adata.raw
 
 
-def adata_gene_names(adata: AnnData, *, gene_key: str | None, use_raw: bool = False) -> list[str]:
+def adata_gene_names(adata: AnnData, *, gene_key: str | None, use_raw: bool = False) -> list[str | None]:
     """The gene identifiers, in column order: ``var_names`` or the ``.var`` column ``gene_key`` (of ``.raw``).
+
+    A gene whose ``gene_key`` entry is missing (NaN, None, or a text such as ``'nan'``) has ``None``: it is dropped
+    by the alignment, with its count, never merged with another.
 
     Raises
     ------
@@ -305,7 +310,7 @@ def adata_gene_names(adata: AnnData, *, gene_key: str | None, use_raw: bool = Fa
             f"gene_key={gene_key!r} is not a column of {where}; the columns are {list(source.var.columns)}. "
             f"Pass one of them, or gene_key=None to use {where}_names."
         )
-    return [str(name) for name in source.var[gene_key]]
+    return [identifier_or_none(name) for name in source.var[gene_key]]
 
 
 def expression_matrix(adata: AnnData, *, layer: str | None, use_raw: bool = False) -> tuple[Any, str]:

@@ -232,6 +232,9 @@ class ScBertTokenizer:
             range.
         """
         names = strip_ensembl_version(adata_gene_names(adata, gene_key=gene_key))
+        if None in names:
+            logger.warning("Left %d genes without an identifier out of the panel.", names.count(None))
+            names = [name for name in names if name is not None]
         panel = list(dict.fromkeys(names))
         if len(panel) < len(names):
             logger.warning("Dropped %d duplicated gene names from the panel (first kept).", len(names) - len(panel))
