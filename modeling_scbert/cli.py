@@ -9,6 +9,7 @@ import logging
 import sys
 from pathlib import Path
 
+from safetensors import SafetensorError
 from transformers import HfArgumentParser
 
 from tokenization import ScBertTokenizer
@@ -448,9 +449,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as error:  # a full disk, a read-only or forbidden path: one line naming the path and the cause
         print(f"scbert {args.command}: error: {_describe_os_error(error)}", file=sys.stderr)
         return 2
-    except Exception as error:
-        if type(error).__name__ != "SafetensorError":
-            raise
+    except SafetensorError as error:
         print(
             f"scbert {args.command}: error: a weights file could not be read ({error}); it is damaged or not a "
             "safetensors file. Save or download the model again.",

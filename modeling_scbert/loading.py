@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from os import PathLike
 from typing import Any, TypeVar
 
-from tokenization.saved_weights import check_finite_weights, check_saved_weights, model_weight_files
+from tokenization.saved_weights import check_loaded_weights
 
 from .modeling_scbert import ScBertPreTrainedModel
 
@@ -48,6 +48,5 @@ def load_checked_model(
         As ``from_pretrained`` raises it (no such folder or repository, no weights).
     """
     model = model_class.from_pretrained(name_or_path, **kwargs)
-    check_saved_weights(model, model_weight_files(name_or_path, **kwargs), may_lack=may_lack, source=str(name_or_path))
-    check_finite_weights(model, source=str(name_or_path))
+    check_loaded_weights(model, name_or_path, may_lack=may_lack, **kwargs)
     return model

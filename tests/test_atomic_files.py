@@ -371,3 +371,25 @@ def test_files_written_as_one_result_and_killed_at_any_point_are_all_old_or_all_
     write()  # the rerun works without hand cleaning
     assert (h5ad.read_text(), csv.read_text()) == ("new h5ad", "new csv")
     assert _leftovers(tmp_path, {"out.h5ad", "out.csv"}) == []
+
+
+@pytest.mark.parametrize("hard_links", [True, False])
+def test_a_folder_update_replaces_its_entries_and_keeps_the_others(tmp_path, monkeypatch, hard_links):
+    def no_hard_links(*args, **kwargs):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    if not hard_links:  # a filesystem without hard links: the entries are merged one by one
+        monkeypatch.setattr(atomic_files.os, "link", no_hard_links)
+    target = tmp_path / "model"
+    (target / "checkpoint-5").mkdir(parents=True)
+    (target / "checkpoint-5" / "optimizer.pt").write_text("state")
+    (target / "config.json").write_text("old config")
+    (target / "genes.txt").write_text("old genes")
+    with atomic_path(target, directory=True, update=True) as staging:
+        (staging / "config.json").write_text("new config")
+        (staging / "model.safetensors").write_text("new weights")
+    assert (target / "config.json").read_text() == "new config"
+    assert (target / "model.safetensors").read_text() == "new weights"
+    assert (target / "genes.txt").read_text() == "old genes"
+    assert (target / "checkpoint-5" / "optimizer.pt").read_text() == "state"
+    assert _leftovers(tmp_path, {"model"}) == []

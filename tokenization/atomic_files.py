@@ -306,11 +306,11 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def _merge_into(staged: Path, destination: Path) -> None:
+def _merge_into(staged: Path, destination: Path, *, keep_others: bool = False) -> None:
     """Publish ``staged`` over the existing folder ``destination`` without an exchange, never leaving it empty.
 
     Each entry of the new folder is renamed over its namesake (one step per file), then entries that only the old
-    folder had are removed. What this guarantees: ``destination`` is a folder at every moment, and every file in it
+    folder had are removed (kept with ``keep_others``: a folder update, see :func:`_update_folder`). What this guarantees: ``destination`` is a folder at every moment, and every file in it
     is complete (an old or a new version). What it does not: a kill during the merge can leave a mix of old and new
     files; the staged folder of the killed run is then removed by the next writer, which publishes a whole new
     version. Only used where ``renameat2(RENAME_EXCHANGE)`` is unsupported (NFS, non-Linux systems).
@@ -328,9 +328,10 @@ def _merge_into(staged: Path, destination: Path) -> None:
         if first:
             _fault_point("merging")
             first = False
-    for entry in list(destination.iterdir()):
-        if entry.name not in new_names:
-            _remove(entry)
+    if not keep_others:
+        for entry in list(destination.iterdir()):
+            if entry.name not in new_names:
+                _remove(entry)
     os.rmdir(staged)
 
 
@@ -379,12 +380,7 @@ def _update_folder(staged: Path, destination: Path) -> None:
         _link_tree(destination, combined, skip=new_names)
     except OSError:
         _remove(combined)
-        for entry in staged.iterdir():
-            target = destination / entry.name
-            if entry.is_dir() and os.path.lexists(target):
-                _remove(target)
-            os.replace(entry, target)
-        os.rmdir(staged)
+        _merge_into(staged, destination, keep_others=True)
         return
     try:
         for entry in staged.iterdir():

@@ -109,7 +109,8 @@ def call_cells(
         )
     # A NaN compares false with everything, so argmax and the threshold would make it a confident first class.
     non_finite = ~np.isfinite(probabilities).all(axis=1)
-    best = np.where(non_finite, 0, np.nan_to_num(probabilities, nan=-1.0).argmax(axis=1)).astype(np.int64)
+    finite = np.where(non_finite[:, None], 0.0, probabilities) if non_finite.any() else probabilities
+    best = finite.argmax(axis=1).astype(np.int64)
     confidence = probabilities[np.arange(len(best)), best].astype(np.float32)
     confidence[non_finite] = np.nan
     reasons = np.full(len(best), None, dtype=object)

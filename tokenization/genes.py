@@ -35,6 +35,8 @@ from typing import Literal
 import numpy as np
 from anndata import AnnData
 
+from .label_rules import MISSING_LABEL_TEXTS
+
 logger = logging.getLogger(__name__)
 
 IdentifierType = Literal["symbol", "ensembl", "mixed"]
@@ -76,16 +78,13 @@ def strip_ensembl_version(names: Iterable[str]) -> list[str]:
     return out
 
 
-# What a missing gene identifier looks like once a column has been through ``.astype(str)`` or a spreadsheet.
-MISSING_IDENTIFIER_TEXTS = frozenset({"", "nan", "none", "<na>", "null", "nat", "n/a"})
-
-
 def identifier_or_none(value: object) -> str | None:
-    """A gene identifier as text, or ``None`` for a missing one (NaN, None, or a text in MISSING_IDENTIFIER_TEXTS)."""
+    """A gene identifier as text, or ``None`` for a missing one: NaN, None, or a text that stands for a missing value
+    (``tokenization.label_rules.MISSING_LABEL_TEXTS``: what ``.astype(str)`` or a spreadsheet makes of one)."""
     if value is None or (isinstance(value, float) and value != value):
         return None
     text = str(value)
-    return None if text.strip().casefold() in MISSING_IDENTIFIER_TEXTS or text == "<NA>" else text
+    return None if text.strip().casefold() in MISSING_LABEL_TEXTS else text
 
 
 def ensembl_species_prefix(name: str) -> str | None:

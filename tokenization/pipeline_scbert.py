@@ -32,7 +32,7 @@ from .atomic_files import write_text_atomically
 from .cell_batches import INFERENCE_BATCH_CELLS, cell_batches
 from .cell_calls import UNASSIGNED, call_cells
 from .preprocessing import default_min_genes
-from .saved_weights import check_finite_weights, check_saved_weights, model_weight_files
+from .saved_weights import check_finite_weights, check_loaded_weights
 from .tokenization_scbert import ScBertTokenizer
 
 TASK = "cell-type-annotation"
@@ -74,11 +74,10 @@ class ScBertCellTypeAnnotationPipeline(Pipeline):
         super().__init__(model, tokenizer=tokenizer, **kwargs)
         tokenizer.check_model_config(model.config)
         # The factory's from_pretrained fills missing tensors at random and casts mistyped ones: check what it loaded.
-        source = str(model.name_or_path or "")
-        if source:
-            revision = getattr(model.config, "_commit_hash", None)
-            check_saved_weights(model, model_weight_files(source, revision=revision), source=source)
-        check_finite_weights(model, source=source)
+        if model.name_or_path:
+            check_loaded_weights(model, model.name_or_path, revision=getattr(model.config, "_commit_hash", None))
+        else:
+            check_finite_weights(model)
         self.class_names = [str(model.config.id2label[i]) for i in range(model.config.num_labels)]
 
     def _sanitize_parameters(

@@ -25,6 +25,7 @@ __all__ = [
     "SAFETENSORS_NAME",
     "DamagedWeightsError",
     "check_finite_weights",
+    "check_loaded_weights",
     "check_saved_weights",
     "model_weight_files",
     "saved_weight_files",
@@ -195,3 +196,20 @@ def check_finite_weights(model: torch.nn.Module, *, source: str = "") -> None:
             f"The weights{where} hold NaN or infinite values in {len(bad)} tensors: {', '.join(bad[:10])}. Every "
             "prediction would be NaN; the weights are damaged (or training diverged). Use another checkpoint."
         )
+
+
+def check_loaded_weights(
+    model: torch.nn.Module, name_or_path: str | os.PathLike, *, may_lack: Iterable[str] = (), **hub_kwargs: Any
+) -> None:
+    """Check a model just loaded from ``name_or_path`` (a folder or Hub id): its saved tensors against the model
+    (:func:`check_saved_weights`, files found by :func:`model_weight_files` with ``hub_kwargs``) and its values
+    (:func:`check_finite_weights`).
+
+    Raises
+    ------
+    DamagedWeightsError
+        As those two functions raise it.
+    """
+    source = str(name_or_path)
+    check_saved_weights(model, model_weight_files(name_or_path, **hub_kwargs), may_lack=may_lack, source=source)
+    check_finite_weights(model, source=source)
