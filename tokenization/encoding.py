@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import scipy.sparse as sp
@@ -53,11 +53,6 @@ from .reading import (
 )
 
 logger = logging.getLogger(__name__)
-
-# input_kind= accepts "auto" or any kind by name (see tokenization.preprocessing.INPUT_KINDS).
-InputKindOption = Literal[
-    "auto", "counts", "corrected_counts", "normalized", "proportions", "log1p", "log1p_base2", "log1p_base10"
-]
 
 
 class TokenizerContract(Protocol):
@@ -354,7 +349,6 @@ def encode_chunks(
 
 __all__ = [
     "EncodingPlan",
-    "InputKindOption",
     "LowSignalCounts",
     "TokenizerContract",
     "encode_chunks",

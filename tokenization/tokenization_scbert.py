@@ -51,7 +51,6 @@ logger = logging.getLogger(__name__)
 # larger than memory.
 ENCODING_CHUNK_CELLS = 2048
 
-_CONTRACT_KEYS = CONTRACT_KEYS
 
 _NO_TOKENIZER = (
     "A model folder needs tokenizer_config.json and genes.txt next to config.json; write them with "
@@ -205,7 +204,7 @@ class ScBertTokenizer:
     __hash__ = None  # mutable contract attributes; equality is by value
 
     def _contract(self) -> dict[str, Any]:
-        return {key: getattr(self, key) for key in _CONTRACT_KEYS}
+        return {key: getattr(self, key) for key in CONTRACT_KEYS}
 
     @classmethod
     def from_adata(cls, adata: AnnData, *, gene_key: str | None = None, **kwargs: Any) -> ScBertTokenizer:
@@ -587,7 +586,7 @@ class ScBertTokenizer:
                 f"{config_path} describes a {config['tokenizer_class']!r}, not a {cls.tokenizer_class}; "
                 "check that the path points at an scBERT tokenizer."
             )
-        tokenizer = cls(read_gene_list(genes_path), **{k: config[k] for k in _CONTRACT_KEYS if k in config})
+        tokenizer = cls(read_gene_list(genes_path), **{k: config[k] for k in CONTRACT_KEYS if k in config})
         expected = config.get("panel_hash")
         if expected is not None and expected != tokenizer.panel_hash:
             raise ValueError(
