@@ -115,9 +115,11 @@ def _training(command: str, argv: list[str]) -> int:
 
 def _annotate(args: argparse.Namespace) -> int:
 
+    from tokenization.reading import read_h5ad
+
     from .annotation.annotate import predict_cell_types
     from .annotation.distributed import inference_processes
-    from .h5ad_io import check_output_path, plan_h5ad_output, read_h5ad, write_h5ad_with_slots
+    from .h5ad_io import check_output_path, plan_h5ad_output, write_h5ad_with_slots
 
     # What only the command line can check (its output files, the input file, --label-key) runs before any work, so a
     # bad call leaves no file behind; predict_cell_types checks everything else before the model runs. Under torchrun
@@ -162,9 +164,11 @@ def _annotate(args: argparse.Namespace) -> int:
 
 
 def _embed(args: argparse.Namespace) -> int:
+    from tokenization.reading import read_h5ad
+
     from .annotation.annotate import embed
     from .annotation.distributed import inference_processes
-    from .h5ad_io import check_output_path, plan_h5ad_output, read_h5ad, write_h5ad_with_slots
+    from .h5ad_io import check_output_path, plan_h5ad_output, write_h5ad_with_slots
 
     processes = inference_processes()
     with processes.all_or_none("Checking the inputs"):
@@ -192,10 +196,11 @@ def _embed(args: argparse.Namespace) -> int:
 
 def _attention(args: argparse.Namespace) -> int:
     from tokenization.atomic_files import write_text_atomically
+    from tokenization.reading import read_h5ad
 
     from .annotation.attention import _saved_class, gene_attention_scores, top_attention_genes
     from .annotation.inference import load_annotator
-    from .h5ad_io import check_output_path, plan_h5ad_output, read_h5ad, write_h5ad_with_slots
+    from .h5ad_io import check_output_path, plan_h5ad_output, write_h5ad_with_slots
 
     output = check_output_path(args.output, overwrite=args.overwrite, inputs=(args.input,))
     if args.csv:

@@ -1,6 +1,7 @@
 """Reading and writing ``.h5ad`` files for the command line: clear errors, atomic writes, the input never touched.
 
-:func:`read_h5ad` turns every failure into an error that names the file. :func:`write_h5ad_with_slots` writes a copy
+:func:`~tokenization.reading.read_h5ad` (in ``tokenization``, which reads the files of a corpus too) turns every
+failure into an error that names the file. :func:`write_h5ad_with_slots` writes a copy
 of the input with the new ``.obs`` / ``.obsm`` / ``.varm`` / ``.uns`` slots of an annotated AnnData, through the
 package's one atomic writer (``tokenization.atomic_files``), so a failure leaves no partial output.
 """
@@ -19,85 +20,9 @@ from typing import Literal
 from anndata import AnnData
 
 from tokenization.atomic_files import atomic_paths
+from tokenization.reading import is_zarr_store
 
 logger = logging.getLogger(__name__)
-
-
-def is_zarr_store(path: str | PathLike) -> bool:
-    """Whether ``path`` is an AnnData zarr store (a folder with zarr's v2 or v3 metadata)."""
-    path = Path(path)
-    return path.is_dir() and any((path / name).is_file() for name in (".zgroup", ".zattrs", "zarr.json"))
-
-
-def read_h5ad(path: str | PathLike, *, backed: Literal["r"] | None = "r", what: str = "input") -> AnnData:
-    """Read an ``.h5ad`` (backed by default) or an AnnData zarr store, refusing damaged or inconsistent files.
-
-    A zarr store (``adata.write_zarr(...)``, a folder) is read into memory with ``anndata.read_zarr`` (anndata reads
-    zarr stores only whole). Every failure becomes an error that names the file, and the shapes are checked before
-    any work: ``.X`` (and every layer) against ``.obs`` and ``.var``, ``.raw.X`` against ``.obs`` and ``.raw.var``
-    (anndata checks them when it reads into memory, not when it reads backed).
-
-    Parameters
-    ----------
-    path
-        The file, or the zarr store's folder.
-    backed
-        ``"r"`` reads ``.X`` from an ``.h5ad`` on demand (the file is never modified); ``None`` reads it into memory.
-    what
-        What the file is, in messages (``"input"``, ``"train file"``, ...).
-
-    Raises
-    ------
-    FileNotFoundError
-        When ``path`` does not exist, or is a folder that is not a zarr store.
-    ValueError
-        When the file cannot be read as an AnnData (damaged, truncated or another format), or its shapes disagree.
-    """
-    import anndata
-
-    path = Path(path)
-    zarr = is_zarr_store(path)
-    if not path.is_file() and not zarr:
-        kind = "is a folder that is not an AnnData zarr store" if path.is_dir() else "does not exist"
-        raise FileNotFoundError(
-            f"The {what} {str(path)!r} {kind}; give an .h5ad file or a zarr store (adata.write_zarr)."
-        )
-    try:
-        adata = anndata.read_zarr(path) if zarr else anndata.read_h5ad(path, backed=backed)
-    except Exception as error:  # h5py, zarr and anndata raise many types for a damaged or foreign file
-        kind = "an AnnData zarr store" if zarr else "an .h5ad file"
-        raise ValueError(
-            f"Could not read the {what} {str(path)!r} as {kind} ({type(error).__name__}: {error}). Check that it "
-            "was written by anndata/scanpy and is not truncated."
-        ) from error
-    check_shapes(adata, what=f"the {what} {str(path)!r}")
-    return adata
-
-
-def check_shapes(adata: AnnData, *, what: str) -> None:
-    """Refuse an AnnData whose matrices and annotations disagree in size (a damaged or hand-edited file).
-
-    Raises
-    ------
-    ValueError
-        Naming each matrix whose shape differs from ``(len(.obs), len(.var))`` (``.raw``: ``(len(.obs),
-        len(.raw.var))``).
-    """
-    expected = (len(adata.obs), len(adata.var))
-    problems = []
-    matrices = {".X": adata.X, **{f".layers[{name!r}]": layer for name, layer in adata.layers.items()}}
-    for name, matrix in matrices.items():
-        if matrix is not None and tuple(matrix.shape) != expected:
-            problems.append(f"{name} is {matrix.shape[0]:,} x {matrix.shape[1]:,}")
-    raw = adata.raw
-    if raw is not None and tuple(raw.X.shape) != (len(adata.obs), len(raw.var)):
-        problems.append(f".raw.X is {raw.X.shape[0]:,} x {raw.X.shape[1]:,} while .raw.var has {len(raw.var):,} rows")
-    if problems:
-        raise ValueError(
-            f"The shapes in {what} disagree: .obs has {expected[0]:,} rows and .var {expected[1]:,}, but "
-            f"{'; '.join(problems)}. The file is damaged or was edited by hand; annotating it would pair cells with "
-            "the wrong rows. Write it again from the source."
-        )
 
 
 def check_output_path(
@@ -296,9 +221,6 @@ def _patch_copy(
 
 __all__ = [
     "check_output_path",
-    "check_shapes",
-    "is_zarr_store",
     "plan_h5ad_output",
-    "read_h5ad",
     "write_h5ad_with_slots",
 ]

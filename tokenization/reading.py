@@ -16,7 +16,8 @@ and what the matrix holds, once, with their documentation in the fields' ``help`
 so adding a field here adds the option, with its documentation, everywhere at once. The functions then hand the one
 object down (:func:`~tokenization.encoding.plan_encoding` takes it).
 
-The rest of the module reads what the options point at: :func:`adata_gene_names` and :func:`expression_matrix` find
+The rest of the module reads what the options point at: :func:`read_h5ad` opens a file (``.h5ad``, backed by
+default, or a zarr store) with errors that name it, :func:`adata_gene_names` and :func:`expression_matrix` find
 the gene names and the matrix inside an AnnData, and :func:`iter_row_chunks` reads a matrix's rows a chunk of cells at
 a time (:func:`read_rows` is the one place where stored values become a float CSR matrix).
 """
@@ -29,7 +30,8 @@ import textwrap
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, fields
 from os import PathLike
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import scipy.sparse as sp
@@ -273,6 +275,88 @@ def takes_reading_options(function: F) -> F:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# Reading a file: .h5ad or zarr store, with clear errors and checked shapes
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def is_zarr_store(path: str | PathLike) -> bool:
+    """Whether ``path`` is an AnnData zarr store (a folder with zarr's v2 or v3 metadata)."""
+    path = Path(path)
+    return path.is_dir() and any((path / name).is_file() for name in (".zgroup", ".zattrs", "zarr.json"))
+
+
+def read_h5ad(path: str | PathLike, *, backed: Literal["r"] | None = "r", what: str = "input") -> AnnData:
+    """Read an ``.h5ad`` (backed by default) or an AnnData zarr store, refusing damaged or inconsistent files.
+
+    A zarr store (``adata.write_zarr(...)``, a folder) is read into memory with ``anndata.read_zarr`` (anndata reads
+    zarr stores only whole). Every failure becomes an error that names the file, and the shapes are checked before
+    any work: ``.X`` (and every layer) against ``.obs`` and ``.var``, ``.raw.X`` against ``.obs`` and ``.raw.var``
+    (anndata checks them when it reads into memory, not when it reads backed).
+
+    Parameters
+    ----------
+    path
+        The file, or the zarr store's folder.
+    backed
+        ``"r"`` reads ``.X`` from an ``.h5ad`` on demand (the file is never modified); ``None`` reads it into memory.
+    what
+        What the file is, in messages (``"input"``, ``"train file"``, ...).
+
+    Raises
+    ------
+    FileNotFoundError
+        When ``path`` does not exist, or is a folder that is not a zarr store.
+    ValueError
+        When the file cannot be read as an AnnData (damaged, truncated or another format), or its shapes disagree.
+    """
+    import anndata
+
+    path = Path(path)
+    zarr = is_zarr_store(path)
+    if not path.is_file() and not zarr:
+        kind = "is a folder that is not an AnnData zarr store" if path.is_dir() else "does not exist"
+        raise FileNotFoundError(
+            f"The {what} {str(path)!r} {kind}; give an .h5ad file or a zarr store (adata.write_zarr)."
+        )
+    try:
+        adata = anndata.read_zarr(path) if zarr else anndata.read_h5ad(path, backed=backed)
+    except Exception as error:  # h5py, zarr and anndata raise many types for a damaged or foreign file
+        kind = "an AnnData zarr store" if zarr else "an .h5ad file"
+        raise ValueError(
+            f"Could not read the {what} {str(path)!r} as {kind} ({type(error).__name__}: {error}). Check that it "
+            "was written by anndata/scanpy and is not truncated."
+        ) from error
+    check_shapes(adata, what=f"the {what} {str(path)!r}")
+    return adata
+
+
+def check_shapes(adata: AnnData, *, what: str) -> None:
+    """Refuse an AnnData whose matrices and annotations disagree in size (a damaged or hand-edited file).
+
+    Raises
+    ------
+    ValueError
+        Naming each matrix whose shape differs from ``(len(.obs), len(.var))`` (``.raw``: ``(len(.obs),
+        len(.raw.var))``).
+    """
+    expected = (len(adata.obs), len(adata.var))
+    problems = []
+    matrices = {".X": adata.X, **{f".layers[{name!r}]": layer for name, layer in adata.layers.items()}}
+    for name, matrix in matrices.items():
+        if matrix is not None and tuple(matrix.shape) != expected:
+            problems.append(f"{name} is {matrix.shape[0]:,} x {matrix.shape[1]:,}")
+    raw = adata.raw
+    if raw is not None and tuple(raw.X.shape) != (len(adata.obs), len(raw.var)):
+        problems.append(f".raw.X is {raw.X.shape[0]:,} x {raw.X.shape[1]:,} while .raw.var has {len(raw.var):,} rows")
+    if problems:
+        raise ValueError(
+            f"The shapes in {what} disagree: .obs has {expected[0]:,} rows and .var {expected[1]:,}, but "
+            f"{'; '.join(problems)}. The file is damaged or was edited by hand; annotating it would pair cells with "
+            "the wrong rows. Write it again from the source."
+        )
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # Where an AnnData keeps the matrix and the gene names
 # ---------------------------------------------------------------------------------------------------------------------
 
@@ -473,11 +557,14 @@ __all__ = [
     "READING_OPTIONS_HELP",
     "ScBertReadingArguments",
     "adata_gene_names",
+    "check_shapes",
     "counts_hint",
     "document_reading_options",
     "expression_matrix",
+    "is_zarr_store",
     "iter_row_chunks",
     "raw_of",
+    "read_h5ad",
     "read_rows",
     "reading_options_doc",
     "row_sliceable",

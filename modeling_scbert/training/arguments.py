@@ -224,7 +224,7 @@ def _read_data(path: str | None, *, split: str):
         import datasets
 
         return datasets.load_from_disk(path)
-    from ..h5ad_io import read_h5ad
+    from tokenization.reading import read_h5ad
 
     return read_h5ad(path, backed="r", what=f"{split} file")
 
