@@ -51,6 +51,7 @@ from modeling_scbert.training.metrics import compute_classification_metrics
 from modeling_scbert.training.model_setup import NEW_MODEL_DEFAULTS, apply_finetuning_preset, parse_config_overrides
 from modeling_scbert.training.trainer import ScBertFeatureRedrawCallback, ScBertWeightedLoss, balanced_class_weights
 from tokenization import ScBertTokenizer
+from tokenization.corpus import tokenizer_from_corpus
 from tokenization.data import DataCollatorForCellClassification, stratified_split, to_dataset
 from tokenization.pipeline_scbert import save_pipeline_code
 from tokenization.reading import ScBertReadingArguments
@@ -63,20 +64,24 @@ logger = logging.getLogger(__name__)
 FINETUNE_DEFAULTS = {**training_cli.FINETUNE_DEFAULTS, "remove_unused_columns": False}
 
 
-def read_cells(path: str | None):
-    """A ``.h5ad`` file (read backed, so it need not fit in memory) or a folder saved by ``to_dataset``."""
-    if path is None:
+def read_cells(paths: str | list[str] | None):
+    """A ``.h5ad`` file (read backed, so it need not fit in memory), a folder saved by ``to_dataset``, or a corpus
+    (several files, a folder of them, a glob) that ``to_dataset`` reads itself, aligned to one panel."""
+    if paths is None:
         return None
-    if os.path.isdir(path):
-        return datasets.load_from_disk(path)
-    return ad.read_h5ad(path, backed="r")
+    paths = [paths] if isinstance(paths, str) else paths
+    if len(paths) == 1 and os.path.isfile(os.path.join(paths[0], "dataset_info.json")):
+        return datasets.load_from_disk(paths[0])
+    if len(paths) == 1 and os.path.isfile(paths[0]):
+        return ad.read_h5ad(paths[0], backed="r")
+    return paths
 
 
 def encode(cells, *, tokenizer: ScBertTokenizer, label_key: str, label_names, encode_kwargs: dict):
     """AnnData -> a ``datasets.Dataset`` of sparse tokens with a ``ClassLabel`` column ``label``; a dataset passes."""
     if cells is None or isinstance(cells, datasets.Dataset):
         return cells
-    if label_key not in cells.obs.columns:
+    if isinstance(cells, ad.AnnData) and label_key not in cells.obs.columns:
         raise ValueError(
             f"--label_key {label_key!r} is not a column of .obs; the columns are {list(cells.obs.columns)}."
         )
@@ -145,6 +150,10 @@ def main(argv: list[str] | None = None) -> dict:
         tokenizer = ScBertTokenizer.from_pretrained(tokenizer_source)
     elif isinstance(train_cells, ad.AnnData):
         tokenizer = ScBertTokenizer.from_adata(train_cells)
+    elif isinstance(train_cells, list):  # a corpus: the genes in enough of its files
+        tokenizer = tokenizer_from_corpus(
+            train_cells, min_fraction=data_args.panel_min_fraction, **reading.tokenizer_kwargs()
+        )
     else:
         raise ValueError("A dataset folder carries no gene panel: pass --tokenizer_name_or_path.")
     encode_kwargs = reading.tokenizer_kwargs()

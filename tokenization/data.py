@@ -1,8 +1,8 @@
 """AnnData -> Hugging Face ``datasets`` -> batches: the encoded cells stored sparse, split, and densified per batch.
 
 - The columns: one row per cell, its non-zero tokens as ``gene_indices`` (int32) and ``bins`` (uint8), its
-  ``cell_id`` and, for a labelled dataset, a ``ClassLabel`` column ``label`` (:func:`dataset_features`,
-  :func:`cell_labels`).
+  ``cell_id`` and, for a labelled dataset, a ``ClassLabel`` column ``label`` (:func:`dataset_features`; the labels
+  by :func:`tokenization.label_rules.cell_labels`).
 - Building a dataset: :func:`to_dataset` encodes and writes the cells a chunk at a time (memory-mapped from disk, or
   saved with ``save_to_disk``); :func:`to_iterable_dataset` streams them, encoding as they are read.
 - :func:`stratified_split` holds out cells class by class.
@@ -32,8 +32,9 @@ from anndata import AnnData
 
 from .atomic_files import atomic_path, process_tag, remove_stale_working_folders
 from .cell_digest import encoding_digest
+from .corpus import CORPUS_REPORT_FILE, CorpusItem, CorpusPlan, is_corpus, plan_corpus
 from .encoding import encode_chunks, plan_encoding
-from .label_rules import read_cell_labels, variant_key
+from .label_rules import cell_labels
 from .reading import ScBertReadingArguments, takes_reading_options
 from .tokenization_scbert import ENCODING_CHUNK_CELLS, ScBertTokenizer
 
@@ -44,12 +45,12 @@ logger = logging.getLogger(__name__)
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-GENE_INDICES, BINS, LABEL, CELL_ID = "gene_indices", "bins", "label", "cell_id"
+GENE_INDICES, BINS, LABEL, CELL_ID, SOURCE = "gene_indices", "bins", "label", "cell_id", "source"
 
 
-def dataset_features(label_names: Sequence[str] | None):
+def dataset_features(label_names: Sequence[str] | None, *, source: bool = False):
     """The ``datasets.Features`` of an encoded dataset; with a ``ClassLabel`` column ``label`` when ``label_names``
-    are given."""
+    are given, and a column ``source`` (each cell's input) with ``source`` (a corpus)."""
     import datasets
 
     columns = {
@@ -57,71 +58,26 @@ def dataset_features(label_names: Sequence[str] | None):
         BINS: datasets.List(datasets.Value("uint8")),
         CELL_ID: datasets.Value("string"),
     }
+    if source:
+        columns[SOURCE] = datasets.Value("string")
     if label_names is not None:
         columns[LABEL] = datasets.ClassLabel(names=list(label_names))
     return datasets.Features(columns)
 
 
-def cell_labels(
-    adata: AnnData,
-    *,
-    label_key: str | None,
-    label_names: Sequence[str] | None,
-    drop_missing_labels: bool = False,
-    merge_label_variants: bool = False,
-) -> tuple[list[str] | None, np.ndarray | None]:
-    """Class names and per-cell class ids (int64) for ``.obs[label_key]``, read by the one label rule
-    (:func:`tokenization.label_rules.read_cell_labels`); ``(None, None)`` without ``label_key``.
-
-    A cell left out by ``drop_missing_labels`` gets the class id ``-1``: the dataset builders skip it.
-
-    Raises
-    ------
-    ValueError
-        For ``label_names`` without ``label_key``, a ``label_key`` that is not an ``.obs`` column (listing the
-        columns), missing labels (without ``drop_missing_labels``), spellings of one label (without
-        ``merge_label_variants``), or labels not in ``label_names``.
-    """
-    if label_key is None:
-        if label_names is not None:
-            raise ValueError("label_names= needs label_key= (the .obs column holding the labels).")
-        return None, None
-    if label_key not in adata.obs.columns:
-        raise ValueError(
-            f"label_key={label_key!r} is not a column of adata.obs; the columns are {list(adata.obs.columns)}."
-        )
-    read = read_cell_labels(
-        adata.obs[label_key],
-        where=f"adata.obs[{label_key!r}]",
-        drop_missing_labels=drop_missing_labels,
-        merge_label_variants=merge_label_variants,
-    )
-    # By default the classes are the labels some kept cell has, in natural order (an unused category is no class).
-    label_names = read.class_names if label_names is None else [str(n) for n in label_names]
-    index = {name: i for i, name in enumerate(label_names)}
-    labels = read.labels
-    if merge_label_variants:  # a merged spelling of a given class is that class (e.g. the training cells' spelling)
-        spelling = {variant_key(name): name for name in label_names}
-        labels = np.array([spelling.get(variant_key(s), s) for s in labels], dtype=object)
-    unknown = sorted(set(labels) - set(index))
-    if unknown:
-        raise ValueError(
-            f"adata.obs[{label_key!r}] has labels not in label_names: {unknown[:10]}; add them to label_names."
-        )
-    ids = np.full(adata.n_obs, -1, dtype=np.int64)
-    ids[read.keep] = [index[s] for s in labels]
-    return label_names, ids
-
-
-def record_batch(schema: pa.Schema, tokens: Any, cell_ids: np.ndarray, labels: np.ndarray | None) -> pa.RecordBatch:
-    """One Arrow record batch of encoded cells: ``tokens`` (CSR, as ``iter_encoded`` yields it) with their ids and
-    class ids, in the columns of ``schema``."""
+def record_batch(
+    schema: pa.Schema, tokens: Any, cell_ids: np.ndarray, labels: np.ndarray | None, source: str | None = None
+) -> pa.RecordBatch:
+    """One Arrow record batch of encoded cells: ``tokens`` (CSR, as ``iter_encoded`` yields it) with their ids, their
+    input's name (``source``, for a corpus) and class ids, in the columns of ``schema``."""
     offsets = pa.array(tokens.indptr.astype(np.int32))
     arrays = [
         pa.ListArray.from_arrays(offsets, pa.array(tokens.indices.astype(np.int32, copy=False))),
         pa.ListArray.from_arrays(offsets, pa.array(tokens.data.astype(np.uint8, copy=False))),
         pa.array(cell_ids.astype(str), type=pa.string()),
     ]
+    if source is not None:
+        arrays.append(pa.array([source] * len(cell_ids), type=pa.string()))
     if labels is not None:
         arrays.append(pa.array(labels, type=pa.int64()))
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
@@ -138,7 +94,7 @@ MAX_SHARD_BYTES = 500 * 1024**2
 
 @takes_reading_options
 def to_dataset(
-    adata: AnnData,
+    adata: AnnData | CorpusItem | Sequence[CorpusItem],
     *,
     tokenizer: ScBertTokenizer,
     label_key: str | None = None,
@@ -152,16 +108,25 @@ def to_dataset(
     reading: ScBertReadingArguments | None = None,
     **read_options: Any,
 ):
-    """Encode an AnnData into a ``datasets.Dataset`` with one sparse row per cell.
+    """Encode an AnnData, or a corpus of many, into a ``datasets.Dataset`` with one sparse row per cell.
 
     Cells are read, encoded and written ``batch_size`` at a time as Arrow record batches, so memory stays bounded
     for a backed ``.h5ad`` larger than RAM; the result is memory-mapped from disk. The encoding is the tokenizer's
     (:meth:`ScBertTokenizer.iter_encoded`), so the rows hold exactly the tokens it gives.
 
+    A corpus (see :mod:`tokenization.corpus`) is aligned to the tokenizer's one panel input by input (each with its
+    own genes; :func:`~tokenization.corpus.tokenizer_from_corpus` builds a panel from it) and every input is checked
+    before the first cell is encoded. The inputs are then encoded one at a time, each into a folder of its own that
+    is published whole (``scbert-corpus-input-<digest>``, in ``cache_dir``, else beside ``output_dir``): a run killed
+    half-way and run again opens the inputs it finished instead of encoding them again, and gives the same rows. The
+    rows carry their input's name in a column ``source``; the panel report (:class:`~tokenization.corpus.
+    CorpusReport`) is logged, and saved in ``output_dir`` as ``corpus_report.json``.
+
     Parameters
     ----------
     adata
-        The cells (in memory or backed); never modified.
+        The cells (in memory or backed); or a corpus: ``.h5ad`` files, a folder of them, a glob pattern, AnnData
+        objects, or a list of these. Never modified.
     tokenizer
         Gives the panel and the binning rule.
     label_key
@@ -199,12 +164,15 @@ def to_dataset(
 
     Returns
     -------
-    The dataset, with columns ``gene_indices``, ``bins``, ``cell_id`` and (with ``label_key``) ``label``.
+    The dataset, with columns ``gene_indices``, ``bins``, ``cell_id``, (for a corpus) ``source`` and (with
+    ``label_key``) ``label``.
 
     Raises
     ------
     FileExistsError
         When ``output_dir`` exists and is not an empty folder.
+    FileNotFoundError
+        For a corpus file that does not exist, a folder without ``.h5ad`` files or a pattern that matches none.
     ValueError
         For a ``label_key`` that is not an ``.obs`` column, missing labels, spellings of one label, labels not in
         ``label_names``, and whatever :meth:`ScBertTokenizer.__call__` refuses (too few panel genes, values that are
@@ -216,15 +184,6 @@ def to_dataset(
     import datasets
 
     reading = ScBertReadingArguments.from_kwargs(read_options, caller="to_dataset", reading=reading)
-    label_names, labels = cell_labels(
-        adata,
-        label_key=label_key,
-        label_names=label_names,
-        drop_missing_labels=drop_missing_labels,
-        merge_label_variants=merge_label_variants,
-    )
-    features = dataset_features(label_names)
-    chunks = tokenizer.iter_encoded(adata, batch_size=batch_size, progress=progress, reading=reading)
     if output_dir is not None:
         output_dir = Path(output_dir)
         if output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir())):
@@ -232,6 +191,15 @@ def to_dataset(
                 f"output_dir {str(output_dir)!r} already exists and is not an empty folder; pass a new path or "
                 "delete it first."
             )
+    labelling = {"label_key": label_key, "drop_missing_labels": drop_missing_labels}
+    labelling["merge_label_variants"] = merge_label_variants
+    if is_corpus(adata):
+        plan = plan_corpus(adata, tokenizer=tokenizer, label_names=label_names, reading=reading, **labelling)
+        where = {"output_dir": output_dir, "cache_dir": cache_dir}
+        return _corpus_dataset(plan, tokenizer=tokenizer, batch_size=batch_size, progress=progress, **where)
+    label_names, labels = cell_labels(adata, label_names=label_names, **labelling)
+    features = dataset_features(label_names)
+    chunks = tokenizer.iter_encoded(adata, batch_size=batch_size, progress=progress, reading=reading)
     write = functools.partial(
         _write_shards,
         chunks=chunks,
@@ -262,10 +230,50 @@ def to_dataset(
     ):
         # datasets writes its own layout from the encoded files: one more pass over the data on disk, never in memory.
         dataset = write(Path(shard_dir))
-        # Without cells, datasets would plan zero files and the folder would not load: ask for one, empty.
-        shards = {"num_shards": 1} if len(dataset) == 0 else {"max_shard_size": MAX_SHARD_BYTES}
-        dataset.save_to_disk(str(staging), **shards)
+        _save_to_disk(dataset, staging)
         del dataset  # its Arrow files are memory-mapped from the folder about to be removed
+    return datasets.load_from_disk(str(output_dir))
+
+
+def _save_to_disk(dataset: Any, folder: Path) -> None:
+    """``save_to_disk`` in files of at most :data:`MAX_SHARD_BYTES`; without cells, datasets would plan zero files
+    and the folder would not load: one file, empty."""
+    shards = {"num_shards": 1} if len(dataset) == 0 else {"max_shard_size": MAX_SHARD_BYTES}
+    dataset.save_to_disk(str(folder), **shards)
+
+
+def _corpus_dataset(
+    plan: CorpusPlan, *, tokenizer: Any, output_dir: Path | None, cache_dir: Any, batch_size: int, progress: Any
+):
+    """:func:`to_dataset` of a planned corpus: each input encoded into a folder of its own (named by its digest,
+    published whole, opened instead of encoded when there), one after another, then saved as one dataset."""
+    import datasets
+
+    features = dataset_features(plan.label_names, source=True)
+    if cache_dir is not None:
+        work = Path(cache_dir)
+    elif output_dir is not None:  # beside it, under a name that a rerun finds: it resumes where this run stopped
+        work = output_dir.parent / f".{output_dir.name}.scbert-inputs"
+    else:
+        work = _new_working_folder(Path(datasets.config.HF_DATASETS_CACHE) / "scbert")
+    parts = []
+    for item in plan.inputs:
+        chunks = encode_chunks(item.plan, tokenizer=tokenizer, chunk_cells=batch_size, progress=progress)
+        write = functools.partial(
+            _write_shards, chunks=chunks, features=features, cell_ids=item.adata.obs_names, labels=item.labels
+        )
+        write = functools.partial(write, max_shard_bytes=MAX_SHARD_BYTES, source=item.source)
+        parts.append(_cached_dataset(work / f"scbert-corpus-input-{item.digest[:32]}", write=write, features=features))
+    dataset = datasets.concatenate_datasets(parts)
+    if output_dir is None:
+        return dataset
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(output_dir, directory=True) as staging:
+        _save_to_disk(dataset, staging)
+        plan.report.save(staging / CORPUS_REPORT_FILE)
+    del dataset, parts  # memory-mapped from the folder about to be removed
+    if cache_dir is None:
+        shutil.rmtree(work, ignore_errors=True)
     return datasets.load_from_disk(str(output_dir))
 
 
@@ -342,6 +350,7 @@ def _write_shards(
     cell_ids: Sequence[str],
     labels: np.ndarray | None,
     max_shard_bytes: int,
+    source: str | None = None,
 ):
     """Stream record batches into Arrow files of at most about ``max_shard_bytes`` each; open them as one dataset."""
     schema = features.arrow_schema
@@ -361,7 +370,7 @@ def _write_shards(
             if batch_labels is not None and (batch_labels < 0).any():  # cells without a label, left out
                 kept = batch_labels >= 0
                 tokens, batch_ids, batch_labels = tokens[kept], batch_ids[kept], batch_labels[kept]
-            writer.write_batch(record_batch(schema, tokens, batch_ids, batch_labels))
+            writer.write_batch(record_batch(schema, tokens, batch_ids, batch_labels, source))
         if writer is None:  # no cells: still write one empty shard so the dataset has its columns
             paths.append(directory / "shard-00000.arrow")
             sink = pa.OSFile(str(paths[-1]), "wb")
@@ -740,7 +749,6 @@ __all__ = [
     "DataCollatorForMaskedExpression",
     "IGNORE_INDEX",
     "MAX_SHARD_BYTES",
-    "cell_labels",
     "dataset_features",
     "densify",
     "record_batch",

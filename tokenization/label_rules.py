@@ -14,6 +14,8 @@ evaluation cells), so that one label column gives the same classes everywhere:
   probability.
 - **The classes** are the labels the kept cells carry, in natural order: a categorical column's category order,
   otherwise sorted (numbers by value, text alphabetically).
+
+:func:`read_cell_labels` applies the rule to a column; :func:`cell_labels` gives an AnnData's class ids by it.
 """
 
 from __future__ import annotations
@@ -25,10 +27,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from anndata import AnnData
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MISSING_LABEL_TEXTS", "CellLabels", "read_cell_labels", "variant_key"]
+__all__ = ["MISSING_LABEL_TEXTS", "CellLabels", "cell_labels", "read_cell_labels", "variant_key"]
 
 # Texts that mean "no label" (compared after stripping whitespace, case-insensitively).
 MISSING_LABEL_TEXTS = frozenset({"", "nan", "none", "<na>", "na", "n/a", "null", "nat"})
@@ -138,3 +141,54 @@ def read_cell_labels(
             originals = sorted(originals, key=str)
         class_names = list(dict.fromkeys(str(v) for v in originals if str(v) in present))
     return CellLabels(keep=keep, labels=labels, class_names=class_names)
+
+
+def cell_labels(
+    adata: AnnData,
+    *,
+    label_key: str | None,
+    label_names: Sequence[str] | None,
+    drop_missing_labels: bool = False,
+    merge_label_variants: bool = False,
+) -> tuple[list[str] | None, np.ndarray | None]:
+    """Class names and per-cell class ids (int64) for ``.obs[label_key]``, read by the one label rule
+    (:func:`tokenization.label_rules.read_cell_labels`); ``(None, None)`` without ``label_key``.
+
+    A cell left out by ``drop_missing_labels`` gets the class id ``-1``: the dataset builders skip it.
+
+    Raises
+    ------
+    ValueError
+        For ``label_names`` without ``label_key``, a ``label_key`` that is not an ``.obs`` column (listing the
+        columns), missing labels (without ``drop_missing_labels``), spellings of one label (without
+        ``merge_label_variants``), or labels not in ``label_names``.
+    """
+    if label_key is None:
+        if label_names is not None:
+            raise ValueError("label_names= needs label_key= (the .obs column holding the labels).")
+        return None, None
+    if label_key not in adata.obs.columns:
+        raise ValueError(
+            f"label_key={label_key!r} is not a column of adata.obs; the columns are {list(adata.obs.columns)}."
+        )
+    read = read_cell_labels(
+        adata.obs[label_key],
+        where=f"adata.obs[{label_key!r}]",
+        drop_missing_labels=drop_missing_labels,
+        merge_label_variants=merge_label_variants,
+    )
+    # By default the classes are the labels some kept cell has, in natural order (an unused category is no class).
+    label_names = read.class_names if label_names is None else [str(n) for n in label_names]
+    index = {name: i for i, name in enumerate(label_names)}
+    labels = read.labels
+    if merge_label_variants:  # a merged spelling of a given class is that class (e.g. the training cells' spelling)
+        spelling = {variant_key(name): name for name in label_names}
+        labels = np.array([spelling.get(variant_key(s), s) for s in labels], dtype=object)
+    unknown = sorted(set(labels) - set(index))
+    if unknown:
+        raise ValueError(
+            f"adata.obs[{label_key!r}] has labels not in label_names: {unknown[:10]}; add them to label_names."
+        )
+    ids = np.full(adata.n_obs, -1, dtype=np.int64)
+    ids[read.keep] = [index[s] for s in labels]
+    return label_names, ids

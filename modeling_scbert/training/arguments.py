@@ -56,12 +56,23 @@ class ScBertModelArguments:
 class ScBertDataArguments:
     """Where the cells are (how to read them: :class:`~tokenization.reading.ScBertReadingArguments`)."""
 
-    train_file: str = field(metadata={"help": "Training cells: a .h5ad file, or a folder written by to_dataset."})
+    train_file: list[str] = field(
+        metadata={
+            "help": "Training cells: a .h5ad file, or a folder written by to_dataset; or a corpus aligned to one panel: "
+            "several .h5ad files, a folder of them, or a glob pattern (quoted: 'data/*.h5ad')."
+        }
+    )
     validation_file: str | None = field(default=None, metadata={"help": "Evaluation cells (.h5ad or dataset)."})
     validation_fraction: float | None = field(
         default=None, metadata={"help": "Without validation_file: hold out this fraction of train_file."}
     )
     split_seed: int = field(default=0, metadata={"help": "Seed of the validation split."})
+    panel_min_fraction: float = field(
+        default=0.5,
+        metadata={
+            "help": "A corpus without a tokenizer or model: the panel is the genes in this fraction of its files."
+        },
+    )
     label_key: str | None = field(default=None, metadata={"help": "The .obs column with the cell types."})
     dataset_cache_dir: str | None = field(
         default=None, metadata={"help": "Where encoded cells are written (default: the datasets cache)."}
@@ -216,17 +227,27 @@ def _save_steps_mean_steps(parser: HfArgumentParser, args: list[str]) -> None:
     )
 
 
-def _read_data(path: str | None, *, split: str):
-    """A .h5ad file (read backed, so it need not fit in memory) or a saved dataset folder."""
-    if path is None:
+def _is_saved_dataset(path: str) -> bool:
+    """Whether ``path`` is a folder written by ``save_to_disk`` (``to_dataset(..., output_dir=...)``)."""
+    return any(os.path.isfile(os.path.join(path, name)) for name in ("dataset_info.json", "dataset_dict.json"))
+
+
+def _read_data(paths: str | Sequence[str] | None, *, split: str):
+    """A .h5ad file (read backed, so it need not fit in memory), a saved dataset folder, or a corpus (several files, a
+    folder of .h5ad files, a glob pattern: passed on as paths, opened by ``to_dataset``)."""
+    if paths is None:
         return None
-    if os.path.isdir(path):
+    paths = [paths] if isinstance(paths, str) else list(paths)
+    path = paths[0]
+    if len(paths) == 1 and _is_saved_dataset(path):
         import datasets
 
         return datasets.load_from_disk(path)
-    from tokenization.reading import read_h5ad
+    from tokenization.reading import is_zarr_store, read_h5ad
 
-    return read_h5ad(path, backed="r", what=f"{split} file")
+    if len(paths) == 1 and (os.path.isfile(path) or is_zarr_store(path)):
+        return read_h5ad(path, backed="r", what=f"{split} file")
+    return paths
 
 
 def _encode_kwargs(data_args: ScBertDataArguments, reading: ScBertReadingArguments) -> dict[str, Any]:
@@ -265,12 +286,18 @@ def parse_pretrain_command(argv: Sequence[str] | None = None, *, prog: str = "sc
     model_args, data_args, reading, training_args = _parse("pretrain", argv, prog=prog)
     train = _read_data(data_args.train_file, split="train")
     no_panel = model_args.tokenizer_name_or_path is None and model_args.model_name_or_path is None
-    if no_panel and not isinstance(train, AnnData):
+    if no_panel and not isinstance(train, (AnnData, list)):
         raise ValueError("A dataset folder carries no gene panel: pass --tokenizer_name_or_path.")
-    tokenizer = resolve_tokenizer(model_args.tokenizer_name_or_path, model_args.model_name_or_path, train)
+    tokenizer = resolve_tokenizer(
+        model_args.tokenizer_name_or_path,
+        model_args.model_name_or_path,
+        train,
+        panel_min_fraction=data_args.panel_min_fraction,
+        read_options=reading.tokenizer_kwargs(),
+    )
     evaluation = _read_data(data_args.validation_file, split="validation")
     if evaluation is None and data_args.validation_fraction:
-        if isinstance(train, AnnData):
+        if isinstance(train, (AnnData, list)):
             train = to_dataset(train, tokenizer=tokenizer, **_encode_kwargs(data_args, reading))
         splits = train.train_test_split(test_size=data_args.validation_fraction, seed=data_args.split_seed)
         train, evaluation = splits["train"], splits["test"]
@@ -322,8 +349,9 @@ def parse_finetune_command(argv: Sequence[str] | None = None, *, prog: str = "sc
         For data files that do not exist.
     """
     model_args, data_args, reading, finetune_args, training_args = _parse("finetune", argv, prog=prog)
-    if data_args.label_key is None and not os.path.isdir(data_args.train_file):
-        raise ValueError("--label_key is required with a .h5ad train_file: the .obs column holding the cell types.")
+    train_files = [data_args.train_file] if isinstance(data_args.train_file, str) else data_args.train_file
+    if data_args.label_key is None and not (len(train_files) == 1 and _is_saved_dataset(train_files[0])):
+        raise ValueError("--label_key is required with .h5ad train files: the .obs column holding the cell types.")
     # Checks whose advice differs on the command line from finetune()'s (which names its Python arguments).
     evaluation = data_args.validation_file or data_args.validation_fraction
     if finetune_args.early_stopping_patience and not evaluation:
@@ -338,11 +366,11 @@ def parse_finetune_command(argv: Sequence[str] | None = None, *, prog: str = "sc
     train = _read_data(data_args.train_file, split="train")
     if isinstance(train, AnnData) and data_args.label_key not in train.obs.columns:
         raise ValueError(
-            f"--label_key {data_args.label_key!r} is not a column of {data_args.train_file}'s .obs; the columns are "
+            f"--label_key {data_args.label_key!r} is not a column of {train_files[0]}'s .obs; the columns are "
             f"{list(train.obs.columns)}."
         )
     tokenizer = model_args.tokenizer_name_or_path
-    if tokenizer is None and model_args.model_name_or_path is None and not isinstance(train, AnnData):
+    if tokenizer is None and model_args.model_name_or_path is None and not isinstance(train, (AnnData, list)):
         raise ValueError("A dataset folder carries no gene panel: pass --tokenizer_name_or_path.")
     return {
         "train_data": train,
@@ -362,6 +390,7 @@ def parse_finetune_command(argv: Sequence[str] | None = None, *, prog: str = "sc
         "drop_missing_labels": finetune_args.drop_missing_labels,
         "merge_label_variants": finetune_args.merge_label_variants,
         "class_change": finetune_args.class_change,
+        "panel_min_fraction": data_args.panel_min_fraction,
         "card_facts": {
             key: value
             for key, value in {"license": finetune_args.license, "base_model": finetune_args.base_model}.items()

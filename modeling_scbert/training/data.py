@@ -16,6 +16,7 @@ import numpy as np
 from anndata import AnnData
 
 from tokenization import ScBertTokenizer
+from tokenization.corpus import is_corpus
 from tokenization.data import LABEL, stratified_split, to_dataset
 from tokenization.reading import ScBertReadingArguments
 
@@ -57,13 +58,14 @@ def encode(
     label_names: Sequence[str] | None = None,
     label_rule: dict[str, bool] | None = None,
 ):
-    """AnnData -> ``datasets.Dataset`` (with :func:`tokenization.data.to_dataset`); a dataset or ``None`` passes
-    through.
+    """AnnData or a corpus of them -> ``datasets.Dataset`` (with :func:`tokenization.data.to_dataset`); a dataset or
+    ``None`` passes through.
 
     Parameters
     ----------
     data
-        The cells: an AnnData, a dataset, or ``None``.
+        The cells: an AnnData, a corpus (:mod:`tokenization.corpus`: ``.h5ad`` files, a folder, a glob, a list), a
+        dataset, or ``None``.
     tokenizer
         The panel to encode over.
     encode_kwargs
@@ -82,7 +84,7 @@ def encode(
     ValueError
         As ``to_dataset`` raises it, for cells that cannot be read.
     """
-    if data is None or not isinstance(data, AnnData):
+    if data is None or not (isinstance(data, AnnData) or is_corpus(data)):
         return data
     labelled = {"label_key": label_key, "label_names": label_names, **(label_rule or {} if label_key else {})}
     return to_dataset(data, tokenizer=tokenizer, **labelled, **encode_kwargs)

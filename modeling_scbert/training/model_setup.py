@@ -25,6 +25,8 @@ from transformers import (
 )
 
 from tokenization import ScBertTokenizer
+from tokenization.corpus import is_corpus, tokenizer_from_corpus
+from tokenization.reading import ScBertReadingArguments
 
 from ..configuration_scbert import ScBertConfig
 from ..loading import load_checked_model
@@ -283,17 +285,24 @@ def extend_classifier_head(model: ScBertForSequenceClassification, added: list[s
 
 
 def resolve_tokenizer(
-    tokenizer: ScBertTokenizer | str | PathLike | None, model: Any, train_data: Any
+    tokenizer: ScBertTokenizer | str | PathLike | None,
+    model: Any,
+    train_data: Any,
+    *,
+    panel_min_fraction: float = 0.5,
+    read_options: dict[str, Any] | None = None,
 ) -> ScBertTokenizer:
     """The tokenizer of a run: ``tokenizer`` itself or loaded from its folder, else the one saved with ``model``
-    (a folder or Hub id), else a new panel over the genes of ``train_data`` (an AnnData).
+    (a folder or Hub id), else a new panel over the genes of ``train_data``: an AnnData's, or a corpus's (the genes in
+    at least ``panel_min_fraction`` of its inputs, :func:`tokenization.corpus.tokenizer_from_corpus`, where the gene
+    names are found by the reading options in ``read_options``).
 
     Raises
     ------
     FileNotFoundError
-        When the tokenizer folder, or the model's folder, holds no tokenizer.
+        When the tokenizer folder, or the model's folder, holds no tokenizer; for corpus files that do not exist.
     ValueError
-        When there is nothing to take a tokenizer from.
+        When there is nothing to take a tokenizer from, or no gene is in enough of a corpus's inputs.
     """
     if isinstance(tokenizer, ScBertTokenizer):
         return tokenizer
@@ -304,6 +313,9 @@ def resolve_tokenizer(
     if isinstance(train_data, AnnData):
         logger.info("No tokenizer given: building a panel over the training data's %d genes.", train_data.n_vars)
         return ScBertTokenizer.from_adata(train_data)
+    if is_corpus(train_data):
+        reading = {k: v for k, v in (read_options or {}).items() if k in ScBertReadingArguments.names()}
+        return tokenizer_from_corpus(train_data, min_fraction=panel_min_fraction, **reading)
     raise ValueError(
         "A tokenizer is needed: pass tokenizer=, a model folder that has one, or AnnData to build a panel from."
     )

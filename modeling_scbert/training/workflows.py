@@ -24,6 +24,7 @@ from anndata import AnnData
 from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from tokenization import ScBertTokenizer
+from tokenization.corpus import is_corpus
 from tokenization.data import (
     LABEL,
     DataCollatorForCellClassification,
@@ -171,6 +172,8 @@ def _check_finetune_options(
             f"label_key= is needed to fine-tune on an AnnData: the .obs column holding the cell types (columns: "
             f"{list(train_data.obs.columns)})."
         )
+    if is_corpus(train_data) and label_key is None:
+        raise ValueError("label_key= is needed to fine-tune on a corpus: the .obs column holding the cell types.")
     if early_stopping_patience:
         if eval_data is None and not eval_fraction:  # no evaluation dataset (see finetuning_datasets)
             raise ValueError("early_stopping_patience needs evaluation cells: pass eval_data= or eval_fraction=.")
@@ -388,7 +391,12 @@ _SHARED_PARAMETERS = {
         "when ``None``."
     ),
     "encode_kwargs": (
-        "Other keyword arguments of ``to_dataset`` for AnnData inputs (``cache_dir``, ``batch_size``, ...)."
+        "Other keyword arguments of ``to_dataset`` for AnnData inputs (``cache_dir``, ``batch_size``, ...); with a "
+        "``cache_dir``, a corpus's inputs are encoded there one by one and a rerun reuses those it finished."
+    ),
+    "panel_min_fraction": (
+        "Without a tokenizer or model folder, a corpus's panel is the genes in at least this fraction of its inputs "
+        "(:func:`tokenization.corpus.tokenizer_from_corpus`)."
     ),
 }
 
@@ -422,6 +430,7 @@ def pretrain(
     callbacks: Sequence[TrainerCallback] = (),
     resume_from_checkpoint: str | bool | None = None,
     encode_kwargs: dict[str, Any] | None = None,
+    panel_min_fraction: float = 0.5,
     **read_options: Any,
 ) -> Trainer:
     """Masked-expression pretraining with the stock ``Trainer``, masking as published.
@@ -429,7 +438,8 @@ def pretrain(
     Parameters
     ----------
     train_data
-        Cells to pretrain on: an AnnData (encoded with :func:`tokenization.data.to_dataset`) or a dataset from it.
+        Cells to pretrain on: an AnnData or a corpus of many (``.h5ad`` files, a folder, a glob, a list; see
+        :mod:`tokenization.corpus`), encoded with :func:`tokenization.data.to_dataset`, or a dataset from it.
     {training_args}
     model
         A folder or Hub id to continue from, a :class:`ScBertConfig`, a model, or ``None`` for a new model over the
@@ -444,6 +454,7 @@ def pretrain(
     {callbacks}
     {resume_from_checkpoint}
     {encode_kwargs}
+    {panel_min_fraction}
     {reading_options}
 
     Returns
@@ -464,7 +475,9 @@ def pretrain(
     encode_kwargs = encode_options(encode_kwargs, read_options, caller="pretrain")
     overrides = parse_config_overrides(config_overrides)
     resume = _resume_point(training_args, resume_from_checkpoint)
-    tokenizer = resolve_tokenizer(tokenizer, model, train_data)
+    tokenizer = resolve_tokenizer(
+        tokenizer, model, train_data, panel_min_fraction=panel_min_fraction, read_options=encode_kwargs
+    )
     train_dataset = encode(train_data, tokenizer=tokenizer, encode_kwargs=encode_kwargs)
     eval_dataset = encode(eval_data, tokenizer=tokenizer, encode_kwargs=encode_kwargs)
     set_seed(training_args.seed)  # the new weights (and random features) are drawn from the run's seed
@@ -509,6 +522,7 @@ def finetune(
     drop_missing_labels: bool = False,
     merge_label_variants: bool = False,
     class_change: Literal["refuse", "new_head", "extend"] = "refuse",
+    panel_min_fraction: float = 0.5,
     **read_options: Any,
 ) -> Trainer:
     """Fine-tune a cell-type classifier with the stock ``Trainer``.
@@ -528,8 +542,9 @@ def finetune(
     Parameters
     ----------
     train_data
-        Labelled reference cells: an AnnData (with ``label_key``) or a dataset with a ``ClassLabel`` column
-        ``label`` (from :func:`tokenization.data.to_dataset`).
+        Labelled reference cells: an AnnData or a corpus of many (with ``label_key``; the classes are the union of
+        the inputs' labels), or a dataset with a ``ClassLabel`` column ``label`` (from
+        :func:`tokenization.data.to_dataset`).
     {training_args}
     model
         A pretrained folder or Hub id (masked-expression: a new head; fine-tuned: its classes are kept, or see
@@ -561,6 +576,7 @@ def finetune(
     {callbacks}
     {resume_from_checkpoint}
     {encode_kwargs}
+    {panel_min_fraction}
     card_facts
         Facts for the model card written into ``output_dir`` (``README.md``) and pushed with the model: at least
         ``license`` (the weights' license, your choice: nothing is assumed); optionally ``base_model``,
@@ -641,7 +657,9 @@ def finetune(
             checkpoint=checkpoint_classes(resume),
             class_change=class_change,
         )
-    tokenizer = resolve_tokenizer(tokenizer, model, train_data)
+    tokenizer = resolve_tokenizer(
+        tokenizer, model, train_data, panel_min_fraction=panel_min_fraction, read_options=encode_kwargs
+    )
 
     # The model, built (and its saved weights checked) before any cell is encoded when the classes are known.
     def build_classifier() -> tuple[ScBertForSequenceClassification, str]:
