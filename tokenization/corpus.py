@@ -197,8 +197,9 @@ def tokenizer_from_corpus(
     if not panel:
         raise ValueError(
             f"No gene is in {needed} of the {len(inputs)} inputs (min_fraction={min_fraction}); the inputs have "
-            f"{[item.adata.n_vars for item in inputs]} genes. Lower min_fraction, or pass synonyms= when the inputs "
-            "name genes differently (symbols in some, Ensembl ids in others)."
+            f"{[item.adata.n_vars for item in inputs]} genes. Lower min_fraction (panel_min_fraction= of pretrain and "
+            "finetune, --panel_min_fraction on the command line), or pass synonyms= (--synonyms) when the inputs name "
+            "genes differently (symbols in some, Ensembl ids in others)."
         )
     logger.info(
         "Built a panel of %d genes, each in at least %d of the %d inputs (%d genes in fewer left out).",

@@ -4,7 +4,8 @@
   ``cell_id`` and, for a labelled dataset, a ``ClassLabel`` column ``label`` (:func:`dataset_features`; the labels
   by :func:`tokenization.label_rules.cell_labels`).
 - Building a dataset: :func:`to_dataset` encodes and writes the cells a chunk at a time (memory-mapped from disk, or
-  saved with ``save_to_disk``); :func:`to_iterable_dataset` streams them, encoding as they are read.
+  saved with ``save_to_disk``), and a corpus of many inputs one input at a time (:mod:`tokenization.corpus`);
+  :func:`to_iterable_dataset` streams them, encoding as they are read.
 - :func:`stratified_split` holds out cells class by class.
 - The collators densify a batch of rows into ``input_ids``: :class:`DataCollatorForMaskedExpression` (masked for
   pretraining, with the published rule) and :class:`DataCollatorForCellClassification`.
