@@ -31,6 +31,8 @@ class CellBatch(NamedTuple):
     end: int
     input_ids: torch.Tensor  # int64 (end - start, num_genes + 1)
     detected_genes: np.ndarray  # int64 (end - start,): detected panel genes per cell
+    # float32 CSR (end - start, num_genes): the log-normalised values binned into input_ids, with return_values
+    values: Any = None
 
 
 def cell_batches(
@@ -41,6 +43,7 @@ def cell_batches(
     chunk_size: int = ENCODING_CHUNK_CELLS,
     start: int = 0,
     end: int | None = None,
+    return_values: bool = False,
     **encode_kwargs: Any,
 ) -> Iterator[CellBatch]:
     """Batches of the rows ``start:end`` of ``data``, in order.
@@ -60,13 +63,16 @@ def cell_batches(
         Cells read and encoded at a time.
     start, end
         The rows to read (default: all); a process's share of the cells.
+    return_values
+        Also give each batch's log-normalised values (``CellBatch.values``), which the novelty score reads.
     **encode_kwargs
         How to read the cells (``layer``, ``gene_key``, ``input_kind``, ``synonyms``, ``min_gene_overlap``,
         ``use_raw``, ``min_genes``, ``gene_names``), as for :meth:`ScBertTokenizer.iter_encoded`.
 
     Returns
     -------
-    An iterator of :class:`CellBatch`, ``(start, end, input_ids, detected_genes)``.
+    An iterator of :class:`CellBatch`, ``(start, end, input_ids, detected_genes, values)`` (``values`` ``None``
+    unless ``return_values``).
 
     Raises
     ------
@@ -82,6 +88,7 @@ def cell_batches(
         start=start,
         end=end,
         return_detected_genes=True,
+        return_values=return_values,
         **encode_kwargs,
     )
     return _batches(tokenizer, chunks, batch_size=batch_size)
@@ -89,7 +96,7 @@ def cell_batches(
 
 def _batches(tokenizer: ScBertTokenizer, chunks: Iterator, *, batch_size: int) -> Iterator[CellBatch]:
     # A generator apart from cell_batches, so that the reading is planned (and fails) when cell_batches is called.
-    for chunk_start, _, tokens, detected in chunks:
+    for chunk_start, _, tokens, detected, *values in chunks:
         for offset in range(0, tokens.shape[0], batch_size):
             rows = tokens[offset : offset + batch_size]
             yield CellBatch(
@@ -97,6 +104,7 @@ def _batches(tokenizer: ScBertTokenizer, chunks: Iterator, *, batch_size: int) -
                 end=chunk_start + offset + rows.shape[0],
                 input_ids=torch.from_numpy(tokenizer.input_ids_from_tokens(rows)),
                 detected_genes=np.asarray(detected[offset : offset + batch_size], dtype=np.int64),
+                values=values[0][offset : offset + batch_size] if values else None,
             )
 
 

@@ -11,7 +11,9 @@ The rule, per cell:
 2. the label becomes ``"Unassigned"`` when the cell's probabilities are not all finite (NaN or infinite: the model
    or its arithmetic failed, and no class is more likely than another; its confidence is NaN), when the cell has no
    counts in any panel gene, or fewer detected panel genes than ``min_genes`` (too little signal for any call), or
-   when the confidence is below ``unassigned_threshold`` (a candidate novel type); the confidence is kept;
+   when the cell's novelty (:mod:`tokenization.novelty`) is at or above ``novelty_threshold`` (a type the
+   reference lacks: asked for with ``novel_types``), or when the confidence is below ``unassigned_threshold`` (the
+   published rule for a candidate novel type); the confidence is kept;
 3. the reason recorded is the first that applies, in the order of :data:`UNASSIGNED_REASONS`.
 """
 
@@ -27,7 +29,7 @@ from .preprocessing import low_signal
 UNASSIGNED = "Unassigned"
 # Why a cell is labelled UNASSIGNED, most fundamental first: a cell without signal is "no panel counts" even when its
 # confidence is low too.
-UNASSIGNED_REASONS = ("non-finite probabilities", "no panel counts", "few panel genes", "low confidence")
+UNASSIGNED_REASONS = ("non-finite probabilities", "no panel counts", "few panel genes", "novel type", "low confidence")
 
 
 @dataclass(frozen=True, eq=False)
@@ -68,6 +70,8 @@ def call_cells(
     detected_genes: np.ndarray,
     min_genes: int,
     unassigned_threshold: float | None = None,
+    novelty: np.ndarray | None = None,
+    novelty_threshold: float | None = None,
 ) -> CellCalls:
     """Apply the call rule (see the module docstring) to every cell.
 
@@ -84,6 +88,11 @@ def call_cells(
     unassigned_threshold
         Cells whose confidence is below this are ``"low confidence"``; ``None`` leaves every cell with signal
         assigned.
+    novelty
+        ``(n,)`` each cell's calibrated novelty (:meth:`tokenization.novelty.NoveltyDetector.scores`); needed with
+        ``novelty_threshold``.
+    novelty_threshold
+        Cells whose novelty is at or above this are ``"novel type"``; ``None`` calls no novel type.
 
     Returns
     -------
@@ -93,7 +102,7 @@ def call_cells(
     ------
     ValueError
         When the shapes do not fit: ``probabilities`` not ``(n, len(class_names))``, or ``detected_genes`` not
-        ``(n,)``.
+        ``(n,)``, or ``novelty`` not ``(n,)``; ``novelty_threshold`` without ``novelty``.
     """
     probabilities = np.asarray(probabilities)
     detected_genes = np.asarray(detected_genes)
@@ -107,6 +116,14 @@ def call_cells(
             f"detected_genes must have one entry per cell, shape ({probabilities.shape[0]},); got "
             f"{detected_genes.shape}."
         )
+    if novelty_threshold is not None:
+        if novelty is None:
+            raise ValueError("novelty_threshold needs each cell's novelty; the model has no novelty detector.")
+        novelty = np.asarray(novelty)
+        if novelty.shape != (probabilities.shape[0],):
+            raise ValueError(
+                f"novelty must have one entry per cell, shape ({probabilities.shape[0]},); got {novelty.shape}."
+            )
     # A NaN compares false with everything, so argmax and the threshold would make it a confident first class.
     non_finite = ~np.isfinite(probabilities).all(axis=1)
     finite = np.where(non_finite[:, None], 0.0, probabilities) if non_finite.any() else probabilities
@@ -117,6 +134,8 @@ def call_cells(
     # Assigned from the least to the most fundamental reason, so the most fundamental one wins.
     if unassigned_threshold is not None:
         reasons[confidence < unassigned_threshold] = "low confidence"
+    if novelty_threshold is not None:
+        reasons[novelty >= novelty_threshold] = "novel type"
     empty, few = low_signal(detected_genes, min_genes=min_genes)
     reasons[few] = "few panel genes"
     reasons[empty] = "no panel counts"

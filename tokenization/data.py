@@ -491,6 +491,21 @@ def to_iterable_dataset(
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+def stratified_eval_mask(labels: np.ndarray, eval_fraction: float, *, seed: int) -> np.ndarray:
+    """The cells :func:`stratified_split` holds out, as a boolean mask over ``labels`` ``(cells,)`` (its rule)."""
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    eval_mask = np.zeros(len(labels), dtype=bool)
+    for value in np.unique(labels):
+        members = np.flatnonzero(labels == value)
+        n = len(members)
+        if n < 2:
+            continue
+        n_eval = min(n - 1, max(1, math.floor(n * eval_fraction + 0.5)))
+        eval_mask[rng.choice(members, size=n_eval, replace=False)] = True
+    return eval_mask
+
+
 def stratified_split(
     dataset,
     *,
@@ -534,16 +549,7 @@ def stratified_split(
         raise ValueError(
             f"label_column={label_column!r} is not a column of the dataset; the columns are {dataset.column_names}."
         )
-    labels = np.asarray(dataset.data.column(label_column).to_numpy())
-    rng = np.random.default_rng(seed)
-    eval_mask = np.zeros(len(labels), dtype=bool)
-    for value in np.unique(labels):
-        members = np.flatnonzero(labels == value)
-        n = len(members)
-        if n < 2:
-            continue
-        n_eval = min(n - 1, max(1, math.floor(n * eval_fraction + 0.5)))
-        eval_mask[rng.choice(members, size=n_eval, replace=False)] = True
+    eval_mask = stratified_eval_mask(dataset.data.column(label_column).to_numpy(), eval_fraction, seed=seed)
     return datasets.DatasetDict(
         {"train": dataset.select(np.flatnonzero(~eval_mask)), "eval": dataset.select(np.flatnonzero(eval_mask))}
     )
@@ -753,6 +759,7 @@ __all__ = [
     "dataset_features",
     "densify",
     "record_batch",
+    "stratified_eval_mask",
     "stratified_split",
     "to_dataset",
     "to_iterable_dataset",

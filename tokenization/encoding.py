@@ -275,6 +275,7 @@ def encode_chunks(
     start: int = 0,
     end: int | None = None,
     return_detected_genes: bool = False,
+    return_values: bool = False,
 ) -> Iterator[tuple]:
     """Encode the rows ``start:end`` of a planned matrix, ``chunk_cells`` cells at a time.
 
@@ -292,11 +293,13 @@ def encode_chunks(
         The rows to encode (default: all); chunk bounds are yielded as indices of the whole matrix.
     return_detected_genes
         Also yield each cell's number of detected panel genes.
+    return_values
+        Also yield the log-normalised values before binning (see :func:`~tokenization.preprocessing.bin_expression`).
 
     Yields
     ------
-    ``(start, end, tokens)`` or, with ``return_detected_genes``, ``(start, end, tokens, detected_genes)``, as
-    :meth:`ScBertTokenizer.iter_encoded` describes. Once every chunk is read, cells with too little signal in the
+    ``(start, end, tokens)``, then ``detected_genes`` with ``return_detected_genes`` and ``values`` with
+    ``return_values``, as :meth:`ScBertTokenizer.iter_encoded` describes. Once every chunk is read, cells with too little signal in the
     panel are counted in a warning.
 
     Raises
@@ -323,16 +326,18 @@ def encode_chunks(
                 max_bin=tokenizer.max_bin,
                 merge_duplicates=merge,
                 detected_out=detected,
+                return_values=return_values,
             )
+            values = None
+            if return_values:
+                tokens, values = tokens
             low.cells += rows.shape[0]
             empty, few = low_signal(detected, min_genes=plan.min_genes)
             low.no_panel_counts += int(empty.sum())
             low.few_panel_genes += int(few.sum())
             bar.update(chunk_end - chunk_start)
-            if return_detected_genes:
-                yield start + chunk_start, start + chunk_end, tokens, detected
-            else:
-                yield start + chunk_start, start + chunk_end, tokens
+            extra = ((detected,) if return_detected_genes else ()) + ((values,) if return_values else ())
+            yield (start + chunk_start, start + chunk_end, tokens, *extra)
     if low.no_panel_counts or low.few_panel_genes:
         logger.warning(
             "%s of %s cells have too little signal in the panel: %s with no counts in any panel gene, %s with "

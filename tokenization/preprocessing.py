@@ -449,7 +449,8 @@ def bin_expression(
     max_bin: int,
     merge_duplicates: bool = False,
     detected_out: np.ndarray | None = None,
-) -> sp.csr_matrix:
+    return_values: bool = False,
+) -> sp.csr_matrix | tuple[sp.csr_matrix, sp.csr_matrix]:
     """Align, normalise, log-transform and bin a chunk of cells.
 
     Parameters
@@ -474,10 +475,14 @@ def bin_expression(
     detected_out
         When given, receives each cell's number of detected panel genes (non-zero values after alignment), shape
         ``(n_cells,)``.
+    return_values
+        Also return the log-normalised values before binning (what the tokens truncate), for the novelty score of
+        :mod:`tokenization.novelty`.
 
     Returns
     -------
-    CSR matrix of shape ``(n_cells, num_genes)`` holding the non-zero tokens (uint8), column indices sorted.
+    CSR matrix of shape ``(n_cells, num_genes)`` holding the non-zero tokens (uint8), column indices sorted; with
+    ``return_values``, also the CSR matrix of the same shape holding the log-normalised values (float32).
 
     Raises
     ------
@@ -510,6 +515,12 @@ def bin_expression(
     # scanpy's log1p(base=b): natural log1p in float32, then divide by ln(b) into the same float32 array.
     np.log1p(values, out=values)
     np.divide(values, np.log(log_base), out=values)
+    log_values = None
+    if return_values:
+        log_values = sp.csr_matrix(
+            (values.copy(), panel_pos.astype(np.int32), indptr.copy()), shape=(n_cells, num_genes)
+        )
+        log_values.sort_indices()
     # The binning rule: clamp at the highest bin, then truncate towards zero (values are >= 0).
     tokens = np.minimum(values, max_bin).astype(np.uint8)
 
@@ -519,7 +530,7 @@ def bin_expression(
         tokens, panel_pos = tokens[nonzero], panel_pos[nonzero]
     out = sp.csr_matrix((tokens, panel_pos.astype(np.int32), indptr), shape=(n_cells, num_genes))
     out.sort_indices()
-    return out
+    return out if log_values is None else (out, log_values)
 
 
 __all__ = [

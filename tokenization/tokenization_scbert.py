@@ -369,6 +369,7 @@ class ScBertTokenizer:
         batch_size: int = ENCODING_CHUNK_CELLS,
         progress: bool | None = None,
         return_detected_genes: bool = False,
+        return_values: bool = False,
         start: int = 0,
         end: int | None = None,
         reading: ScBertReadingArguments | None = None,
@@ -395,6 +396,9 @@ class ScBertTokenizer:
             Show a progress bar; by default only for more than ten chunks.
         return_detected_genes
             Also yield each cell's number of detected panel genes (non-zero values after alignment).
+        return_values
+            Also yield the log-normalised values the tokens are binned from (a float32 CSR matrix shaped as
+            ``tokens``; the novelty score of :mod:`tokenization.novelty` reads them).
         start, end
             Encode only the rows ``start:end`` (default: all), e.g. one process's share of a backed file: only those
             rows are read. Chunk bounds are yielded as indices of the whole matrix.
@@ -404,7 +408,8 @@ class ScBertTokenizer:
         ------
         ``(start, end, tokens)``: ``tokens`` is a CSR matrix of shape ``(end - start, num_genes)`` with the non-zero
         tokens (uint8, sorted column indices); the appended ``0`` token is implicit. With ``return_detected_genes``,
-        ``(start, end, tokens, detected_genes)``, ``detected_genes`` an int64 array of shape ``(end - start,)``.
+        ``(start, end, tokens, detected_genes)``, ``detected_genes`` an int64 array of shape ``(end - start,)``; with
+        ``return_values``, the values come last.
 
         Raises
         ------
@@ -432,6 +437,7 @@ class ScBertTokenizer:
             start=start,
             end=end,
             return_detected_genes=return_detected_genes,
+            return_values=return_values,
         )
 
     def input_ids_from_tokens(self, tokens: sp.csr_matrix, *, out: np.ndarray | None = None) -> np.ndarray:

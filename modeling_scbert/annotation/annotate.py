@@ -33,6 +33,7 @@ from anndata import AnnData
 from tokenization import ScBertTokenizer
 from tokenization.cell_batches import INFERENCE_BATCH_CELLS, CellBatch
 from tokenization.cell_calls import UNASSIGNED, CellCalls, call_cells
+from tokenization.novelty import DEFAULT_NOVELTY_THRESHOLD, NOVELTY_FILE, NoveltyDetector
 from tokenization.preprocessing import default_min_genes
 from tokenization.reading import ScBertReadingArguments, takes_reading_options
 from tokenization.tokenization_scbert import ENCODING_CHUNK_CELLS
@@ -100,6 +101,56 @@ def check_ensemble(members: Sequence[Member]) -> list[str]:
     return class_names
 
 
+def check_novelty_threshold(novelty_threshold: float) -> None:
+    """Refuse a novelty threshold outside (0, 1].
+
+    Raises
+    ------
+    ValueError
+        For a threshold outside (0, 1].
+    """
+    if not 0 < novelty_threshold <= 1:
+        raise ValueError(
+            f"novelty_threshold must lie in (0, 1] (1 - the share of known-type cells flagged; "
+            f"{DEFAULT_NOVELTY_THRESHOLD} flags at most 5%); got {novelty_threshold}."
+        )
+
+
+def novelty_detector(
+    member: tuple[Any, ScBertTokenizer, str], class_names: list[str], *, required: bool
+) -> NoveltyDetector | None:
+    """The novelty detector saved with a model (its folder or Hub id; a model object's ``name_or_path``), checked
+    against its classes and panel; ``None`` when it has none (a model fine-tuned before scbert 0.3, or from an
+    encoded dataset). An ensemble uses its first member's: the members share their reference cells.
+
+    Raises
+    ------
+    ValueError
+        With ``required`` (``novel_types=True``) when the model has no calibrated detector; for a detector of other
+        classes or another panel.
+    """
+    model, tokenizer, name = member
+    source = str(getattr(model, "name_or_path", "") or name)
+    detector = NoveltyDetector.load(source) if source else None
+    if detector is not None:
+        detector.check_classes(class_names, source=source)
+        if detector.num_genes != tokenizer.num_genes:
+            raise ValueError(
+                f"The novelty detector in {source!r} covers {detector.num_genes} genes, the model's panel "
+                f"{tokenizer.num_genes}: it belongs to another model. Remove {NOVELTY_FILE} or fine-tune again."
+            )
+    if detector is None or not detector.calibrated:
+        if required:
+            raise ValueError(
+                f"novel_types=True needs the model's novelty detector, and {source or name!r} has none "
+                f"({NOVELTY_FILE}): it was fine-tuned before scbert 0.3 or from an encoded dataset. Fine-tune it "
+                "again from AnnData cells, or call novel types with unassigned_threshold (1 - max probability)."
+            )
+        logger.info("%s has no novelty detector: no novelty score is written.", source or name)
+        return None
+    return detector
+
+
 def check_unassigned_threshold(unassigned_threshold: float | None) -> None:
     """Refuse a threshold that is not a probability.
 
@@ -124,6 +175,8 @@ def annotate(
     *,
     tokenizer: ScBertTokenizer | str | PathLike | None = None,
     unassigned_threshold: float | None = None,
+    novel_types: bool = False,
+    novelty_threshold: float = DEFAULT_NOVELTY_THRESHOLD,
     key_added: str = "scbert",
     return_probabilities: bool = False,
     batch_size: int = INFERENCE_BATCH_CELLS,
@@ -155,6 +208,14 @@ def annotate(
     unassigned_threshold
         Cells whose highest class probability is below this are labelled ``"Unassigned"`` (candidate novel types);
         the paper uses 0.5. ``None`` labels every cell with its most likely type.
+    novel_types
+        Label cells whose novelty is at or above ``novelty_threshold`` ``"Unassigned"`` with the reason
+        ``"novel type"``: cells unlike every type of the model's reference, which ``1 - max probability`` misses
+        when the new type resembles a known one (``docs/novelty.md``). Needs a model fine-tuned by scbert 0.3 or
+        later from AnnData cells (its ``novelty_detector.safetensors``).
+    novelty_threshold
+        The calibrated novelty at or above which a cell is a novel type: ``1 - alpha`` flags at most a share
+        ``alpha`` of cells like the reference's held-out ones (0.95: at most 5%).
     key_added
         Prefix of the slots written.
     return_probabilities
@@ -199,8 +260,11 @@ def annotate(
       ``id2label`` order, then ``"Unassigned"`` when ``unassigned_threshold`` is set or a cell lacks signal);
     - ``.obs['scbert_confidence']``: float32, the highest class probability;
     - ``.obs['scbert_unassigned_reason']``: categorical, why a cell is ``"Unassigned"``: ``"no panel counts"``,
-      ``"few panel genes"`` (below ``min_genes``) or ``"low confidence"`` (below ``unassigned_threshold``); missing
-      for assigned cells;
+      ``"few panel genes"`` (below ``min_genes``), ``"novel type"`` (with ``novel_types``) or ``"low confidence"``
+      (below ``unassigned_threshold``); missing for assigned cells;
+    - ``.obs['scbert_novelty']``: float32 in ``[0, 1)``, how unlike every reference type the cell is (one minus its
+      conformal p-value against held-out reference cells, :mod:`tokenization.novelty`); written whenever the model
+      has a novelty detector, absent (and logged) for models fine-tuned before it existed;
     - ``.obsm['scbert_probabilities']``: float32 ``(n_obs, num_labels)``, only with ``return_probabilities``; its
       columns are ``.uns['scbert']['class_names']``;
     - ``.obs['scbert_majority_voting']``: categorical, only with ``majority_voting``: the most frequent
@@ -232,6 +296,8 @@ def annotate(
         model,
         tokenizer=tokenizer,
         unassigned_threshold=unassigned_threshold,
+        novel_types=novel_types,
+        novelty_threshold=novelty_threshold,
         return_probabilities=return_probabilities,
         batch_size=batch_size,
         device=device,
@@ -257,6 +323,8 @@ def predict_cell_types(
     *,
     tokenizer: ScBertTokenizer | str | PathLike | None = None,
     unassigned_threshold: float | None = None,
+    novel_types: bool = False,
+    novelty_threshold: float = DEFAULT_NOVELTY_THRESHOLD,
     return_probabilities: bool = False,
     batch_size: int = INFERENCE_BATCH_CELLS,
     device: str | torch.device | None = None,
@@ -273,7 +341,9 @@ def predict_cell_types(
 
     Parameters
     ----------
-    adata, model, tokenizer, unassigned_threshold, return_probabilities, batch_size, device, dtype, chunk_size
+    adata, model, tokenizer, unassigned_threshold, novel_types, novelty_threshold, return_probabilities
+        As for :func:`annotate`.
+    batch_size, device, dtype, chunk_size
         As for :func:`annotate`.
     progress, distributed, majority_voting, over_clustering
         As for :func:`annotate`.
@@ -293,6 +363,7 @@ def predict_cell_types(
     reading = ScBertReadingArguments.from_kwargs(read_options, caller="predict_cell_types")
     dtype = dtype_name(dtype)
     check_unassigned_threshold(unassigned_threshold)
+    check_novelty_threshold(novelty_threshold)
     candidates = list(model) if isinstance(model, (list, tuple)) else [model]
     if not candidates:
         raise ValueError("annotate needs a model; got an empty list.")
@@ -303,10 +374,11 @@ def predict_cell_types(
             resolve_model(member, tokenizer, model_class=ScBertForSequenceClassification) for member in candidates
         ]
         class_names = check_ensemble(members)
+        detector = novelty_detector(members[0], class_names, required=novel_types)
         _check_cell_calls(
             adata,
             class_names,
-            unassigned_threshold=unassigned_threshold,
+            unassigned=unassigned_threshold is not None or novel_types,
             majority_voting=majority_voting,
             over_clustering=over_clustering,
         )
@@ -322,11 +394,14 @@ def predict_cell_types(
             chunk_size=chunk_size,
             progress=progress,
             desc="Annotating cells",
+            return_values=detector is not None,
         )
     # The Leiden over-clusters are made from the tokens of this pass, not from a second reading of the cells.
     leiden = majority_voting and over_clustering is None
     with processes.all_or_none("Annotating cells"):
-        per_cell, tokens = _predict(run, num_labels=len(class_names), dtype=dtype, keep_tokens=leiden)
+        per_cell, tokens = _predict(
+            run, num_labels=len(class_names), dtype=dtype, keep_tokens=leiden, detector=detector
+        )
     per_cell = processes.gather_rows(per_cell, adata.n_obs)
     if leiden:
         tokens = processes.gather_sparse_rows(tokens, adata.n_obs)
@@ -340,11 +415,22 @@ def predict_cell_types(
         detected_genes=per_cell["detected_genes"],
         min_genes=min_genes,
         unassigned_threshold=unassigned_threshold,
+        novelty=per_cell.get("novelty"),
+        novelty_threshold=novelty_threshold if novel_types else None,
     )
     _log_calls(calls, unassigned_threshold=unassigned_threshold, min_genes=min_genes)
     params = {**_run_params(run, batch_size=batch_size, dtype=dtype, reading=reading), "min_genes": int(min_genes)}
     if unassigned_threshold is not None:
         params["unassigned_threshold"] = float(unassigned_threshold)
+    if novel_types:
+        params["novelty_threshold"] = float(novelty_threshold)
+        logger.info(
+            "%d of %d cells at or above novelty %.2f: labelled %r (novel type).",
+            calls.count("novel type"),
+            len(calls.labels),
+            novelty_threshold,
+            UNASSIGNED,
+        )
     voted = clusters = None
     if majority_voting:
         voted, clusters = _vote(calls, adata, over_clustering=over_clustering, tokens=tokens, params=params)
@@ -354,6 +440,8 @@ def predict_cell_types(
         calls=calls,
         params=params,
         unassigned_threshold=unassigned_threshold,
+        novelty_threshold=novelty_threshold if novel_types else None,
+        novelty=per_cell.get("novelty"),
         probabilities=per_cell["probabilities"] if return_probabilities else None,
         majority_voting=voted,
         over_clustering=clusters if over_clustering is None else None,
@@ -466,7 +554,7 @@ def _check_cell_calls(
     adata: AnnData,
     class_names: list[str],
     *,
-    unassigned_threshold: float | None,
+    unassigned: bool,
     majority_voting: bool,
     over_clustering: str | None,
 ) -> None:
@@ -482,7 +570,7 @@ def _check_cell_calls(
                 f"over_clustering={over_clustering!r} is not a column of .obs; the columns are "
                 f"{list(adata.obs.columns)}. Pass one of them, or None to over-cluster with Leiden."
             )
-    if unassigned_threshold is not None and UNASSIGNED in class_names:
+    if unassigned and UNASSIGNED in class_names:
         raise ValueError(f"The model has a class named {UNASSIGNED!r}, which novel-type detection would shadow.")
 
 
@@ -499,6 +587,7 @@ def _plan(
     progress: bool | None,
     model_names: list[str],
     desc: str,
+    return_values: bool = False,
 ) -> _Run:
     """Plan the reading of this process's cells and put the models on this process's device.
 
@@ -514,6 +603,7 @@ def _plan(
         desc=desc,
         encode_kwargs=reading.tokenizer_kwargs(),
         processes=processes,
+        return_values=return_values,
     )
     device = processes.device(device)
     return _Run(
@@ -527,13 +617,15 @@ def _plan(
 
 
 def _predict(
-    run: _Run, *, num_labels: int, dtype: str, keep_tokens: bool = False
+    run: _Run, *, num_labels: int, dtype: str, keep_tokens: bool = False, detector: NoveltyDetector | None = None
 ) -> tuple[dict[str, np.ndarray], sp.csr_matrix | None]:
-    """This process's cells through the model(s): per cell, the class probabilities (an ensemble's mean) and the
-    detected panel genes; with ``keep_tokens``, also the cells' expression tokens (uint8 CSR), for over-clustering."""
+    """This process's cells through the model(s): per cell, the class probabilities (an ensemble's mean), the
+    detected panel genes and, with a ``detector``, the novelty; with ``keep_tokens``, also the cells' expression
+    tokens (uint8 CSR), for over-clustering."""
     start, end = run.rows
     probabilities = np.empty((end - start, num_labels), dtype=np.float32)
     detected_genes = np.zeros(end - start, dtype=np.int64)
+    novelty = None if detector is None else np.empty(end - start, dtype=np.float32)
     blocks = []
     with torch.inference_mode(), autocast(run.device, dtype):
         for batch in run.batches:
@@ -544,13 +636,18 @@ def _predict(
             total = sum(torch.softmax(model(input_ids).logits.float(), dim=-1) for model in run.models)
             probabilities[rows] = (total / len(run.models)).cpu().numpy()
             detected_genes[rows] = batch.detected_genes
+            if novelty is not None:
+                novelty[rows] = detector.scores(batch.values)
             if keep_tokens:  # the tokens are the input_ids without the appended 0 token
                 blocks.append(sp.csr_matrix(batch.input_ids[:, :-1].numpy().astype(np.uint8)))
     tokens = None
     if keep_tokens:
         num_genes = run.tokenizer.num_genes
         tokens = sp.vstack(blocks, format="csr") if blocks else sp.csr_matrix((0, num_genes), dtype=np.uint8)
-    return {"probabilities": probabilities, "detected_genes": detected_genes}, tokens
+    per_cell = {"probabilities": probabilities, "detected_genes": detected_genes}
+    if novelty is not None:
+        per_cell["novelty"] = novelty
+    return per_cell, tokens
 
 
 def _embed(run: _Run, *, dtype: str) -> np.ndarray:
@@ -633,4 +730,12 @@ def _vote(
     return majority_vote(calls.labels, clusters), clusters
 
 
-__all__ = ["annotate", "check_ensemble", "check_unassigned_threshold", "embed", "predict_cell_types"]
+__all__ = [
+    "annotate",
+    "check_ensemble",
+    "check_novelty_threshold",
+    "check_unassigned_threshold",
+    "embed",
+    "novelty_detector",
+    "predict_cell_types",
+]

@@ -206,6 +206,7 @@ def encoded_batches(
     desc: str,
     encode_kwargs: dict[str, Any],
     processes: InferenceProcesses | None = None,
+    return_values: bool = False,
 ) -> Iterator[CellBatch]:
     """This process's rows (all rows for one process) in batches, :func:`tokenization.cell_batches.cell_batches`
     over this process's share, with a progress bar.
@@ -229,6 +230,8 @@ def encoded_batches(
         How to read the cells, as for :meth:`ScBertTokenizer.iter_encoded`.
     processes
         The processes that share the cells; this one alone when ``None``.
+    return_values
+        Also give each batch's log-normalised values (``CellBatch.values``), for the novelty score.
 
     Returns
     -------
@@ -243,7 +246,14 @@ def encoded_batches(
     processes = InferenceProcesses() if processes is None else processes
     start, end = processes.shard(adata.n_obs)
     batches = cell_batches(
-        tokenizer, adata, batch_size=batch_size, chunk_size=chunk_size, start=start, end=end, **encode_kwargs
+        tokenizer,
+        adata,
+        batch_size=batch_size,
+        chunk_size=chunk_size,
+        start=start,
+        end=end,
+        return_values=return_values,
+        **encode_kwargs,
     )
     # One progress bar, the main process's (its share is as large as any other's, give or take a cell).
     show = (end - start > batch_size if progress is None else progress) and processes.is_main

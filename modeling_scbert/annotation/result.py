@@ -35,6 +35,11 @@ class AnnotationResult:
         The parameters recorded in ``.uns[key_added]['params']``.
     unassigned_threshold
         The threshold of the call rule, ``None`` when unset.
+    novelty_threshold
+        The novelty at or above which cells are ``"novel type"``, ``None`` unless novel types are called.
+    novelty
+        float32 ``(n_obs,)``, each cell's calibrated novelty (:mod:`tokenization.novelty`); ``None`` when the model
+        has no novelty detector.
     probabilities
         float32 ``(n_obs, num_labels)``, every class probability; only when asked for.
     majority_voting
@@ -48,6 +53,8 @@ class AnnotationResult:
     calls: CellCalls
     params: dict[str, Any]
     unassigned_threshold: float | None = None
+    novelty_threshold: float | None = None
+    novelty: np.ndarray | None = None
     probabilities: np.ndarray | None = None
     majority_voting: np.ndarray | None = None
     over_clustering: np.ndarray | None = None
@@ -60,7 +67,8 @@ class AnnotationResult:
     def categories(self) -> list[str]:
         """The label categories: the classes, then ``"Unassigned"`` when a threshold is set or a cell is unassigned."""
         categories = list(self.class_names)
-        if (self.unassigned_threshold is not None or self.calls.unassigned.any()) and UNASSIGNED not in categories:
+        thresholds = self.unassigned_threshold is not None or self.novelty_threshold is not None
+        if (thresholds or self.calls.unassigned.any()) and UNASSIGNED not in categories:
             categories.append(UNASSIGNED)
         return categories
 
@@ -72,6 +80,8 @@ class AnnotationResult:
             f"{key_added}_confidence": self.calls.confidence.astype(np.float32),
             f"{key_added}_unassigned_reason": pd.Categorical(self.calls.reasons, categories=list(UNASSIGNED_REASONS)),
         }
+        if self.novelty is not None:
+            columns[f"{key_added}_novelty"] = self.novelty.astype(np.float32)
         if self.majority_voting is not None:
             columns[f"{key_added}_majority_voting"] = pd.Categorical(self.majority_voting, categories=categories)
         if self.over_clustering is not None:

@@ -208,6 +208,7 @@ def render_model_card(
         "hyperparameters": data.hyperparameters,
         "evaluation": structured["evaluation"],
         "provenance": structured["provenance"],
+        "novelty": data.novelty,
         "base_model": data.base_model,
         "description": data.description,
         "citation": SCBERT_PAPER,

@@ -84,6 +84,11 @@ class ScBertCardData(CardData):
         evaluation cells the model never predicts or predicts with F1 near 0; the card names them in a warning.
     provenance
         For converted published checkpoints: ``{"source_file", "sha256", "layout"}``.
+    novelty
+        What the novelty detector's fit measured on held-out cells
+        (:func:`modeling_scbert.training.novelty.novelty_facts`): ``{"method", "calibration_cells", "threshold",
+        "held_out_flagged", "profile_cells", "left_out_auroc", "left_out_auroc_mean", "left_out_auroc_min",
+        "expected_calibration_error", "coverage_accuracy"}``; any key may be missing.
     description
         A free-text paragraph placed under the title.
     """
@@ -97,6 +102,7 @@ class ScBertCardData(CardData):
     hyperparameters: dict[str, Any] | None = None
     evaluation: dict[str, Any] | None = None
     provenance: dict[str, Any] | None = None
+    novelty: dict[str, Any] | None = None
     description: str | None = None
     # Derived, never stored: re-read from the model (folder) each time, so that they cannot drift from it.
     architecture: dict[str, Any] | None = field(default=None, repr=False)

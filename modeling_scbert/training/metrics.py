@@ -203,12 +203,16 @@ class ScBertEvaluation:
         The scores of always predicting the most frequent training class (:func:`majority_class_baseline`).
     missed
         The classes of the evaluation cells never predicted or predicted with F1 near 0 (:func:`missed_classes`).
+    logits
+        ``(cells, classes)``: the model's scores of the evaluation cells, in their order (the novelty detector's
+        calibration reads them).
     """
 
     metrics: dict[str, float]
     report: dict[str, Any]
     majority: dict[str, Any]
     missed: list[dict[str, Any]] = field(default_factory=list)
+    logits: np.ndarray | None = None
 
 
 def evaluate_classifier(
@@ -259,7 +263,8 @@ def evaluate_classifier(
         output_dir.mkdir(parents=True, exist_ok=True)
         write_text_atomically(output_dir / "classification_report.json", json.dumps(report, indent=2) + "\n")
         logger.info("Per-class report:\n%s", format_classification_report(report, label_names))
-    return ScBertEvaluation(metrics=prediction.metrics, report=report, majority=majority, missed=missed)
+    logits = np.asarray(prediction.predictions)
+    return ScBertEvaluation(metrics=prediction.metrics, report=report, majority=majority, missed=missed, logits=logits)
 
 
 __all__ = [

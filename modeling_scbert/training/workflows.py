@@ -17,6 +17,7 @@ import logging
 import textwrap
 from collections.abc import Callable, Sequence
 from os import PathLike
+from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import numpy as np
@@ -31,7 +32,7 @@ from tokenization.data import (
     DataCollatorForMaskedExpression,
     working_files,
 )
-from tokenization.reading import takes_reading_options
+from tokenization.reading import ScBertReadingArguments, takes_reading_options
 
 from ..configuration_scbert import ScBertConfig
 from ..modeling_scbert import ScBertForMaskedLM, ScBertForSequenceClassification
@@ -54,6 +55,7 @@ from .model_setup import (
     resolve_tokenizer,
     starting_classes,
 )
+from .novelty import fit_novelty_detector
 from .run_card import ScBertModelCardCallback, add_evaluation_facts, check_card_renders, run_card_facts
 from .trainer import (
     CLASS_WEIGHTINGS,
@@ -721,11 +723,29 @@ def finetune(
     trainer.train(resume_from_checkpoint=resume)
 
     # Evaluate and report, then save.
-    metrics = None
+    metrics = evaluation = None
     if eval_dataset is not None:
         evaluation = evaluate_classifier(trainer, eval_dataset, train_labels=train_labels, label_names=label_names)
         facts = add_evaluation_facts(facts, evaluation.report, evaluation.majority, label_names, evaluation.missed)
         metrics = evaluation.metrics
+    # The novelty detector: class profiles of the training cells, calibrated on the held-out ones.
+    detector = fit_novelty_detector(
+        train_data,
+        eval_data,
+        tokenizer=tokenizer,
+        label_key=label_key,
+        label_names=label_names,
+        label_rule=label_rule,
+        eval_fraction=eval_fraction,
+        split_seed=split_seed,
+        read_options={name: value for name, value in encode_kwargs.items() if name in ScBertReadingArguments.names()},
+        eval_logits=None if evaluation is None else evaluation.logits,
+    )
+    if detector is not None:
+        facts = {**facts, "novelty": detector.facts}
+        if trainer.is_world_process_zero():
+            Path(trainer.args.output_dir).mkdir(parents=True, exist_ok=True)
+            detector.save(trainer.args.output_dir)
     _save_classifier(trainer, tokenizer, facts=facts, metrics=metrics)
     return trainer
 
