@@ -13,6 +13,7 @@ from safetensors import SafetensorError
 from transformers import HfArgumentParser
 
 from tokenization import ScBertTokenizer
+from tokenization.novelty import DEFAULT_NOVELTY_THRESHOLD
 from tokenization.reading import ScBertReadingArguments
 
 from .annotation.distributed import ScBertProcessError
@@ -141,6 +142,8 @@ def _annotate(args: argparse.Namespace) -> int:
         adata,
         args.model,
         unassigned_threshold=args.threshold,
+        novel_types=args.novel_types,
+        novelty_threshold=args.novelty_threshold,
         return_probabilities=args.probabilities,
         majority_voting=args.majority_voting or args.over_clustering is not None,
         over_clustering=args.over_clustering,
@@ -351,7 +354,19 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="label cells below this confidence 'Unassigned' (paper: 0.5)",
     )
-    annotate.add_argument("--csv", help="also write the predictions as CSV (cell_id, type, confidence)")
+    annotate.add_argument(
+        *_spellings("--novel-types"),
+        action="store_true",
+        help="label cells unlike every reference type 'Unassigned' (reason 'novel type'): novelty at or above "
+        "--novelty-threshold; needs a model fine-tuned with its novelty detector (docs/novelty.md)",
+    )
+    annotate.add_argument(
+        *_spellings("--novelty-threshold"),
+        type=float,
+        default=DEFAULT_NOVELTY_THRESHOLD,
+        help=f"with --novel-types: 1 - the share of known-type cells flagged (default: {DEFAULT_NOVELTY_THRESHOLD})",
+    )
+    annotate.add_argument("--csv", help="also write the predictions as CSV (cell_id, type, confidence, novelty)")
     annotate.add_argument(
         *_spellings("--probabilities", "--return-probabilities"),
         action="store_true",

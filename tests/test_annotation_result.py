@@ -69,6 +69,7 @@ def test_write_fills_the_documented_slots_with_their_dtypes():
         "non-finite probabilities",
         "no panel counts",
         "few panel genes",
+        "novel type",
         "low confidence",
     ]
     assert adata.obs["run_unassigned_reason"].isna().tolist() == [True, True, False, True]

@@ -49,7 +49,7 @@ def test_threshold_and_low_signal_give_unassigned_with_the_most_fundamental_reas
     assert calls.best.tolist() == [0, 2, 0, 1, 0, 1, 2, 2]
     np.testing.assert_allclose(calls.confidence, PROBABILITIES.max(1))
     assert calls.unassigned.tolist() == [False, False, True, True, True, True, True, False]
-    assert [calls.count(reason) for reason in UNASSIGNED_REASONS] == [0, 1, 2, 2]
+    assert [calls.count(reason) for reason in UNASSIGNED_REASONS] == [0, 1, 2, 0, 2]
 
 
 def test_without_a_threshold_only_cells_without_signal_are_unassigned():
@@ -88,3 +88,36 @@ def test_non_finite_probabilities_never_become_a_label(bad, threshold):
     assert calls.labels.tolist() == ["B", UNASSIGNED, UNASSIGNED, "T"]
     assert calls.reasons[1] == calls.reasons[2] == "non-finite probabilities"
     assert np.isnan(calls.confidence[1:3]).all() and calls.confidence[0] == pytest.approx(0.9)
+
+
+def test_a_novel_cell_is_a_novel_type_before_low_confidence_and_after_low_signal():
+    novelty = np.array([0.99, 0.2, 0.97, 0.1, 0.99, 0.1, 0.1, 0.95], dtype=np.float32)
+    calls = call_cells(
+        PROBABILITIES,
+        CLASSES,
+        detected_genes=DETECTED,
+        min_genes=3,
+        unassigned_threshold=0.55,
+        novelty=novelty,
+        novelty_threshold=0.95,
+    )
+    assert calls.reasons.tolist() == [
+        "novel type",  # confident, but unlike every reference type
+        None,
+        "novel type",  # novel and low confidence: novel type says more
+        "low confidence",
+        "no panel counts",  # no signal: its novelty means nothing
+        "few panel genes",
+        "few panel genes",
+        "novel type",  # at the threshold counts
+    ]
+    assert calls.labels[0] == UNASSIGNED and calls.best[0] == 0  # the best class is kept
+
+
+def test_a_novelty_threshold_without_novelty_scores_is_refused():
+    with pytest.raises(ValueError, match="no novelty detector"):
+        call_cells(PROBABILITIES, CLASSES, detected_genes=DETECTED, min_genes=3, novelty_threshold=0.95)
+    with pytest.raises(ValueError, match="one entry per cell"):
+        call_cells(
+            PROBABILITIES, CLASSES, detected_genes=DETECTED, min_genes=3, novelty=np.zeros(3), novelty_threshold=0.9
+        )

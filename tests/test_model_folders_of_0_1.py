@@ -59,3 +59,11 @@ def test_the_pipeline_saved_in_the_0_1_folder_runs_as_remote_code(saved):
     results = annotator(str(saved / "cells.h5ad"), unassigned_threshold=expected["unassigned_threshold"])
     assert [r["label"] for r in results] == expected["cell_type"]
     np.testing.assert_allclose([r["score"] for r in results], expected["confidence"], atol=1e-6)
+
+
+def test_the_0_1_folder_annotates_without_a_novelty_score_and_refuses_novel_types(saved):
+    cells = ad.read_h5ad(saved / "cells.h5ad")
+    out = scbert.annotate(cells, str(saved / "model"), copy=True)
+    assert "scbert_novelty" not in out.obs.columns  # absent, never made up
+    with pytest.raises(ValueError, match="has none"):
+        scbert.annotate(cells, str(saved / "model"), novel_types=True, copy=True)

@@ -120,3 +120,21 @@ def test_sample_rows_is_bounded_and_spread():
     assert sample.shape == (100, 1)
     values = sample.toarray().ravel()
     assert values.min() == 1 and values.max() == 10_000  # first and last blocks included
+
+
+def test_the_values_returned_beside_the_tokens_are_what_the_tokens_truncate():
+    rng = np.random.default_rng(7)
+    counts = rng.poisson(rng.gamma(0.5, 4.0, size=(30, 25))).astype(np.float32)
+    counts[3] = 0  # a cell without counts
+    tokens, values = bin_expression(
+        sp.csr_matrix(counts), data_to_panel=np.arange(25), num_genes=25, input_kind="counts", return_values=True,
+        **CONTRACT,
+    )  # fmt: skip
+    assert values.dtype == np.float32 and values.shape == tokens.shape
+    dense = values.toarray()
+    # scanpy's normalize_total + log1p in base 2, as the binning contract says.
+    expected = np.log1p(counts / np.where(counts.sum(1) > 0, counts.sum(1), 1)[:, None] * 1e4) / np.log(2)
+    np.testing.assert_allclose(dense, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(tokens.toarray(), np.minimum(dense, CONTRACT["max_bin"]).astype(np.uint8))
+    # Asking for the values changes no token.
+    np.testing.assert_array_equal(tokens.toarray(), encode(counts, kind="counts"))

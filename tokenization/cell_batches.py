@@ -31,8 +31,16 @@ class CellBatch(NamedTuple):
     end: int
     input_ids: torch.Tensor  # int64 (end - start, num_genes + 1)
     detected_genes: np.ndarray  # int64 (end - start,): detected panel genes per cell
-    # float32 CSR (end - start, num_genes): the log-normalised values binned into input_ids, with return_values
-    values: Any = None
+
+
+class ValuedCellBatch(NamedTuple):
+    """A :class:`CellBatch` with the log-normalised values its tokens are binned from (``return_values``)."""
+
+    start: int
+    end: int
+    input_ids: torch.Tensor  # int64 (end - start, num_genes + 1)
+    detected_genes: np.ndarray  # int64 (end - start,)
+    values: Any  # float32 CSR (end - start, num_genes), what the novelty score reads
 
 
 def cell_batches(
@@ -45,7 +53,7 @@ def cell_batches(
     end: int | None = None,
     return_values: bool = False,
     **encode_kwargs: Any,
-) -> Iterator[CellBatch]:
+) -> Iterator[CellBatch | ValuedCellBatch]:
     """Batches of the rows ``start:end`` of ``data``, in order.
 
     Reading is planned when this is called (gene alignment with its overlap report, input-kind detection, and
@@ -64,15 +72,15 @@ def cell_batches(
     start, end
         The rows to read (default: all); a process's share of the cells.
     return_values
-        Also give each batch's log-normalised values (``CellBatch.values``), which the novelty score reads.
+        Give :class:`ValuedCellBatch` es, with each batch's log-normalised values, which the novelty score reads.
     **encode_kwargs
         How to read the cells (``layer``, ``gene_key``, ``input_kind``, ``synonyms``, ``min_gene_overlap``,
         ``use_raw``, ``min_genes``, ``gene_names``), as for :meth:`ScBertTokenizer.iter_encoded`.
 
     Returns
     -------
-    An iterator of :class:`CellBatch`, ``(start, end, input_ids, detected_genes, values)`` (``values`` ``None``
-    unless ``return_values``).
+    An iterator of :class:`CellBatch`, ``(start, end, input_ids, detected_genes)``; of :class:`ValuedCellBatch`,
+    ``(start, end, input_ids, detected_genes, values)``, with ``return_values``.
 
     Raises
     ------
@@ -94,18 +102,20 @@ def cell_batches(
     return _batches(tokenizer, chunks, batch_size=batch_size)
 
 
-def _batches(tokenizer: ScBertTokenizer, chunks: Iterator, *, batch_size: int) -> Iterator[CellBatch]:
+def _batches(
+    tokenizer: ScBertTokenizer, chunks: Iterator, *, batch_size: int
+) -> Iterator[CellBatch | ValuedCellBatch]:
     # A generator apart from cell_batches, so that the reading is planned (and fails) when cell_batches is called.
     for chunk_start, _, tokens, detected, *values in chunks:
         for offset in range(0, tokens.shape[0], batch_size):
             rows = tokens[offset : offset + batch_size]
-            yield CellBatch(
+            batch = CellBatch(
                 start=chunk_start + offset,
                 end=chunk_start + offset + rows.shape[0],
                 input_ids=torch.from_numpy(tokenizer.input_ids_from_tokens(rows)),
                 detected_genes=np.asarray(detected[offset : offset + batch_size], dtype=np.int64),
-                values=values[0][offset : offset + batch_size] if values else None,
             )
+            yield ValuedCellBatch(*batch, values[0][offset : offset + batch_size]) if values else batch
 
 
-__all__ = ["INFERENCE_BATCH_CELLS", "CellBatch", "cell_batches"]
+__all__ = ["INFERENCE_BATCH_CELLS", "CellBatch", "ValuedCellBatch", "cell_batches"]

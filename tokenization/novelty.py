@@ -21,8 +21,10 @@ p-values")::
 
     novelty(x) = 1 - (1 + #{calibration scores >= raw(x)}) / (n + 1)
 
-so for cells like the held-out ones, ``novelty >= 1 - alpha`` happens with probability at most ``alpha``: the default
-threshold :data:`DEFAULT_NOVELTY_THRESHOLD` flags at most 5% of known-type cells. The promise holds for cells drawn
+so for cells like the held-out ones, ``novelty >= 1 - alpha`` happens with probability at most ``alpha`` (plus
+``1 / (n + 1)``: the score is interpolated between the calibration scores so that it orders every cell, see
+:meth:`NoveltyDetector.novelty_of`): the default threshold :data:`DEFAULT_NOVELTY_THRESHOLD` flags about 5% of
+known-type cells. The promise holds for cells drawn
 like the reference; a query shifted for other reasons (a stimulation, another batch or chemistry) is flagged more
 (measured in ``docs/novelty.md``).
 
@@ -194,12 +196,26 @@ class NoveltyDetector:
         return self.novelty_of(self.raw_scores(values))
 
     def novelty_of(self, raw_scores: np.ndarray) -> np.ndarray:
-        """Raw scores -> calibrated novelty (see :meth:`scores`)."""
+        """Raw scores -> calibrated novelty (see :meth:`scores`).
+
+        At each calibration score ``c_(i)`` (sorted, ``i = 1..n``) the novelty is one minus its conformal p-value,
+        ``(i - 1) / (n + 1)``; between them it is interpolated linearly, and above the largest it rises from
+        ``(n - 1) / (n + 1)`` towards 1 as ``1 - 2 exp(-excess / spread) / (n + 1)`` (``spread``: the largest minus the median
+        calibration score). So cells are ordered by their distance everywhere (no ties at the top), and a threshold
+        ``1 - alpha`` flags at most a share ``alpha + 1 / (n + 1)`` of cells like the calibration ones.
+        """
         if not self.calibrated:
             raise ValueError("This novelty detector is not calibrated: fit it with held-out known-type cells first.")
-        n = self.calibration.size
-        at_least = n - np.searchsorted(self.calibration, raw_scores, side="left")
-        return (1.0 - (1.0 + at_least) / (n + 1.0)).astype(np.float32)
+        calibration = self.calibration
+        n = calibration.size
+        raw_scores = np.asarray(raw_scores, dtype=np.float64)
+        novelty = np.interp(raw_scores, calibration, np.arange(n) / (n + 1.0), left=0.0)
+        above = raw_scores > calibration[-1]
+        if above.any():
+            spread = max(float(calibration[-1] - np.median(calibration)), 1e-12)
+            excess = (raw_scores[above] - calibration[-1]) / spread
+            novelty[above] = 1.0 - 2.0 * np.exp(-excess) / (n + 1.0)
+        return novelty.astype(np.float32)
 
     # --- Saving and loading ------------------------------------------------------------------------------------------
 

@@ -31,6 +31,7 @@ from transformers import Pipeline
 from .atomic_files import write_text_atomically
 from .cell_batches import INFERENCE_BATCH_CELLS, cell_batches
 from .cell_calls import UNASSIGNED, call_cells
+from .novelty import DEFAULT_NOVELTY_THRESHOLD, NoveltyDetector
 from .preprocessing import default_min_genes
 from .saved_weights import check_finite_weights, check_loaded_weights
 from .tokenization_scbert import ScBertTokenizer
@@ -54,6 +55,11 @@ class ScBertCellTypeAnnotationPipeline(Pipeline):
       classes) a list of the ``k`` most likely classes per cell, most likely first.
     - ``unassigned_threshold`` (default ``None``): the top label becomes ``"Unassigned"`` when its probability (the
       ``score``, which is kept) is below this.
+    - ``novel_types`` (default ``False``): the top label becomes ``"Unassigned"`` when the cell's ``novelty`` is at or
+      above ``novelty_threshold`` (default 0.95: at most 5% of cells like the reference's flagged). A model saved
+      with its novelty detector (``novelty_detector.safetensors``, see ``tokenization/novelty.py``) gives every
+      cell's ``novelty`` in its result (the first entry with ``top_k > 1``); a model without one gives none and
+      refuses ``novel_types``.
     - ``batch_size`` (default 32): cells per forward pass.
     - ``layer``, ``gene_key``, ``input_kind``, ``synonyms``, ``min_gene_overlap``, ``use_raw``, ``min_genes``: how to
       read the cells, as for :meth:`ScBertTokenizer.__call__` (and ``annotate``).
@@ -79,11 +85,24 @@ class ScBertCellTypeAnnotationPipeline(Pipeline):
         else:
             check_finite_weights(model)
         self.class_names = [str(model.config.id2label[i]) for i in range(model.config.num_labels)]
+        self.novelty_detector = None
+        if model.name_or_path:
+            revision = getattr(model.config, "_commit_hash", None)
+            self.novelty_detector = NoveltyDetector.load(model.name_or_path, revision=revision)
+        if self.novelty_detector is not None:
+            self.novelty_detector.check_classes(self.class_names, source=model.name_or_path)
+            if self.novelty_detector.num_genes != tokenizer.num_genes or not self.novelty_detector.calibrated:
+                raise ValueError(
+                    f"The novelty detector of {model.name_or_path!r} does not fit its model (another panel, or not "
+                    "calibrated); remove novelty_detector.safetensors or fine-tune again."
+                )
 
     def _sanitize_parameters(
         self,
         top_k: int | None | str = "unset",
         unassigned_threshold: float | None = None,
+        novel_types: bool = False,
+        novelty_threshold: float = DEFAULT_NOVELTY_THRESHOLD,
         layer: str | None = None,
         gene_key: str | None = None,
         input_kind: str | None = None,
@@ -96,7 +115,7 @@ class ScBertCellTypeAnnotationPipeline(Pipeline):
         if unknown:
             raise TypeError(
                 f"Unknown option(s) {sorted(unknown)} for the {TASK} pipeline; the options are top_k, "
-                "unassigned_threshold, batch_size, layer, gene_key, input_kind, synonyms, min_gene_overlap, use_raw "
+                "unassigned_threshold, novel_types, novelty_threshold, batch_size, layer, gene_key, input_kind, synonyms, min_gene_overlap, use_raw "
                 "and min_genes."
             )
         reading = {
@@ -123,6 +142,18 @@ class ScBertCellTypeAnnotationPipeline(Pipeline):
             if UNASSIGNED in self.model.config.id2label.values():
                 raise ValueError(f"The model has a class named {UNASSIGNED!r}, which the threshold would shadow.")
             postprocess["unassigned_threshold"] = unassigned_threshold
+        if novel_types:
+            if self.novelty_detector is None:
+                raise ValueError(
+                    f"novel_types=True needs the model's novelty detector (novelty_detector.safetensors), and "
+                    f"{self.model.name_or_path!r} has none: it was fine-tuned before scbert 0.3 or from an encoded "
+                    "dataset. Use unassigned_threshold, or fine-tune again."
+                )
+            if not 0 < novelty_threshold <= 1:
+                raise ValueError(f"novelty_threshold must lie in (0, 1]; got {novelty_threshold}.")
+            if UNASSIGNED in self.model.config.id2label.values():
+                raise ValueError(f"The model has a class named {UNASSIGNED!r}, which novel types would shadow.")
+            postprocess["novelty_threshold"] = novelty_threshold
         return preprocess, {}, postprocess
 
     def __call__(self, inputs: Any, **kwargs: Any) -> list:
@@ -148,21 +179,33 @@ class ScBertCellTypeAnnotationPipeline(Pipeline):
         preprocess = {**self._preprocess_params, **preprocess}
         postprocess = {**self._postprocess_params, **postprocess}
         # Stream: encode a chunk of cells, run it in batches, keep only the probabilities.
-        probabilities, detected_genes = [], []
+        probabilities, detected_genes, novelty = [], [], []
         for model_inputs in self.preprocess(inputs, batch_size=batch_size, **preprocess):
             detected_genes.append(model_inputs.pop("detected_genes"))
+            if "novelty" in model_inputs:
+                novelty.append(model_inputs.pop("novelty"))
             probabilities.append(self.forward(model_inputs, **forward)["probabilities"])
         stacked = (
             torch.cat(probabilities).numpy() if probabilities else np.zeros((0, len(self.class_names)), np.float32)
         )
         detected = np.concatenate(detected_genes) if detected_genes else np.zeros(0, dtype=np.int64)
-        return self.postprocess({"probabilities": stacked, "detected_genes": detected}, **postprocess)
+        outputs = {"probabilities": stacked, "detected_genes": detected}
+        if self.novelty_detector is not None:
+            outputs["novelty"] = np.concatenate(novelty) if novelty else np.zeros(0, np.float32)
+        return self.postprocess(outputs, **postprocess)
 
     def preprocess(
         self, inputs: Any, *, batch_size: int = INFERENCE_BATCH_CELLS, **read_options: Any
     ) -> Iterator[dict[str, Any]]:
-        for batch in cell_batches(self.tokenizer, _read(inputs), batch_size=batch_size, **read_options):
-            yield {"input_ids": batch.input_ids, "detected_genes": batch.detected_genes}
+        detector = self.novelty_detector
+        batches = cell_batches(
+            self.tokenizer, _read(inputs), batch_size=batch_size, return_values=detector is not None, **read_options
+        )
+        for batch in batches:
+            model_inputs = {"input_ids": batch.input_ids, "detected_genes": batch.detected_genes}
+            if detector is not None:
+                model_inputs["novelty"] = detector.scores(batch.values)
+            yield model_inputs
 
     def _forward(self, model_inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         logits = self.model(**model_inputs).logits
@@ -174,8 +217,10 @@ class ScBertCellTypeAnnotationPipeline(Pipeline):
         top_k: int | None = 1,
         unassigned_threshold: float | None = None,
         min_genes: int | None = None,
+        novelty_threshold: float | None = None,
     ) -> list:
         probabilities = model_outputs["probabilities"]
+        novelty = model_outputs.get("novelty")
         detected_genes = model_outputs.get("detected_genes")
         min_genes = default_min_genes(self.tokenizer.num_genes) if min_genes is None else min_genes
         if detected_genes is None:  # probabilities alone: no cell is judged on its signal in the panel
@@ -186,14 +231,18 @@ class ScBertCellTypeAnnotationPipeline(Pipeline):
             detected_genes=detected_genes,
             min_genes=min_genes,
             unassigned_threshold=unassigned_threshold,
+            novelty=novelty,
+            novelty_threshold=novelty_threshold,
         )
         k = len(self.class_names) if top_k is None else min(top_k, len(self.class_names))
         # A stable sort puts the first of tied classes first, as the call rule's argmax does.
         order = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
         results = []
-        for cell, classes, label in zip(probabilities, order, calls.labels):
+        for i, (cell, classes, label) in enumerate(zip(probabilities, order, calls.labels)):
             ranked = [{"label": self.class_names[c], "score": float(cell[c])} for c in classes]
             ranked[0]["label"] = label
+            if novelty is not None:
+                ranked[0]["novelty"] = float(novelty[i])
             results.append(ranked[0] if top_k == 1 else ranked)
         return results
 

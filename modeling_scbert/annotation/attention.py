@@ -147,7 +147,7 @@ def gene_attention_scores(
     resolved = resolved.to(device).eval()
     sums = np.zeros((len(type_names), tokenizer.sequence_length), dtype=np.float64)
     counts = np.zeros(len(type_names), dtype=np.int64)
-    for start, end, input_ids, *_ in encoded_batches(
+    for start, end, input_ids, _ in encoded_batches(
         adata,
         tokenizer=tokenizer,
         batch_size=batch_size,

@@ -231,7 +231,8 @@ def encoded_batches(
     processes
         The processes that share the cells; this one alone when ``None``.
     return_values
-        Also give each batch's log-normalised values (``CellBatch.values``), for the novelty score.
+        Give :class:`~tokenization.cell_batches.ValuedCellBatch` es, with the log-normalised values the novelty
+        score reads.
 
     Returns
     -------
