@@ -53,7 +53,7 @@ def test_a_type_left_out_of_the_reference_is_ranked_first():
     query = np.concatenate([*(_cells(rng, profile, 100) for profile in known), _cells(rng, new, 30)])
     is_new = np.r_[np.zeros(300, bool), np.ones(30, bool)]
     novelty = detector.scores(sp.csr_matrix(query))
-    assert novelty.dtype == np.float32 and ((0 <= novelty) & (novelty < 1)).all()
+    assert novelty.dtype == np.float32 and ((novelty >= 0) & (novelty < 1)).all()
     # The 30 most novel cells are the new type's.
     assert is_new[np.argsort(-novelty)[:30]].all()
     assert (novelty[is_new] >= DEFAULT_NOVELTY_THRESHOLD).mean() > 0.9
@@ -76,9 +76,7 @@ def test_the_distance_is_the_formula_of_the_module_for_sparse_and_dense_values()
     cells = _cells(rng, known[1], 7)
     means = statistics.sums / statistics.counts[:, None]
     within = (statistics.squares - statistics.sums * means).sum(axis=0) / statistics.counts.sum()
-    expected = np.stack(
-        [(((cells - m) ** 2) / (within + SPREAD_FLOOR)).mean(axis=1) for m in means], axis=1
-    )
+    expected = np.stack([(((cells - m) ** 2) / (within + SPREAD_FLOOR)).mean(axis=1) for m in means], axis=1)
     np.testing.assert_allclose(detector.distances(cells), expected, rtol=1e-4)
     np.testing.assert_allclose(detector.distances(sp.csr_matrix(cells)), expected, rtol=1e-4)
 
