@@ -83,7 +83,8 @@ def celltypist_probabilities(reference, query) -> np.ndarray | None:
 
     train = anndata.AnnData(lognormalised(reference), obs=reference.obs[[LABEL_KEY]].astype(str), var=reference.var)
     test = anndata.AnnData(lognormalised(query), obs=query.obs[[]], var=query.var)
-    model = celltypist.train(train, labels=LABEL_KEY, check_expression=False, n_jobs=1)
+    # use_SGD: CellTypist 1.7.1's default solver passes multi_class, which scikit-learn 1.8 no longer takes.
+    model = celltypist.train(train, labels=LABEL_KEY, check_expression=False, n_jobs=1, use_SGD=True)
     predictions = celltypist.annotate(test, model=model, mode="prob match", p_thres=0.5)
     return predictions.probability_matrix.to_numpy()
 

@@ -193,11 +193,44 @@ def plot(query, output_dir: Path, model_dir: Path, *, title: str) -> None:
     figure.savefig(output_dir / "confusion_matrix.png", dpi=120)
     plt.close(figure)
 
+    plot_novelty(query, output_dir, title=title)
+
     embed(query, str(model_dir), progress=False)  # .obsm['X_scbert']: the mean of the final encodings
     sc.pp.neighbors(query, use_rep="X_scbert", n_neighbors=15, random_state=0)
     sc.tl.umap(query, random_state=0)
     figure = sc.pl.umap(query, color=["scbert_cell_type", LABEL_KEY], show=False, return_fig=True, wspace=0.6)
     figure.savefig(output_dir / "umap.png", dpi=120, bbox_inches="tight")
+    plt.close(figure)
+
+
+def coverage_curve(order_scores: np.ndarray, correct: np.ndarray, coverages: np.ndarray) -> np.ndarray:
+    """Accuracy of the cells kept when only the ``coverage`` share with the lowest ``order_scores`` is kept."""
+    order = np.argsort(order_scores, kind="stable")
+    return np.array([correct[order[: max(1, int(round(c * len(order))))]].mean() for c in coverages])
+
+
+def plot_novelty(query, output_dir: Path, *, title: str) -> None:
+    """``novelty.png``: accuracy against the share of query cells kept, setting aside the most novel first (by
+    ``scbert_novelty``) or the least confident first (the published rule)."""
+    import matplotlib.pyplot as plt
+
+    if "scbert_novelty" not in query.obs:
+        return
+    correct = (query.obs["scbert_cell_type"].astype(str) == query.obs[LABEL_KEY].astype(str)).to_numpy()
+    coverages = np.linspace(0.05, 1.0, 39)
+    figure, axis = plt.subplots(figsize=(6, 4.5))
+    by_novelty = coverage_curve(query.obs["scbert_novelty"].to_numpy(), correct, coverages)
+    by_confidence = coverage_curve(-query.obs["scbert_confidence"].to_numpy(), correct, coverages)
+    axis.plot(coverages, by_novelty, label="most novel set aside first (scbert_novelty)")
+    axis.plot(coverages, by_confidence, label="least confident set aside first (1 - max probability)")
+    flagged = float((query.obs["scbert_novelty"] >= 0.95).mean())
+    axis.axvline(1 - flagged, color="grey", linestyle=":", label=f"novelty >= 0.95 flags {flagged:.1%}")
+    axis.set_xlabel("share of query cells kept")
+    axis.set_ylabel("accuracy of the cells kept")
+    axis.set_title(title)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(output_dir / "novelty.png", dpi=120)
     plt.close(figure)
 
 
@@ -331,6 +364,8 @@ def main(argv: list[str] | None = None) -> dict:
     annotate(query, str(output_dir / "model"), progress=False)
     plot(query, output_dir, output_dir / "model", title=f"scBERT, {reference_condition} -> {query_condition}")
     query.write_h5ad(output_dir / "annotated.h5ad")
+    if "scbert_novelty" in query.obs:
+        metrics["novelty_flagged"] = float((query.obs["scbert_novelty"] >= 0.95).mean())
     metrics["seconds"] = round(time.perf_counter() - started, 1)
     write_text_atomically(output_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
 

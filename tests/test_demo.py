@@ -127,10 +127,19 @@ def test_kang_demo_quick_on_files_shaped_like_the_sources(tmp_path):
     assert set(metrics["per_class_f1"]) == {"B cells", "CD4 T cells", "Megakaryocytes"}
     assert [entry["seed"] for entry in metrics["per_seed"]] == [0, 1]
     assert metrics["baseline_accuracy"] > 0.9  # the synthetic types are separable by their genes
-    for name in ("confusion_matrix.png", "umap.png", "model/model.safetensors", "model/genes.txt", "model/README.md"):
+    for name in (
+        "confusion_matrix.png",
+        "novelty.png",
+        "umap.png",
+        "model/model.safetensors",
+        "model/genes.txt",
+        "model/README.md",
+        "model/novelty_detector.safetensors",
+    ):
         assert (out / name).is_file(), name
     assert not list(out.glob("model/checkpoint-*"))
     annotated = ad.read_h5ad(out / "annotated.h5ad")
     assert annotated.n_obs == 90 and annotated.n_vars == 40
-    assert {"scbert_cell_type", "scbert_confidence", "cell_type"} <= set(annotated.obs.columns)
+    assert {"scbert_cell_type", "scbert_confidence", "scbert_novelty", "cell_type"} <= set(annotated.obs.columns)
+    assert 0 <= metrics["novelty_flagged"] <= 1
     assert {"X_scbert", "X_umap"} <= set(annotated.obsm)

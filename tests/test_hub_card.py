@@ -110,3 +110,43 @@ def test_finetune_with_hierarchical_and_placeholder_like_labels_writes_its_card(
     card = (tmp_path / "model" / "README.md").read_text()
     assert {len(row) for row in _table(card, "Labels")} == {3}
     assert sorted(_unescape(row[1]) for row in _table(card, "Labels")[2:]) == sorted(labels)
+
+
+@pytest.mark.parametrize(
+    "novelty",
+    [
+        {"calibration_cells": 12, "threshold": 0.95, "held_out_flagged": 0.0},  # a run too small for the rest
+        {
+            "calibration_cells": 2500,
+            "threshold": 0.95,
+            "held_out_flagged": 0.048,
+            "left_out_auroc": {"TBD": 0.91, "None": 0.87},
+            "left_out_auroc_mean": 0.89,
+            "left_out_auroc_min": 0.87,
+            "expected_calibration_error": 0.031,
+            "coverage_accuracy": {
+                "novelty": [[1.0, 0.9], [0.5, 0.97]],
+                "one_minus_max_probability": [[1.0, 0.9], [0.5, 0.99]],
+            },
+        },
+    ],
+    ids=["few facts", "every fact"],
+)
+def test_the_novel_types_section_shows_the_facts_it_has_and_nothing_it_lacks(tmp_path, novelty):
+    labels = ["TBD", "None", "B cell"]  # label text that looks like a placeholder is still shown as written
+    folder = make_annotator(
+        tmp_path / "model", id2label=dict(enumerate(labels)), label2id={x: i for i, x in enumerate(labels)}
+    )
+    card = write_model_card(folder, {"license": "apache-2.0", "novelty": novelty}).read_text()
+    assert "## Novel cell types" in card
+    assert f"{novelty['calibration_cells']:,} held-out reference cells" in card
+    assert ("Expected calibration error" in card) == ("expected_calibration_error" in novelty)
+    if "left_out_auroc" in novelty:
+        assert _table(card, "Novel cell types")[2:] == [["TBD", "0.910"], ["None", "0.870"]]
+        assert "| 50% | 0.970 | 0.990 |" in card
+    validate_model_card(card, folder)
+
+
+def test_a_card_without_a_novelty_detector_has_no_novel_types_section(tmp_path):
+    card = write_model_card(make_annotator(tmp_path / "model"), {"license": "apache-2.0"}).read_text()
+    assert "Novel cell types" not in card

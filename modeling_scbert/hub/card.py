@@ -81,6 +81,18 @@ _FACT_KEYS = {
         "missed_classes",
     ),
     "provenance": ("source_file", "sha256", "layout"),
+    "novelty": (
+        "method",
+        "calibration_cells",
+        "threshold",
+        "held_out_flagged",
+        "profile_cells",
+        "left_out_auroc",
+        "left_out_auroc_mean",
+        "left_out_auroc_min",
+        "expected_calibration_error",
+        "coverage_accuracy",
+    ),
 }
 
 
@@ -208,7 +220,7 @@ def render_model_card(
         "hyperparameters": data.hyperparameters,
         "evaluation": structured["evaluation"],
         "provenance": structured["provenance"],
-        "novelty": data.novelty,
+        "novelty": structured["novelty"],
         "base_model": data.base_model,
         "description": data.description,
         "citation": SCBERT_PAPER,
