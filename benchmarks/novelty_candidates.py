@@ -11,7 +11,8 @@ the model's own representations of the reference cells and the query cells and s
   ten nearest neighbours (cosine, standardised ``pooled``);
 - the nearest class profile of ``tokenization.novelty`` over the panel genes (the chosen score), with other
   floors, on the tokens instead of the values, with genes weighed by how much of their variance the classes explain,
-  and on the 50 / 200 most class-specific genes only.
+  on the 50 / 200 most class-specific genes only, and with each gene's term capped or log-compressed (robust to a
+  few shifted genes).
 
 Per candidate: the AUROC of finding the held-out type among the query cells, and the share of known-type query cells
 above the 95th percentile of the held-out reference cells (the finetune's 10% split), i.e. what a threshold that
@@ -95,7 +96,9 @@ def mahalanobis(train, labels, classes, query, *, relative=False, per_class=Fals
     return distance
 
 
-def profile_distance(train, labels, classes, query, *, floor=1e-3, weight_power=0, top_genes=None):
+def profile_distance(
+    train, labels, classes, query, *, floor=1e-3, weight_power=0, top_genes=None, cap=None, log=False
+):
     """The nearest class profile of tokenization.novelty, with its variants."""
     train, query = train.toarray(), query.toarray()
     counts = np.array([(labels == c).sum() for c in classes])
@@ -108,7 +111,14 @@ def profile_distance(train, labels, classes, query, *, floor=1e-3, weight_power=
         weights = np.zeros_like(weights)
         weights[np.argsort(-explained)[:top_genes]] = 1.0
     weights = weights / weights.sum()
-    return np.min([(((query - m) ** 2) / (within + floor) * weights).sum(1) for m in means], axis=0)
+
+    def terms(m):
+        term = ((query - m) ** 2) / (within + floor)
+        if cap is not None:
+            term = np.minimum(term, cap)
+        return np.log1p(term) if log else term
+
+    return np.min([(terms(m) * weights).sum(1) for m in means], axis=0)
 
 
 def candidates(ref, query, train_rows, held_rows, labels, classes):
@@ -163,6 +173,9 @@ def candidates(ref, query, train_rows, held_rows, labels, classes):
         "class profiles, genes weighed by variance explained": ("values", {"weight_power": 1}),
         "class profiles, 200 most class-specific genes": ("values", {"top_genes": 200}),
         "class profiles, 50 most class-specific genes": ("values", {"top_genes": 50}),
+        "class profiles, each gene's term capped at 25": ("values", {"cap": 25.0}),
+        "class profiles, each gene's term capped at 100": ("values", {"cap": 100.0}),
+        "class profiles, log(1 + each gene's term)": ("values", {"log": True}),
     }
     for label, (name, options) in variants.items():
         results[label] = both(profile_distance, name, **options)

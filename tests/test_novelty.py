@@ -120,8 +120,14 @@ def test_an_uncalibrated_detector_refuses_to_score():
         detector.scores(np.zeros((1, NUM_GENES), np.float32))
 
 
-def test_a_class_without_training_cells_is_refused():
-    statistics = ClassStatistics.empty(2, NUM_GENES)
-    statistics.add(np.ones((3, NUM_GENES), np.float32), np.zeros(3, int))
-    with pytest.raises(ValueError, match=r"none of \['B'\]"):
-        statistics.detector(["A", "B"])
+def test_a_class_without_training_cells_has_no_profile_and_is_never_the_nearest():
+    rng = np.random.default_rng(6)
+    known, _ = _profiles(rng)
+    statistics = ClassStatistics.empty(3, NUM_GENES)
+    statistics.add(_cells(rng, known[0], 50), np.zeros(50, int))
+    statistics.add(_cells(rng, known[2], 50), np.full(50, 2))
+    detector = statistics.detector(["A", "B", "C"])  # a model's class B that this run has no cells of
+    distances = detector.distances(_cells(rng, known[1], 5))
+    assert np.isinf(distances[:, 1]).all() and np.isfinite(distances[:, [0, 2]]).all()
+    with pytest.raises(ValueError, match="at least two training cells"):
+        ClassStatistics.empty(2, NUM_GENES).detector(["A", "B"])

@@ -86,21 +86,22 @@ class ClassStatistics:
             self.counts[label] += rows.shape[0]
 
     def detector(self, class_names: Sequence[str], *, keep: np.ndarray | None = None) -> NoveltyDetector:
-        """The (uncalibrated) detector of these classes, or of the classes where ``keep`` is true.
+        """The (uncalibrated) detector of these classes, or of the classes where ``keep`` is true. A class without
+        cells (a model's class that this run's cells lack, as ``class_change="extend"`` keeps) gets no profile: no
+        cell is near it.
 
         Raises
         ------
         ValueError
-            When a kept class has no cell, or fewer than two cells in all.
+            With fewer than two cells in all.
         """
         keep = np.ones(len(self.counts), bool) if keep is None else np.asarray(keep, bool)
         counts = self.counts[keep]
         names = [str(name) for name, kept in zip(class_names, keep) if kept]
-        if (counts == 0).any() or counts.sum() < 2:
-            empty = [name for name, count in zip(names, counts) if count == 0]
-            raise ValueError(f"The novelty detector needs cells of every class; none of {empty} (of {len(names)}).")
+        if counts.sum() < 2:
+            raise ValueError(f"The novelty detector needs at least two training cells; got {int(counts.sum())}.")
         sums, squares = self.sums[keep], self.squares[keep]
-        means = sums / counts[:, None]
+        means = np.divide(sums, counts[:, None], out=np.zeros_like(sums), where=counts[:, None] > 0)
         within = (squares - sums * means).sum(axis=0) / counts.sum()
         return NoveltyDetector(
             class_names=names,
@@ -123,7 +124,8 @@ class NoveltyDetector:
     inverse_spread
         ``(num_genes,)`` float32: ``1 / (s2_g + floor)``, ``s2_g`` the pooled within-class variance.
     class_counts
-        ``(num_classes,)``: the training cells each profile is the mean of.
+        ``(num_classes,)``: the training cells each profile is the mean of; a class with none has no profile (its
+        row of ``class_means`` is zero and never the nearest).
     calibration
         Sorted raw scores of held-out known-type cells (or quantiles of them), ``(n,)`` float64; empty when not
         calibrated.
@@ -171,7 +173,9 @@ class NoveltyDetector:
         own = np.asarray(values.multiply(values) @ weights).ravel()
         cross = np.asarray(values @ (means * weights).T)
         constant = (means * means * weights).sum(axis=1)
-        return np.maximum(own[:, None] - 2.0 * cross + constant[None, :], 0.0) / self.num_genes
+        distances = np.maximum(own[:, None] - 2.0 * cross + constant[None, :], 0.0) / self.num_genes
+        distances[:, np.asarray(self.class_counts) == 0] = np.inf  # classes without a profile
+        return distances
 
     def raw_scores(self, values: sp.csr_matrix | np.ndarray) -> np.ndarray:
         """The distance to the nearest class profile, ``(cells,)`` float64."""

@@ -98,6 +98,13 @@ def fit_novelty_detector(
     for values, rows in _values(train_data, profile_rows, tokenizer, read_options):
         statistics.add(values, labels[rows])
     detector = statistics.detector(label_names)
+    unprofiled = [name for name, count in zip(label_names, statistics.counts) if count == 0]
+    if unprofiled:
+        logger.warning(
+            "The novelty detector has no profile for %s: this run has no training cells of them (the model's classes "
+            "kept from its start). Their cells will score as novel.",
+            unprofiled,
+        )
 
     if eval_data is None:
         calibration_data, calibration_rows, calibration_labels = train_data, held_out, labels
@@ -219,7 +226,7 @@ def novelty_facts(
     if len(detector.class_names) >= 3:
         values = None
         for c, name in enumerate(detector.class_names):
-            if present[c] < MIN_LEFT_OUT_CELLS:
+            if present[c] < MIN_LEFT_OUT_CELLS or statistics.counts[c] == 0:
                 continue
             keep = np.arange(len(detector.class_names)) != c
             reduced = statistics.detector(detector.class_names, keep=keep)
