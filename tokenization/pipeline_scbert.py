@@ -146,7 +146,7 @@ class ScBertCellTypeAnnotationPipeline(Pipeline):
             if self.novelty_detector is None:
                 raise ValueError(
                     f"novel_types=True needs the model's novelty detector (novelty_detector.safetensors), and "
-                    f"{self.model.name_or_path!r} has none: it was fine-tuned before scbert 0.3 or from an encoded "
+                    f"{self.model.name_or_path!r} has none: it was fine-tuned before novelty detectors existed, or from an encoded "
                     "dataset. Use unassigned_threshold, or fine-tune again."
                 )
             if not 0 < novelty_threshold <= 1:

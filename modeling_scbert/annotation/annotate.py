@@ -120,7 +120,7 @@ def novelty_detector(
     member: tuple[Any, ScBertTokenizer, str], class_names: list[str], *, required: bool
 ) -> NoveltyDetector | None:
     """The novelty detector saved with a model (its folder or Hub id; a model object's ``name_or_path``), checked
-    against its classes and panel; ``None`` when it has none (a model fine-tuned before scbert 0.3, or from an
+    against its classes and panel; ``None`` when it has none (a model fine-tuned before novelty detectors existed, or from an
     encoded dataset). An ensemble uses its first member's: the members share their reference cells.
 
     Raises
@@ -143,7 +143,7 @@ def novelty_detector(
         if required:
             raise ValueError(
                 f"novel_types=True needs the model's novelty detector, and {source or name!r} has none "
-                f"({NOVELTY_FILE}): it was fine-tuned before scbert 0.3 or from an encoded dataset. Fine-tune it "
+                f"({NOVELTY_FILE}): it was fine-tuned before novelty detectors existed, or from an encoded dataset. Fine-tune it "
                 "again from AnnData cells, or call novel types with unassigned_threshold (1 - max probability)."
             )
         logger.info("%s has no novelty detector: no novelty score is written.", source or name)
@@ -211,8 +211,8 @@ def annotate(
     novel_types
         Label cells whose novelty is at or above ``novelty_threshold`` ``"Unassigned"`` with the reason
         ``"novel type"``: cells unlike every type of the model's reference, which ``1 - max probability`` misses
-        when the new type resembles a known one (``docs/novelty.md``). Needs a model fine-tuned by scbert 0.3 or
-        later from AnnData cells (its ``novelty_detector.safetensors``).
+        when the new type resembles a known one (``docs/novelty.md``). Needs a model fine-tuned from AnnData cells
+        with its novelty detector (``novelty_detector.safetensors``).
     novelty_threshold
         The calibrated novelty at or above which a cell is a novel type: ``1 - alpha`` flags at most a share
         ``alpha`` of cells like the reference's held-out ones (0.95: at most 5%).
