@@ -150,3 +150,12 @@ def test_the_novel_types_section_shows_the_facts_it_has_and_nothing_it_lacks(tmp
 def test_a_card_without_a_novelty_detector_has_no_novel_types_section(tmp_path):
     card = write_model_card(make_annotator(tmp_path / "model"), {"license": "apache-2.0"}).read_text()
     assert "Novel cell types" not in card
+
+
+def test_the_card_says_when_a_class_profile_is_the_mean_of_very_few_cells(tmp_path):
+    novelty = {"calibration_cells": 40, "threshold": 0.95, "held_out_flagged": 0.05}
+    folder = make_annotator(tmp_path / "model")
+    few = write_model_card(folder, {"license": "mit", "novelty": {**novelty, "profile_cells": {"a": 2, "b": 90}}})
+    assert "(2 cells in the smallest)" in few.read_text()
+    many = write_model_card(folder, {"license": "mit", "novelty": {**novelty, "profile_cells": {"a": 20, "b": 90}}})
+    assert "in the smallest" not in many.read_text()
