@@ -227,7 +227,35 @@ def summarise(output_dir: Path) -> dict:
                         f"{row[key]['macro_f1']['mean']:.3f} ({', '.join(f'{v:.3f}' for v in row[key]['macro_f1']['values'])}) |"
                     )  # fmt: skip
     (output_dir / "results.md").write_text("\n".join(lines) + "\n")
+    plot(summary, output_dir / "results.png")
     return {"summary": summary}
+
+
+def plot(summary: list[dict], path: Path) -> None:
+    """Macro-F1 on the stimulated cells against the labelled fraction: each seed as a dot, the mean as a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for start, colour in (("scratch", "tab:blue"), ("backbone", "tab:orange"), ("logistic regression", "tab:gray")):
+        rows = [row for row in summary if row["start"] == start]
+        if not rows:
+            continue
+        fractions = [row["fraction"] * 100 for row in rows]
+        axis.plot(fractions, [row["macro_f1"]["mean"] for row in rows], "-", color=colour, label=start)
+        for fraction, row in zip(fractions, rows):
+            values = row["macro_f1"]["values"]
+            axis.plot([fraction] * len(values), values, "o", color=colour, alpha=0.5, ms=4)
+    axis.set_xscale("log")
+    axis.set_xlabel("labelled control cells (%)")
+    axis.set_ylabel("macro-F1 on the stimulated cells")
+    axis.set_title("Kang 2018, control -> stimulated")
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
 
 
 def main(argv: list[str] | None = None) -> None:
