@@ -2,7 +2,8 @@
 
 Run::
 
-    python benchmarks/pretraining_curve.py backbone/ --output docs/images/backbone_pretraining_loss.png
+    python benchmarks/pretraining_curve.py backbone/ --output docs/images/backbone_pretraining_loss.png \\
+        --reference "each cell's own bin histogram=0.706" --title "..."
 
 Prints, per epoch, the mean training loss of the logged steps and the evaluation loss (masked-expression
 cross-entropy on held-out cells, when the run had them), and writes them with the logged points as JSON beside the
@@ -37,6 +38,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("model_dir", type=Path, help="the folder with trainer_state.json")
     parser.add_argument("--output", type=Path, required=True, help="the PNG to write")
+    parser.add_argument(
+        "--reference",
+        nargs="*",
+        default=[],
+        metavar="LABEL=LOSS",
+        help="horizontal lines, e.g. a trivial predictor's loss",
+    )
+    parser.add_argument("--title", default="Masked-expression pretraining")
     args = parser.parse_args(argv)
     import matplotlib
 
@@ -48,9 +57,13 @@ def main(argv: list[str] | None = None) -> None:
     axis.plot(*zip(*numbers["train"]), lw=0.8, label="training loss (logged every 100 steps)")
     if numbers["eval"]:
         axis.plot(*zip(*numbers["eval"]), "o-", label="held-out loss (2% of the cells)")
+    for item in args.reference:
+        label, value = item.rsplit("=", 1)
+        axis.axhline(float(value), ls="--", lw=0.8, color="gray")
+        axis.annotate(f"{label} ({float(value):.3f})", (0, float(value)), va="bottom", fontsize=8, color="dimgray")
     axis.set_xlabel("epoch")
     axis.set_ylabel("masked-expression cross-entropy")
-    axis.set_title("Compact scBERT backbone: Kang ctrl + stim + pbmc3k, 16,699 cells, 2,000 genes")
+    axis.set_title(args.title, fontsize=10)
     axis.legend()
     figure.tight_layout()
     args.output.parent.mkdir(parents=True, exist_ok=True)
