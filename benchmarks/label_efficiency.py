@@ -249,6 +249,7 @@ def plot(summary: list[dict], path: Path) -> None:
             values = row["macro_f1"]["values"]
             axis.plot([fraction] * len(values), values, "o", color=colour, alpha=0.5, ms=4)
     axis.set_xscale("log")
+    axis.set_xticks([1, 5, 20, 100], ["1", "5", "20", "100"])
     axis.set_xlabel("labelled control cells (%)")
     axis.set_ylabel("macro-F1 on the stimulated cells")
     axis.set_title("Kang 2018, control -> stimulated")
