@@ -223,6 +223,10 @@ def detector_table(rows: list[dict]) -> str:
 def table(rows: list[dict]) -> str:
     """Per direction and held-out type: means over seeds (min-max where seeds differ)."""
 
+    def mean(values):
+        values = [v for v in values if v is not None]
+        return f"{np.mean(values):.3f}" if values else "-"
+
     def cell(values):
         values = [v for v in values if v is not None]
         if not values:
@@ -233,7 +237,7 @@ def table(rows: list[dict]) -> str:
 
     lines = [
         "| direction | held-out type | seeds | scbert novelty | scbert 1 - max prob. | CellTypist | logistic regr. "
-        "| known flagged | novel flagged | known acc. without / with the call |",
+        "| known flagged | novel flagged | known acc.: without the call / assigned / Unassigned as wrong |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for direction in DIRECTIONS:
@@ -246,16 +250,18 @@ def table(rows: list[dict]) -> str:
                 f"| {cell([r['auroc_celltypist'] for r in group])} "
                 f"| {cell([r['auroc_logistic_regression'] for r in group])} "
                 f"| {cell([r['known_flagged'] for r in group])} | {cell([r['novel_flagged'] for r in group])} "
-                f"| {cell([r['known_accuracy'] for r in group])} / {cell([r['known_accuracy_with_call'] for r in group])} |"
+                f"| {cell([r['known_accuracy'] for r in group])} / {cell([r['known_accuracy_assigned'] for r in group])} "
+                f"/ {cell([r['known_accuracy_with_call'] for r in group])} |"
             )
         if mine:
             lines.append(
                 f"| {direction} | **mean** | | **{np.mean([r['auroc_novelty'] for r in mine]):.3f}** "
                 f"| {np.mean([r['auroc_max_probability'] for r in mine]):.3f} "
-                f"| {cell([r['auroc_celltypist'] for r in mine])} "
+                f"| {mean([r['auroc_celltypist'] for r in mine])} "
                 f"| {np.mean([r['auroc_logistic_regression'] for r in mine]):.3f} "
                 f"| {np.mean([r['known_flagged'] for r in mine]):.3f} | {np.mean([r['novel_flagged'] for r in mine]):.3f} "
                 f"| {np.mean([r['known_accuracy'] for r in mine]):.3f} / "
+                f"{np.mean([r['known_accuracy_assigned'] for r in mine]):.3f} / "
                 f"{np.mean([r['known_accuracy_with_call'] for r in mine]):.3f} |"
             )
     return "\n".join(lines)
