@@ -320,6 +320,12 @@ SPLIT_SCRIPT = textwrap.dedent(
     pretrain(corpus, training_args=args, tokenizer=tokenizer, config_overrides=config)
     trained = [seen[: len(seen) // 2], seen[len(seen) // 2 :]]
     (out / f"rank{rank}.json").write_text(json.dumps({"streamed": streamed, "trained": trained}))
+
+    # Leave the process group before exiting: a gloo thread still alive at interpreter exit can abort the process.
+    import torch.distributed as dist
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
     """
 )
 
