@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 from anndata import AnnData
 
 from tokenization import ScBertTokenizer
@@ -111,28 +112,20 @@ def fit_novelty_detector(
     else:
         calibration_labels = _known_labels(eval_data, label_key, label_names)
         calibration_data, calibration_rows = eval_data, calibration_labels >= 0
-    distances, truth = [], []
+    blocks, truth = [], []
     for values, rows in _values(calibration_data, calibration_rows, tokenizer, read_options):
-        distances.append(detector.distances(values))
+        blocks.append(values)
         truth.append(calibration_labels[rows])
     if sum(len(rows) for rows in truth) < 2:
         logger.warning("No novelty detector: fewer than 2 held-out cells of the run's classes to calibrate it.")
         return None
-    distances, truth = np.concatenate(distances), np.concatenate(truth)
+    # The held-out cells are read once: the calibration and every left-out type of the facts score them.
+    values, truth = sp.vstack(blocks).tocsr(), np.concatenate(truth)
+    distances = detector.distances(values)
     detector.calibrate(distances.min(axis=1))
     # The final evaluation's logits are of the same cells in the same order (its held-out cells of known types).
     logits = eval_logits if eval_logits is not None and len(eval_logits) == len(truth) else None
-    detector.facts = novelty_facts(
-        detector,
-        statistics,
-        distances,
-        truth,
-        calibration_data,
-        calibration_rows,
-        tokenizer=tokenizer,
-        read_options=read_options,
-        logits=logits,
-    )
+    detector.facts = novelty_facts(detector, statistics, values, distances, truth, logits=logits)
     logger.info(
         "Novelty detector calibrated on %d held-out cells: %.1f%% of them at or above the threshold %.2f; "
         "leave-one-type-out AUROC %s.",
@@ -196,18 +189,16 @@ def coverage_accuracy(order_scores: np.ndarray, correct: np.ndarray, coverages: 
 def novelty_facts(
     detector: NoveltyDetector,
     statistics: ClassStatistics,
+    values: sp.csr_matrix,
     distances: np.ndarray,
     truth: np.ndarray,
-    calibration_data: AnnData,
-    calibration_rows: np.ndarray,
     *,
-    tokenizer: ScBertTokenizer,
-    read_options: dict[str, Any],
     logits: np.ndarray | None,
 ) -> dict[str, Any]:
     """What the card says about a detector, measured on its held-out calibration cells.
 
-    ``distances`` ``(cells, classes)`` and ``truth`` ``(cells,)`` are those cells' distances to the class profiles
+    ``values`` ``(cells, num_genes)`` are those cells' log-normalised values, ``distances`` ``(cells, classes)`` and
+    ``truth`` ``(cells,)`` their distances to the class profiles
     and their class ids. The leave-one-type-out AUROC refits the profiles (and the within-class spread) without one
     type and asks how well the score finds that type's held-out cells among the others; it is the honest estimate a
     run can make of finding a type its reference lacks (``docs/novelty.md`` measures the real thing).
@@ -224,18 +215,11 @@ def novelty_facts(
     left_out = {}
     present = np.bincount(truth, minlength=len(detector.class_names))
     if len(detector.class_names) >= 3:
-        values = None
         for c, name in enumerate(detector.class_names):
             if present[c] < MIN_LEFT_OUT_CELLS or statistics.counts[c] == 0:
                 continue
             keep = np.arange(len(detector.class_names)) != c
             reduced = statistics.detector(detector.class_names, keep=keep)
-            if values is None:  # read the held-out cells once, for every left-out type
-                import scipy.sparse as sp
-
-                values = sp.vstack(
-                    [v for v, _ in _values(calibration_data, calibration_rows, tokenizer, read_options)]
-                )
             left_out[name] = auroc(truth == c, reduced.raw_scores(values))
     if left_out:
         facts["left_out_auroc"] = left_out
